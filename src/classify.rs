@@ -1,0 +1,105 @@
+//! Classification: probabilities, top-k, and batches of image files of any sizes.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
+
+use crate::image::{ImageError, ImageTensor, Preprocess};
+use crate::model::Vgg;
+
+/// One class of a prediction.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Scored {
+    /// Class index.
+    pub index: usize,
+    /// Class name.
+    pub label: String,
+    /// Softmax probability.
+    pub prob: f32,
+}
+
+/// The prediction for one image (the JSON Lines record of `vgg classify --json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    /// The path as given.
+    pub image: String,
+    /// Most probable first.
+    pub top: Vec<Scored>,
+}
+
+/// The `k` largest entries of each row, as (index, value), largest first; ties keep index order.
+pub fn top_k(probs: &Tensor<2>, k: usize) -> Vec<Vec<(usize, f32)>> {
+    let [n, c] = probs.dims();
+    let v = crate::model::to_f32(probs.to_data());
+    (0..n)
+        .map(|i| {
+            let row = &v[i * c..(i + 1) * c];
+            let mut idx: Vec<usize> = (0..c).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            idx.into_iter().take(k.min(c)).map(|j| (j, row[j])).collect()
+        })
+        .collect()
+}
+
+/// Classifies image files, `batch` at a time; images of the same preprocessed size share a forward
+/// pass, others run separately. Each result is in input order; a file that fails to load gives its
+/// own error without stopping the rest.
+pub fn classify_files(
+    model: &Vgg,
+    pre: &Preprocess,
+    labels: &[String],
+    paths: &[PathBuf],
+    k: usize,
+    batch: usize,
+    on_done: &mut dyn FnMut(usize),
+) -> Vec<Result<Prediction, ImageError>> {
+    let device = model.devices();
+    let mut out: Vec<Option<Result<Prediction, ImageError>>> = (0..paths.len()).map(|_| None).collect();
+    let batch = batch.max(1);
+    for chunk_start in (0..paths.len()).step_by(batch) {
+        let idx: Vec<usize> = (chunk_start..(chunk_start + batch).min(paths.len())).collect();
+        let mut loaded: Vec<(usize, ImageTensor)> = Vec::new();
+        for &i in &idx {
+            match pre.load(&paths[i]).and_then(|t| {
+                let [c, h, w] = t.shape;
+                model
+                    .check_input([1, c, h, w])
+                    .map_err(|e| ImageError::Invalid(format!("{}: {e}", paths[i].display())))
+                    .map(|_| t)
+            }) {
+                Ok(t) => loaded.push((i, t)),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        // Group by shape so that each group is one forward pass.
+        while !loaded.is_empty() {
+            let shape = loaded[0].1.shape;
+            let (group, rest): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, t)| t.shape == shape);
+            loaded = rest;
+            let tensors: Vec<ImageTensor> = group.iter().map(|(_, t)| t.clone()).collect();
+            let x = ImageTensor::batch(&tensors, &device).expect("group shares one shape");
+            let probs = softmax(model.forward(x), 1);
+            for ((i, _), top) in group.iter().zip(top_k(&probs, k)) {
+                out[*i] = Some(Ok(Prediction {
+                    image: paths[*i].display().to_string(),
+                    top: top
+                        .into_iter()
+                        .map(|(index, prob)| Scored {
+                            index,
+                            label: labels.get(index).cloned().unwrap_or_else(|| format!("class {index}")),
+                            prob,
+                        })
+                        .collect(),
+                }));
+            }
+        }
+        on_done(idx.len());
+    }
+    out.into_iter().map(|r| r.expect("every image has a result")).collect()
+}
+
+/// Classifies one preprocessed image file (a convenience for library users).
+pub fn classify_file(model: &Vgg, pre: &Preprocess, labels: &[String], path: &Path, k: usize) -> Result<Prediction, ImageError> {
+    classify_files(model, pre, labels, &[path.to_path_buf()], k, 1, &mut |_| {}).remove(0)
+}

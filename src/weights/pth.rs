@@ -1,0 +1,203 @@
+//! PyTorch `.pth` files: the zip format (PyTorch ≥ 1.6) and the legacy format (a sequence of
+//! pickles followed by raw storages) that torchvision's own `vgg16-397923af.pth` uses.
+
+use std::collections::HashMap;
+use std::io::{Cursor, Read};
+
+use super::pickle::{self, StorageDtype, TensorRef, Value};
+use super::{Dtype, StateDict, TensorEntry, WeightsError};
+
+/// torch's legacy magic number, pickled first in every legacy file.
+const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+
+/// Reads a `.pth` file's bytes into a flat state dict, unwrapping training checkpoints.
+pub fn read(bytes: &[u8], path: &str) -> Result<StateDict, WeightsError> {
+    let (root, storages) = if bytes.starts_with(b"PK\x03\x04") {
+        read_zip(bytes, path)?
+    } else {
+        read_legacy(bytes, path)?
+    };
+    let dict = find_state_dict(&root).ok_or_else(|| WeightsError::Format {
+        path: path.to_string(),
+        what: "no tensors found (expected a state dict, or a checkpoint holding one under 'state_dict' or 'model')"
+            .into(),
+    })?;
+    let mut sd = StateDict::default();
+    for (k, v) in dict {
+        let Some(key) = k.as_str() else { continue };
+        if let Value::Tensor(t) = v {
+            sd.insert(strip_prefix(key), materialise(t, &storages, key, path)?);
+        }
+    }
+    Ok(sd)
+}
+
+/// DataParallel and DistributedDataParallel save keys as `module.features.0.weight`.
+fn strip_prefix(key: &str) -> String {
+    key.strip_prefix("module.").unwrap_or(key).to_string()
+}
+
+/// The state dict inside what was saved: the root itself if it holds tensors, else the first of
+/// `state_dict`, `model`, `model_state_dict`, `net` that does.
+fn find_state_dict(root: &Value) -> Option<&Vec<(Value, Value)>> {
+    let Value::Dict(d) = root else { return None };
+    if d.iter().any(|(_, v)| matches!(v, Value::Tensor(_))) {
+        return Some(d);
+    }
+    for name in ["state_dict", "model", "model_state_dict", "net", "module"] {
+        if let Some((_, v)) = d.iter().find(|(k, _)| k.as_str() == Some(name))
+            && let Some(inner) = find_state_dict(v)
+        {
+            return Some(inner);
+        }
+    }
+    None
+}
+
+fn read_zip(bytes: &[u8], path: &str) -> Result<(Value, HashMap<String, Vec<u8>>), WeightsError> {
+    let fmt = |what: String| WeightsError::Format { path: path.to_string(), what };
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| fmt(format!("bad zip archive: {e}")))?;
+    let names: Vec<String> = zip.file_names().map(str::to_string).collect();
+    let pkl = names
+        .iter()
+        .find(|n| n.ends_with("/data.pkl") || n.as_str() == "data.pkl")
+        .ok_or_else(|| fmt("zip archive without data.pkl: not a PyTorch file".into()))?
+        .clone();
+    let prefix = pkl.trim_end_matches("data.pkl").to_string();
+    if let Some(bo) = names.iter().find(|n| n.ends_with("byteorder")) {
+        let mut s = String::new();
+        zip.by_name(bo).map_err(|e| fmt(e.to_string()))?.read_to_string(&mut s).ok();
+        if s.trim() == "big" {
+            return Err(fmt("big-endian PyTorch files are not supported".into()));
+        }
+    }
+    let mut data = Vec::new();
+    zip.by_name(&pkl)
+        .map_err(|e| fmt(e.to_string()))?
+        .read_to_end(&mut data)
+        .map_err(|e| fmt(format!("reading data.pkl: {e}")))?;
+    let (root, _) = pickle::read(&data, 0).map_err(|e| fmt(e.to_string()))?;
+    let mut storages = HashMap::new();
+    let data_prefix = format!("{prefix}data/");
+    for name in &names {
+        if let Some(key) = name.strip_prefix(&data_prefix) {
+            let mut buf = Vec::new();
+            zip.by_name(name)
+                .map_err(|e| fmt(e.to_string()))?
+                .read_to_end(&mut buf)
+                .map_err(|e| fmt(format!("reading {name}: {e} (truncated file?)")))?;
+            storages.insert(key.to_string(), buf);
+        }
+    }
+    Ok((root, storages))
+}
+
+fn read_legacy(bytes: &[u8], path: &str) -> Result<(Value, HashMap<String, Vec<u8>>), WeightsError> {
+    let fmt = |what: String| WeightsError::Format { path: path.to_string(), what };
+    let pk = |pos| pickle::read(bytes, pos).map_err(|e| fmt(e.to_string()));
+    let (magic, pos) = pk(0).map_err(|_| {
+        fmt("not a PyTorch file (neither zip nor legacy pickle), nor safetensors".into())
+    })?;
+    if magic != Value::BigInt(LEGACY_MAGIC.to_vec()) {
+        return Err(fmt("a pickle, but not a PyTorch legacy file (wrong magic number)".into()));
+    }
+    let (protocol, pos) = pk(pos)?;
+    if protocol != Value::Int(1001) {
+        return Err(fmt(format!("unsupported legacy protocol {protocol:?}")));
+    }
+    let (_sys_info, pos) = pk(pos)?;
+    let (root, pos) = pk(pos)?;
+    let (keys, mut pos) = pk(pos)?;
+    let Value::List(keys) = keys else { return Err(fmt("storage key list missing".into())) };
+    // Element sizes of each storage, from the references in the object.
+    let mut dtypes: HashMap<String, StorageDtype> = HashMap::new();
+    collect_storages(&root, &mut dtypes);
+    let mut storages = HashMap::new();
+    for key in keys {
+        let key = match key {
+            Value::Str(s) => s,
+            Value::Int(i) => i.to_string(),
+            _ => return Err(fmt("storage key is not a string".into())),
+        };
+        let dtype = *dtypes.get(&key).ok_or_else(|| fmt(format!("storage {key} is not referenced")))?;
+        // Each storage is preceded by its own 8-byte element count.
+        let header = bytes
+            .get(pos..pos + 8)
+            .ok_or_else(|| fmt(format!("file ends before storage {key} (truncated file?)")))?;
+        let numel = u64::from_le_bytes(header.try_into().unwrap()) as usize;
+        pos += 8;
+        let len = numel.checked_mul(dtype.size()).ok_or_else(|| fmt("storage size overflows".into()))?;
+        let data = bytes
+            .get(pos..pos + len)
+            .ok_or_else(|| fmt(format!("file ends inside storage {key} (truncated file?)")))?;
+        storages.insert(key, data.to_vec());
+        pos += len;
+    }
+    Ok((root, storages))
+}
+
+fn collect_storages(v: &Value, out: &mut HashMap<String, StorageDtype>) {
+    match v {
+        Value::Tensor(t) => {
+            out.insert(t.storage.key.clone(), t.storage.dtype);
+        }
+        Value::Storage(s) => {
+            out.insert(s.key.clone(), s.dtype);
+        }
+        Value::List(l) | Value::Tuple(l) => l.iter().for_each(|x| collect_storages(x, out)),
+        Value::Dict(d) => d.iter().for_each(|(_, x)| collect_storages(x, out)),
+        Value::Object { args, state, .. } => {
+            collect_storages(args, out);
+            if let Some(s) = state {
+                collect_storages(s, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Gathers a (possibly strided) tensor out of its storage into a contiguous buffer.
+fn materialise(t: &TensorRef, storages: &HashMap<String, Vec<u8>>, key: &str, path: &str) -> Result<TensorEntry, WeightsError> {
+    let fmt = |what: String| WeightsError::Format { path: path.to_string(), what };
+    let raw = storages
+        .get(&t.storage.key)
+        .ok_or_else(|| fmt(format!("data of '{key}' (storage {}) is missing (truncated file?)", t.storage.key)))?;
+    let es = t.storage.dtype.size();
+    let avail = raw.len() / es;
+    let numel: usize = t.shape.iter().product();
+    let base = t.storage.view_offset + t.offset;
+    // The furthest element any index reaches.
+    let reach = base + t.shape.iter().zip(&t.stride).map(|(&n, &s)| n.saturating_sub(1) * s).sum::<usize>();
+    if numel > 0 && reach >= avail {
+        return Err(fmt(format!(
+            "'{key}' of shape {:?} reaches element {reach} of a storage holding {avail} (truncated file?)",
+            t.shape
+        )));
+    }
+    let mut out = Vec::with_capacity(numel * es);
+    let mut idx = vec![0usize; t.shape.len()];
+    for _ in 0..numel {
+        let off = base + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
+        out.extend_from_slice(&raw[off * es..(off + 1) * es]);
+        for d in (0..idx.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < t.shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    let dtype = match t.storage.dtype {
+        StorageDtype::F32 => Dtype::F32,
+        StorageDtype::F64 => Dtype::F64,
+        StorageDtype::F16 => Dtype::F16,
+        StorageDtype::BF16 => Dtype::BF16,
+        StorageDtype::I64 => Dtype::I64,
+        StorageDtype::I32 => Dtype::I32,
+        StorageDtype::I16 => Dtype::I16,
+        StorageDtype::I8 => Dtype::I8,
+        StorageDtype::U8 => Dtype::U8,
+        StorageDtype::Bool => Dtype::Bool,
+    };
+    TensorEntry::from_le_bytes(dtype, t.shape.clone(), &out).map_err(fmt)
+}
