@@ -12,12 +12,12 @@ use burn::tensor::{Device, Tensor, TensorData};
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Io {
         /// The file.
         path: String,
         /// The cause.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The bytes are not an image we can decode.
     #[error("{path}: cannot decode image: {what}")]
@@ -54,7 +54,7 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<Rgb8, ImageError> {
 /// Reads and decodes an image file.
 pub fn open(path: &Path) -> Result<Rgb8, ImageError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io { path: p.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|err| ImageError::Io { path: p.clone(), err })?;
     decode(&bytes, &p)
 }
 
@@ -63,7 +63,7 @@ pub fn open(path: &Path) -> Result<Rgb8, ImageError> {
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// Pillow's filters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Filter {
     /// Triangle filter, support 1 (`Image.BILINEAR`).
     Bilinear,
@@ -231,7 +231,7 @@ pub fn center_crop(img: &Rgb8, crop_h: usize, crop_w: usize) -> Rgb8 {
 }
 
 /// How pixel values become network inputs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Normalize {
     /// `(v / 255 - mean) / std` per RGB channel, in f32 as torchvision computes it.
     MeanStd {
@@ -268,7 +268,7 @@ impl Normalize {
 }
 
 /// A preprocessing pipeline: resize, crop, normalise.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Preprocess {
     /// Shorter side after resizing (`None`: keep the size).
     pub resize: Option<usize>,

@@ -27,6 +27,7 @@ pub mod image;
 pub mod labels;
 pub mod model;
 pub mod npy;
+pub mod pretrained;
 pub mod weights;
 
 pub use config::{Depth, Head, VggConfig};

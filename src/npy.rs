@@ -15,12 +15,12 @@ pub struct Array {
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Io {
         /// The file.
         path: String,
         /// The cause.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// Not a supported `.npy` file.
     #[error("{path}: {what}")]
@@ -35,7 +35,7 @@ pub enum NpyError {
 /// Reads a `.npy` file of f32, f64, i64 or i32 values.
 pub fn read(path: &Path) -> Result<Array, NpyError> {
     let p = path.display().to_string();
-    let b = std::fs::read(path).map_err(|source| NpyError::Io { path: p.clone(), source })?;
+    let b = std::fs::read(path).map_err(|err| NpyError::Io { path: p.clone(), err })?;
     parse(&b).map_err(|what| NpyError::Format { path: p, what })
 }
 

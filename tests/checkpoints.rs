@@ -132,7 +132,8 @@ fn safetensors_round_trip_keeps_keys_values_and_architecture() {
     let dir = std::env::temp_dir().join(format!("vgg-st-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("m.safetensors");
-    weights::safetensors::write(&path, &sd, Some(&config), Dtype::F32).unwrap();
+    let meta = weights::safetensors::Meta { config: Some(config.clone()), ..Default::default() };
+    weights::safetensors::write(&path, &sd, &meta, Dtype::F32).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let (back, cfg) = weights::safetensors::read(&bytes, "m").unwrap();
     assert_eq!(cfg.as_ref(), Some(&config));

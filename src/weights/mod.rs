@@ -128,12 +128,12 @@ pub type StateDict = BTreeMap<String, TensorEntry>;
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Io {
         /// The file.
         path: String,
         /// The cause.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The file is not in a format we read, or is damaged.
     #[error("{path}: {what}")]
@@ -205,7 +205,7 @@ pub enum WeightsError {
 /// `model`) and DataParallel's `module.` prefix is removed.
 pub fn load_file(path: &Path) -> Result<StateDict, WeightsError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| WeightsError::Io { path: p.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: p.clone(), err })?;
     load_bytes(&bytes, &p)
 }
 

@@ -148,7 +148,7 @@ pub fn download(
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<(), WeightsError> {
     let fail = |what: String| WeightsError::Download { url: url.to_string(), dest: dest.display().to_string(), what };
-    let io = |source| WeightsError::Io { path: dest.display().to_string(), source };
+    let io = |err| WeightsError::Io { path: dest.display().to_string(), err };
     if let Some(dir) = dest.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -198,7 +198,7 @@ pub fn download(
 
 /// sha256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String, WeightsError> {
-    let bytes = std::fs::read(path).map_err(|source| WeightsError::Io { path: path.display().to_string(), source })?;
+    let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: path.display().to_string(), err })?;
     Ok(hex(&Sha256::digest(&bytes)))
 }
 

@@ -8,9 +8,12 @@ use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 
 use super::{Dtype, StateDict, TensorEntry, WeightsError};
 use crate::config::VggConfig;
+use crate::image::Preprocess;
 
 /// The metadata key holding the [`VggConfig`] as JSON.
 pub const CONFIG_KEY: &str = "vgg.config";
+/// The metadata key holding the [`Preprocess`] the weights expect, as JSON.
+pub const PREPROCESS_KEY: &str = "vgg.preprocess";
 
 /// Whether `bytes` look like safetensors: an 8-byte header length, then a JSON object.
 pub fn looks_like(bytes: &[u8]) -> bool {
@@ -67,17 +70,37 @@ pub fn read(bytes: &[u8], path: &str) -> Result<(StateDict, Option<VggConfig>), 
 
 /// The architecture recorded in a safetensors file, if any.
 pub fn read_config(bytes: &[u8], path: &str) -> Result<Option<VggConfig>, WeightsError> {
+    read_meta(bytes, path, CONFIG_KEY)
+}
+
+/// The preprocessing recorded in a safetensors file, if any.
+pub fn read_preprocess(bytes: &[u8], path: &str) -> Result<Option<Preprocess>, WeightsError> {
+    read_meta(bytes, path, PREPROCESS_KEY)
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &str, key: &str) -> Result<Option<T>, WeightsError> {
     let (_, meta) = SafeTensors::read_metadata(bytes)
         .map_err(|e| WeightsError::Format { path: path.to_string(), what: format!("bad safetensors header: {e}") })?;
-    let Some(json) = meta.metadata().as_ref().and_then(|m| m.get(CONFIG_KEY)) else { return Ok(None) };
+    let Some(json) = meta.metadata().as_ref().and_then(|m| m.get(key)) else { return Ok(None) };
     serde_json::from_str(json).map(Some).map_err(|e| WeightsError::Format {
         path: path.to_string(),
-        what: format!("metadata '{CONFIG_KEY}' is not a valid configuration: {e}"),
+        what: format!("metadata '{key}' is not valid: {e}"),
     })
 }
 
+/// What a file records besides its tensors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Meta {
+    /// The architecture.
+    pub config: Option<VggConfig>,
+    /// The preprocessing the weights expect.
+    pub preprocess: Option<Preprocess>,
+    /// Free-form entries (e.g. the source image of a feature file).
+    pub extra: Vec<(String, String)>,
+}
+
 /// Serialises a state dict; floating tensors are stored as `float_dtype`, integers keep theirs.
-pub fn to_bytes(sd: &StateDict, config: Option<&VggConfig>, float_dtype: Dtype) -> Result<Vec<u8>, WeightsError> {
+pub fn to_bytes(sd: &StateDict, m: &Meta, float_dtype: Dtype) -> Result<Vec<u8>, WeightsError> {
     let encoded: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = sd
         .iter()
         .map(|(k, t)| {
@@ -95,23 +118,27 @@ pub fn to_bytes(sd: &StateDict, config: Option<&VggConfig>, float_dtype: Dtype) 
         .map_err(|e| WeightsError::Format { path: "<memory>".into(), what: e.to_string() })?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    if let Some(c) = config {
+    if let Some(c) = &m.config {
         meta.insert(CONFIG_KEY.to_string(), serde_json::to_string(c).expect("config serialises"));
     }
+    if let Some(p) = &m.preprocess {
+        meta.insert(PREPROCESS_KEY.to_string(), serde_json::to_string(p).expect("preprocess serialises"));
+    }
+    meta.extend(m.extra.iter().cloned());
     safetensors::tensor::serialize(views, Some(meta))
         .map_err(|e| WeightsError::Format { path: "<memory>".into(), what: e.to_string() })
 }
 
 /// Writes a state dict atomically (temporary file, then rename), so that an interrupted write
 /// never leaves a half file under the final name.
-pub fn write(path: &Path, sd: &StateDict, config: Option<&VggConfig>, float_dtype: Dtype) -> Result<(), WeightsError> {
-    let bytes = to_bytes(sd, config, float_dtype)?;
+pub fn write(path: &Path, sd: &StateDict, meta: &Meta, float_dtype: Dtype) -> Result<(), WeightsError> {
+    let bytes = to_bytes(sd, meta, float_dtype)?;
     write_atomic(path, &bytes)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
-    let io = |source| WeightsError::Io { path: path.display().to_string(), source };
+    let io = |err| WeightsError::Io { path: path.display().to_string(), err };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".partial");
     let tmp = std::path::PathBuf::from(tmp);

@@ -1,0 +1,157 @@
+//! One file per verb; this file holds the arguments they share.
+
+mod classify;
+mod features;
+mod summary;
+mod weights;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use vgg::config::{Head, VggConfig};
+use vgg::pretrained::{self, Loaded, WeightsSpec};
+use vgg::weights::Strict;
+use vgg::weights::registry::Fetcher;
+
+/// VGG networks (Simonyan & Zisserman, 2014), exact to torchvision.
+#[derive(Parser, Debug)]
+#[command(name = "vgg", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One row per layer: paper name, torchvision key, output shape, parameters, MACs; then totals.
+    Summary(summary::SummaryArgs),
+    /// Classify images and print the most probable classes.
+    Classify(classify::ClassifyArgs),
+    /// Save the activations of named layers (conv1_1, relu4_2, pool5, fc7, ...) to safetensors.
+    Features(features::FeaturesArgs),
+    /// List, locate or fetch torchvision's published weights.
+    #[command(subcommand)]
+    Weights(weights::WeightsCommand),
+}
+
+/// Dispatches a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Summary(a) => summary::run(a),
+        Command::Classify(a) => classify::run(a),
+        Command::Features(a) => features::run(a),
+        Command::Weights(a) => weights::run(a),
+    }
+}
+
+/// The architecture options every verb that builds a model accepts.
+#[derive(Args, Debug, Clone)]
+pub struct ArchArgs {
+    /// vgg11, vgg11_lrn, vgg13, vgg16_c, vgg16, vgg19, each optionally with _bn (or a paper letter:
+    /// A, A-LRN, B, C, D, E). Optional when the weights record or reveal it.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Head: imagenet, cifar or none.
+    #[arg(long)]
+    head: Option<String>,
+    /// Number of classes of the head.
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Channel width multiplier of the trunk.
+    #[arg(long)]
+    width: Option<f64>,
+    /// Input channels (1 for grayscale).
+    #[arg(long)]
+    in_channels: Option<usize>,
+    /// Dropout probability of the head.
+    #[arg(long)]
+    dropout: Option<f64>,
+}
+
+impl ArchArgs {
+    /// The configuration asked for, if `--arch` was given.
+    fn config(&self) -> Result<Option<VggConfig>> {
+        let Some(arch) = &self.arch else {
+            if self.head.is_some() || self.num_classes.is_some() || self.width.is_some() || self.in_channels.is_some() {
+                bail!("--head, --num-classes, --width and --in-channels need --arch");
+            }
+            return Ok(None);
+        };
+        let mut c = VggConfig::from_arch(arch)?;
+        if let Some(h) = &self.head {
+            c.head = h.parse::<Head>()?;
+        }
+        if let Some(n) = self.num_classes {
+            c.num_classes = n;
+        }
+        if let Some(w) = self.width {
+            c.width = w;
+        }
+        if let Some(ch) = self.in_channels {
+            c.in_channels = ch;
+        }
+        if let Some(p) = self.dropout {
+            c.dropout = p;
+        }
+        c.validate()?;
+        Ok(Some(c))
+    }
+}
+
+/// A progress bar on stderr for downloads, hidden when stderr is not a terminal.
+fn download_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message("downloading");
+    bar
+}
+
+/// Loads the model for `--weights` (or random weights when absent and `--arch` is given).
+fn load_model(arch: &ArchArgs, weights: Option<&str>, strict: bool) -> Result<Loaded> {
+    let config = arch.config()?;
+    let spec = match weights {
+        Some(w) => WeightsSpec::parse(w),
+        None => bail!("--weights is required: a .pth or .safetensors file, torchvision:NAME (see `vgg weights list`), or random"),
+    };
+    let device = burn::tensor::Device::default();
+    let bar = download_bar();
+    let mut progress = |done: u64, total: Option<u64>| {
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        bar.set_position(done);
+    };
+    let strict = if strict { Strict::Yes } else { Strict::No };
+    let loaded = pretrained::load(&spec, config, strict, &Fetcher::from_env(), &device, &mut progress)
+        .with_context(|| format!("loading weights {}", weights.unwrap_or("")))?;
+    bar.finish_and_clear();
+    if !loaded.report.is_complete() {
+        let r = &loaded.report;
+        eprintln!(
+            "note: loaded non-strictly: {} tensors loaded, {} missing, {} unexpected, {} of another shape",
+            r.loaded.len(),
+            r.missing.len(),
+            r.unexpected.len(),
+            r.mismatched.len()
+        );
+        for (k, want, got) in &r.mismatched {
+            eprintln!("  {k}: model {want:?}, file {got:?}");
+        }
+    }
+    Ok(loaded)
+}
+
+/// Parses `224`, `224x224` or `200x300` (height x width).
+fn parse_size(s: &str) -> Result<[usize; 2]> {
+    let parts: Vec<&str> = s.split(['x', 'X']).collect();
+    let nums: Vec<usize> = parts.iter().map(|p| p.trim().parse::<usize>()).collect::<Result<_, _>>().with_context(|| format!("bad size '{s}': expected N or HxW"))?;
+    match nums.as_slice() {
+        [n] => Ok([*n, *n]),
+        [h, w] => Ok([*h, *w]),
+        _ => bail!("bad size '{s}': expected N or HxW"),
+    }
+}

@@ -1,0 +1,139 @@
+//! From a weights spec (`torchvision:vgg16`, a file, or `random`) to a ready model with the
+//! preprocessing its weights expect.
+
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+
+use crate::config::{ConfigError, VggConfig};
+use crate::image::{Normalize, Preprocess};
+use crate::model::Vgg;
+use crate::weights::registry::{self, Fetcher};
+use crate::weights::{self, LoadReport, Strict, WeightsError};
+
+/// Where weights come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightsSpec {
+    /// A torchvision registry name, `torchvision:vgg16`.
+    Named(String),
+    /// A `.pth` or `.safetensors` file.
+    File(PathBuf),
+    /// torchvision's random initialisation (for summaries and benchmarks).
+    Random,
+}
+
+impl WeightsSpec {
+    /// `torchvision:NAME`, `random`, or a path.
+    pub fn parse(s: &str) -> Self {
+        if s.starts_with("torchvision:") {
+            WeightsSpec::Named(s.to_string())
+        } else if s == "random" || s == "none" {
+            WeightsSpec::Random
+        } else {
+            WeightsSpec::File(PathBuf::from(s))
+        }
+    }
+}
+
+/// Why a model could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Weights could not be read or matched.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Nothing says which architecture the weights are for.
+    #[error("{0}: the file does not record its architecture and its keys match no VGG configuration; pass --arch")]
+    UnknownArch(String),
+    /// `--arch` contradicts the named weights.
+    #[error("{name} are weights for {fits}, not {asked}")]
+    WrongArch {
+        /// The weights.
+        name: String,
+        /// What they fit.
+        fits: String,
+        /// What was asked.
+        asked: String,
+    },
+}
+
+/// A model ready to run.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The network.
+    pub model: Vgg,
+    /// The preprocessing the weights expect.
+    pub preprocess: Preprocess,
+    /// What was loaded (for messages).
+    pub source: String,
+    /// What matched (complete unless loading was non-strict).
+    pub report: LoadReport,
+}
+
+/// The preprocessing for a configuration when the weights do not say: torchvision's ImageNet
+/// pipeline, or for one input channel the gray equivalent with mean 0.5 and std 0.5.
+pub fn default_preprocess(config: &VggConfig) -> Preprocess {
+    let mut p = Preprocess::imagenet();
+    if config.in_channels == 1 {
+        p.normalize = Normalize::Gray { mean: 0.5, std: 0.5 };
+    }
+    p
+}
+
+/// Builds the model for `spec`. `config` (from `--arch` and friends) is required for random
+/// weights and for files that neither record nor reveal their architecture.
+pub fn load(
+    spec: &WeightsSpec,
+    config: Option<VggConfig>,
+    strict: Strict,
+    fetcher: &Fetcher,
+    device: &Device,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<Loaded, LoadError> {
+    match spec {
+        WeightsSpec::Random => {
+            let config = config.ok_or_else(|| LoadError::UnknownArch("random weights".into()))?;
+            let model = Vgg::new(&config, device)?;
+            Ok(Loaded { preprocess: default_preprocess(&config), model, source: "random initialisation".into(), report: LoadReport::default() })
+        }
+        WeightsSpec::Named(name) => {
+            let entry = registry::lookup(name)?;
+            let fits = entry.config();
+            let config = match config {
+                Some(c) if c.arch_name() != fits.arch_name() => {
+                    return Err(LoadError::WrongArch { name: name.clone(), fits: fits.arch_name(), asked: c.arch_name() });
+                }
+                // The trunk-only weights go with any head the user asks for (loaded non-strictly).
+                Some(c) => c,
+                None => fits,
+            };
+            let path = fetcher.get(name, progress)?;
+            let sd = weights::load_file(&path)?;
+            let strict = if entry.features_only && !matches!(config.head, crate::config::Head::None) { Strict::No } else { strict };
+            let mut model = Vgg::new(&config, device)?;
+            let report = model.load_state_dict(&sd, strict)?;
+            let mut preprocess = Preprocess::imagenet();
+            preprocess.normalize = entry.normalize();
+            Ok(Loaded { model, preprocess, source: format!("{name} ({})", path.display()), report })
+        }
+        WeightsSpec::File(path) => {
+            let p = path.display().to_string();
+            let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: p.clone(), err })?;
+            let (sd, recorded, recorded_pre) = if weights::safetensors::looks_like(&bytes) {
+                let (sd, cfg) = weights::safetensors::read(&bytes, &p)?;
+                (sd, cfg, weights::safetensors::read_preprocess(&bytes, &p)?)
+            } else {
+                (weights::pth::read(&bytes, &p)?, None, None)
+            };
+            let config = match config.or(recorded) {
+                Some(c) => c,
+                None => weights::infer::infer_config(&sd).ok_or_else(|| LoadError::UnknownArch(p.clone()))?,
+            };
+            let mut model = Vgg::new(&config, device)?;
+            let report = model.load_state_dict(&sd, strict)?;
+            Ok(Loaded { preprocess: recorded_pre.unwrap_or_else(|| default_preprocess(&config)), model, source: p, report })
+        }
+    }
+}

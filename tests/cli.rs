@@ -1,0 +1,184 @@
+//! The `vgg` binary end to end: summaries against torchvision's published counts, classification
+//! and features with files this test writes, and the errors a user meets.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use common::*;
+use vgg::weights::safetensors::Meta;
+use vgg::weights::{self, Dtype, Strict};
+use vgg::{Vgg, VggConfig};
+
+fn vgg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vgg"))
+        .args(args)
+        .env("VGG_CACHE_DIR", tmp("cache"))
+        .output()
+        .expect("run vgg")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vgg-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn summary_counts_match_torchvision() {
+    // torchvision's documented num_params and GFLOPS (MACs) for each variant.
+    let expected = [
+        ("vgg11", 132_863_336u64, 7.609),
+        ("vgg11_bn", 132_868_840, 7.609),
+        ("vgg13", 133_047_848, 11.308),
+        ("vgg13_bn", 133_053_736, 11.308),
+        ("vgg16", 138_357_544, 15.470),
+        ("vgg16_bn", 138_365_992, 15.470),
+        ("vgg19", 143_667_240, 19.632),
+        ("vgg19_bn", 143_678_248, 19.632),
+    ];
+    for (arch, params, gmacs) in expected {
+        let o = vgg(&["summary", "--arch", arch, "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(j["params"].as_u64(), Some(params), "{arch}");
+        let macs = j["macs"].as_u64().unwrap() as f64 / 1e9;
+        assert!((macs - gmacs).abs() < 5e-4, "{arch}: {macs} GMACs");
+    }
+    // Paper Table 2: C has 134M parameters; A-LRN the same as A (LRN has none).
+    let j: serde_json::Value = serde_json::from_str(&stdout(&vgg(&["summary", "--arch", "C", "--json"]))).unwrap();
+    assert_eq!((j["params"].as_u64().unwrap() as f64 / 1e6).round(), 134.0);
+    let j: serde_json::Value = serde_json::from_str(&stdout(&vgg(&["summary", "--arch", "A-LRN", "--json"]))).unwrap();
+    assert_eq!(j["params"].as_u64(), Some(132_863_336));
+    // The first FC layer alone: 102,764,544.
+    let j: serde_json::Value = serde_json::from_str(&stdout(&vgg(&["summary", "--arch", "vgg16", "--json"]))).unwrap();
+    let fc6 = j["layers"].as_array().unwrap().iter().find(|l| l["name"] == "fc6").unwrap();
+    assert_eq!(fc6["params"].as_u64(), Some(102_764_544));
+    assert_eq!(fc6["key"], "classifier.0");
+}
+
+#[test]
+fn summary_table_names_layers_both_ways() {
+    let o = vgg(&["summary", "--arch", "vgg16_bn", "--head", "cifar", "--num-classes", "10", "--input", "32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("conv5_3") && s.contains("features.40") && s.contains("512x2x2"), "{s}");
+    assert!(s.contains("14,990,922"), "the bench's CIFAR VGG-16-BN has 14,990,922 parameters:\n{s}");
+    let o = vgg(&["summary", "--arch", "vgg16", "--input", "20"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("32x32"), "{}", stderr(&o));
+}
+
+/// A small VGG-11 with formula weights, saved as safetensors with its architecture recorded.
+fn small_model_file() -> (PathBuf, Vgg) {
+    let device = Device::default();
+    let config = VggConfig::from_arch("vgg11").unwrap().with_width(0.25).with_head(vgg::Head::Imagenet { hidden: 64, pool: [7, 7] });
+    let mut m = Vgg::new(&config, &device).unwrap();
+    m.load_state_dict(&formula_state_dict(m.plan()), Strict::Yes).unwrap();
+    let path = tmp("small.safetensors");
+    let meta = Meta { config: Some(config), ..Default::default() };
+    weights::safetensors::write(&path, &m.state_dict(), &meta, Dtype::F32).unwrap();
+    (path, m)
+}
+
+#[test]
+fn classify_prints_json_lines_matching_the_library() {
+    let (path, model) = small_model_file();
+    let imgs = [fixtures().join("images/chelsea.png"), fixtures().join("images/rocket.jpg")];
+    let o = vgg(&["classify", imgs[0].to_str().unwrap(), imgs[1].to_str().unwrap(), "--weights", path.to_str().unwrap(), "--json", "--top", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for (line, img) in lines.iter().zip(&imgs) {
+        assert_eq!(line["image"], img.to_str().unwrap());
+        let top = line["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // Same numbers as the library computes directly.
+        let x = vgg::image::Preprocess::imagenet().load(img).unwrap().to_tensor(&model.devices());
+        let probs = values(burn::tensor::activation::softmax(model.forward(x), 1));
+        let order = argsort_desc(&probs.iter().map(|&p| p as f64).collect::<Vec<_>>());
+        for (k, t) in top.iter().enumerate() {
+            let i = t["index"].as_u64().unwrap() as usize;
+            assert_eq!(i, order[k]);
+            assert_eq!(t["label"], vgg::labels::imagenet()[i]);
+            assert!((t["prob"].as_f64().unwrap() - probs[i] as f64).abs() < 1e-6);
+        }
+        assert!(top[0]["prob"].as_f64() >= top[1]["prob"].as_f64());
+    }
+}
+
+#[test]
+fn features_writes_named_activations() {
+    let (path, model) = small_model_file();
+    let img = fixtures().join("images/coffee.png");
+    let out = tmp("feats.safetensors");
+    let o = vgg(&["features", img.to_str().unwrap(), "--weights", path.to_str().unwrap(), "--layers", "conv1_1,relu1_1,pool5,fc7", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (sd, cfg) = weights::safetensors::read(&std::fs::read(&out).unwrap(), "feats").unwrap();
+    assert_eq!(cfg.as_ref(), Some(model.config()));
+    assert_eq!(sd["conv1_1"].shape, vec![1, 16, 224, 224]);
+    assert_eq!(sd["pool5"].shape, vec![1, 128, 7, 7]);
+    assert_eq!(sd["fc7"].shape, vec![1, 64]);
+    // The tap on conv1_1 is taken before the ReLU: it keeps negative values, relu1_1 is their clamp.
+    assert!(sd["conv1_1"].data.iter().any(|&v| v < 0.0));
+    for (c, r) in sd["conv1_1"].data.iter().zip(&sd["relu1_1"].data) {
+        assert_eq!(c.max(0.0), *r);
+    }
+    let o = vgg(&["features", img.to_str().unwrap(), "--weights", path.to_str().unwrap(), "--layers", "conv9_9", "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("conv9_9") && stderr(&o).contains("conv1_1"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_input_gives_messages_and_exit_codes_not_panics() {
+    let (path, _) = small_model_file();
+    let w = path.to_str().unwrap();
+    let broken = tmp("broken.jpg");
+    std::fs::write(&broken, b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+    let good = fixtures().join("images/chelsea.png");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["classify", "missing.png", "--weights", w], "missing.png"),
+        (vec!["classify", broken.to_str().unwrap(), "--weights", w], "broken.jpg"),
+        (vec!["classify", good.to_str().unwrap(), "--weights", "nope.pth"], "nope.pth"),
+        (vec!["classify", good.to_str().unwrap(), "--arch", "vgg17", "--weights", "random"], "vgg17"),
+        (vec!["classify", good.to_str().unwrap(), "--arch", "vgg13", "--weights", w], "shape mismatch for 'features.0.weight'"),
+        (vec!["classify", good.to_str().unwrap(), "--weights", "torchvision:vgg99"], "vgg99"),
+        (vec!["summary", "--arch", "vgg16", "--head", "transformer"], "transformer"),
+    ];
+    for (args, needle) in cases {
+        let o = vgg(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: message should mention {needle}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // One bad image among good ones: the good ones are still classified, the run still fails.
+    let o = vgg(&["classify", good.to_str().unwrap(), "missing.png", "--weights", w, "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o).lines().count(), 1);
+    assert!(stderr(&o).contains("1 of 2 images"));
+}
+
+#[test]
+fn named_weights_offline_say_what_to_fetch_and_where() {
+    // Point the download at a local port that refuses connections.
+    let o = Command::new(env!("CARGO_BIN_EXE_vgg"))
+        .args(["classify", fixtures().join("images/chelsea.png").to_str().unwrap(), "--weights", "torchvision:vgg16"])
+        .env("VGG_CACHE_DIR", tmp("offline-cache"))
+        .env("VGG_WEIGHTS_BASE_URL", "http://127.0.0.1:9/models/")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("vgg16-397923af.pth") && err.contains(tmp("offline-cache").to_str().unwrap()), "{err}");
+    assert!(!Path::new(&tmp("offline-cache").join("vgg16-397923af.pth")).exists());
+}
