@@ -103,7 +103,7 @@ impl Slot<'_> {
             Slot::P1(p) => p.shape().dims::<1>().to_vec(),
             Slot::P2(p) => p.shape().dims::<2>().to_vec(),
             Slot::P4(p) => p.shape().dims::<4>().to_vec(),
-            Slot::R1(r) => r.value().dims().to_vec(),
+            Slot::R1(r) => r.value_sync().dims().to_vec(),
             Slot::Count(_) => vec![],
         }
     }
@@ -113,9 +113,9 @@ impl Slot<'_> {
             Slot::P1(p) => (self.shape(), p.val().into_data()),
             Slot::P2(p) => (self.shape(), p.val().into_data()),
             Slot::P4(p) => (self.shape(), p.val().into_data()),
-            Slot::R1(r) => (self.shape(), r.value().into_data()),
+            Slot::R1(r) => (self.shape(), r.value_sync().into_data()),
             Slot::Count(r) => {
-                let v = crate::model::to_f32(r.value().into_data());
+                let v = crate::model::to_f32(r.value_sync().into_data());
                 return TensorEntry { shape: vec![], dtype: Dtype::I64, data: v };
             }
         };
