@@ -23,6 +23,7 @@
 pub mod classify;
 pub mod config;
 pub mod features;
+pub mod formula;
 pub mod image;
 pub mod labels;
 pub mod model;

@@ -20,6 +20,8 @@ pub enum WeightsSpec {
     File(PathBuf),
     /// torchvision's random initialisation (for summaries and benchmarks).
     Random,
+    /// The fixtures' deterministic weights ([`crate::formula`]), to check against torchvision.
+    Formula,
 }
 
 impl WeightsSpec {
@@ -29,6 +31,8 @@ impl WeightsSpec {
             WeightsSpec::Named(s.to_string())
         } else if s == "random" || s == "none" {
             WeightsSpec::Random
+        } else if s == "formula" {
+            WeightsSpec::Formula
         } else {
             WeightsSpec::File(PathBuf::from(s))
         }
@@ -97,6 +101,12 @@ pub fn load(
             let config = config.ok_or_else(|| LoadError::UnknownArch("random weights".into()))?;
             let model = Vgg::new(&config, device)?;
             Ok(Loaded { preprocess: default_preprocess(&config), model, source: "random initialisation".into(), report: LoadReport::default() })
+        }
+        WeightsSpec::Formula => {
+            let config = config.ok_or_else(|| LoadError::UnknownArch("formula weights".into()))?;
+            let mut model = Vgg::new(&config, device)?;
+            let report = model.load_state_dict(&crate::formula::state_dict(model.plan()), Strict::Yes)?;
+            Ok(Loaded { preprocess: default_preprocess(&config), model, source: "FORMULA.md weights".into(), report })
         }
         WeightsSpec::Named(name) => {
             let entry = registry::lookup(name)?;

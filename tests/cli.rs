@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+
 use std::process::{Command, Output};
 
 use burn::tensor::Device;
@@ -79,12 +80,12 @@ fn summary_table_names_layers_both_ways() {
 }
 
 /// A small VGG-11 with formula weights, saved as safetensors with its architecture recorded.
-fn small_model_file() -> (PathBuf, Vgg) {
+fn small_model_file(name: &str) -> (PathBuf, Vgg) {
     let device = Device::default();
     let config = VggConfig::from_arch("vgg11").unwrap().with_width(0.25).with_head(vgg::Head::Imagenet { hidden: 64, pool: [7, 7] });
     let mut m = Vgg::new(&config, &device).unwrap();
     m.load_state_dict(&formula_state_dict(m.plan()), Strict::Yes).unwrap();
-    let path = tmp("small.safetensors");
+    let path = tmp(&format!("{name}.safetensors"));
     let meta = Meta { config: Some(config), ..Default::default() };
     weights::safetensors::write(&path, &m.state_dict(), &meta, Dtype::F32).unwrap();
     (path, m)
@@ -92,7 +93,7 @@ fn small_model_file() -> (PathBuf, Vgg) {
 
 #[test]
 fn classify_prints_json_lines_matching_the_library() {
-    let (path, model) = small_model_file();
+    let (path, model) = small_model_file("m1");
     let imgs = [fixtures().join("images/chelsea.png"), fixtures().join("images/rocket.jpg")];
     let o = vgg(&["classify", imgs[0].to_str().unwrap(), imgs[1].to_str().unwrap(), "--weights", path.to_str().unwrap(), "--json", "--top", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -118,7 +119,7 @@ fn classify_prints_json_lines_matching_the_library() {
 
 #[test]
 fn features_writes_named_activations() {
-    let (path, model) = small_model_file();
+    let (path, model) = small_model_file("m2");
     let img = fixtures().join("images/coffee.png");
     let out = tmp("feats.safetensors");
     let o = vgg(&["features", img.to_str().unwrap(), "--weights", path.to_str().unwrap(), "--layers", "conv1_1,relu1_1,pool5,fc7", "--out", out.to_str().unwrap()]);
@@ -140,7 +141,7 @@ fn features_writes_named_activations() {
 
 #[test]
 fn bad_input_gives_messages_and_exit_codes_not_panics() {
-    let (path, _) = small_model_file();
+    let (path, _) = small_model_file("m3");
     let w = path.to_str().unwrap();
     let broken = tmp("broken.jpg");
     std::fs::write(&broken, b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();

@@ -17,7 +17,7 @@ pub struct ClassifyArgs {
     images: Vec<PathBuf>,
     #[command(flatten)]
     arch: ArchArgs,
-    /// A .pth or .safetensors file, torchvision:NAME, or random.
+    /// A .pth or .safetensors file, torchvision:NAME, `random`, or `formula` (the fixtures' deterministic weights).
     #[arg(long)]
     weights: Option<String>,
     /// How many classes to show per image.

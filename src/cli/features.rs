@@ -15,7 +15,7 @@ pub struct FeaturesArgs {
     image: PathBuf,
     #[command(flatten)]
     arch: ArchArgs,
-    /// A .pth or .safetensors file, torchvision:NAME, or random.
+    /// A .pth or .safetensors file, torchvision:NAME, `random`, or `formula` (the fixtures' deterministic weights).
     #[arg(long)]
     weights: Option<String>,
     /// Comma-separated layer names (paper names such as conv1_1, relu4_2, pool5, fc7, or

@@ -110,12 +110,12 @@ fn download_bar() -> ProgressBar {
     bar
 }
 
-/// Loads the model for `--weights` (or random weights when absent and `--arch` is given).
+/// Loads the model for `--weights`.
 fn load_model(arch: &ArchArgs, weights: Option<&str>, strict: bool) -> Result<Loaded> {
     let config = arch.config()?;
     let spec = match weights {
         Some(w) => WeightsSpec::parse(w),
-        None => bail!("--weights is required: a .pth or .safetensors file, torchvision:NAME (see `vgg weights list`), or random"),
+        None => bail!("--weights is required: a .pth or .safetensors file, torchvision:NAME (see `vgg weights list`), random or formula"),
     };
     let device = burn::tensor::Device::default();
     let bar = download_bar();
