@@ -100,6 +100,12 @@ pub fn classify_files(
 }
 
 /// Classifies one preprocessed image file (a convenience for library users).
-pub fn classify_file(model: &Vgg, pre: &Preprocess, labels: &[String], path: &Path, k: usize) -> Result<Prediction, ImageError> {
+pub fn classify_file(
+    model: &Vgg,
+    pre: &Preprocess,
+    labels: &[String],
+    path: &Path,
+    k: usize,
+) -> Result<Prediction, ImageError> {
     classify_files(model, pre, labels, &[path.to_path_buf()], k, 1, &mut |_| {}).remove(0)
 }

@@ -202,15 +202,7 @@ pub struct VggConfig {
 impl VggConfig {
     /// A configuration with torchvision's defaults: ImageNet head, 1000 classes, dropout 0.5.
     pub fn new(depth: Depth, batch_norm: bool) -> Self {
-        Self {
-            depth,
-            batch_norm,
-            head: Head::imagenet(),
-            num_classes: 1000,
-            dropout: 0.5,
-            width: 1.0,
-            in_channels: 3,
-        }
+        Self { depth, batch_norm, head: Head::imagenet(), num_classes: 1000, dropout: 0.5, width: 1.0, in_channels: 3 }
     }
 
     /// Parses `vgg16`, `vgg16_bn`, `vgg11_lrn`, `vgg16_c`, `D`, `A-LRN`, `C_bn`, …
@@ -594,12 +586,8 @@ mod tests {
     fn torchvision_feature_indices() {
         // torchvision.models.vgg16().features: Conv2d at 0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28
         let plan = VggConfig::from_arch("vgg16").unwrap().plan([224, 224]);
-        let convs: Vec<&str> = plan
-            .layers
-            .iter()
-            .filter(|l| matches!(l.kind, LayerKind::Conv { .. }))
-            .map(|l| l.key.as_str())
-            .collect();
+        let convs: Vec<&str> =
+            plan.layers.iter().filter(|l| matches!(l.kind, LayerKind::Conv { .. })).map(|l| l.key.as_str()).collect();
         let want: Vec<String> =
             [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28].iter().map(|i| format!("features.{i}")).collect();
         assert_eq!(convs, want);

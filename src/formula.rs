@@ -64,10 +64,9 @@ pub fn state_dict(plan: &Plan) -> StateDict {
             LayerKind::Linear { in_features, out_features } => {
                 (vec![("weight", vec![out_features, in_features]), ("bias", vec![out_features])], false)
             }
-            LayerKind::BatchNorm { channels } => (
-                ["weight", "bias", "running_mean", "running_var"].iter().map(|&k| (k, vec![channels])).collect(),
-                true,
-            ),
+            LayerKind::BatchNorm { channels } => {
+                (["weight", "bias", "running_mean", "running_var"].iter().map(|&k| (k, vec![channels])).collect(), true)
+            }
             _ => continue,
         };
         for (leaf, shape) in leaves {

@@ -46,7 +46,8 @@ pub struct Rgb8 {
 /// Decodes PNG or JPEG bytes to RGB as PIL's `convert("RGB")` does: grayscale is replicated, alpha
 /// is dropped (not blended), palettes are expanded.
 pub fn decode(bytes: &[u8], name: &str) -> Result<Rgb8, ImageError> {
-    let img = image::load_from_memory(bytes).map_err(|e| ImageError::Decode { path: name.to_string(), what: e.to_string() })?;
+    let img = image::load_from_memory(bytes)
+        .map_err(|e| ImageError::Decode { path: name.to_string(), what: e.to_string() })?;
     let rgb = img.to_rgb8();
     Ok(Rgb8 { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
 }
@@ -119,9 +120,9 @@ fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> (Vec<(usize,
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize - xmin;
         let mut ww = 0.0;
-        for x in 0..xmax {
+        for (x, kx) in k.iter_mut().enumerate().take(xmax) {
             let w = filter.eval((x as f64 + xmin as f64 - center + 0.5) * ss);
-            k[x] = w;
+            *kx = w;
             ww += w;
         }
         for x in 0..xmax {
@@ -414,5 +415,34 @@ mod tests {
         let lit: Vec<bool> = c.data.chunks(3).map(|p| p[0] == 9).collect();
         #[rustfmt::skip]
         assert_eq!(lit, vec![false, false, false, false, false, true, true, false, false, true, true, false, false, false, false, false]);
+    }
+
+    #[test]
+    fn caffe_mode_is_bgr_with_the_mean_subtracted() {
+        let img = Rgb8 { width: 1, height: 1, data: vec![10, 20, 30] };
+        let t = to_tensor(&img, &Normalize::Caffe);
+        assert_eq!(t.shape, [3, 1, 1]);
+        let want = [30.0 - 103.939, 20.0 - 116.779, 10.0 - 123.68];
+        for (a, b) in t.data.iter().zip(want) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn gray_uses_pil_luma() {
+        // PIL: Image.new("RGB", (1, 1), (255, 0, 0)).convert("L").getpixel((0, 0)) == 76
+        let img = Rgb8 { width: 2, height: 1, data: vec![255, 0, 0, 255, 255, 255] };
+        let t = to_tensor(&img, &Normalize::Gray { mean: 0.0, std: 1.0 });
+        assert_eq!(t.shape, [1, 1, 2]);
+        assert_eq!(t.data, vec![76.0 / 255.0, 1.0]);
+    }
+
+    #[test]
+    fn imagenet_normalisation_is_torchvision_f32_arithmetic() {
+        let img = Rgb8 { width: 1, height: 1, data: vec![0, 128, 255] };
+        let t = to_tensor(&img, &Normalize::imagenet());
+        assert_eq!(t.data[0], (0.0f32 - 0.485) / 0.229);
+        assert_eq!(t.data[1], (128.0f32 / 255.0 - 0.456) / 0.224);
+        assert_eq!(t.data[2], (1.0f32 - 0.406) / 0.225);
     }
 }

@@ -52,7 +52,8 @@ pub fn parse(b: &[u8]) -> Result<Array, String> {
         }
         (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
     };
-    let header = std::str::from_utf8(b.get(start..start + hlen).ok_or("truncated header")?).map_err(|e| e.to_string())?;
+    let header =
+        std::str::from_utf8(b.get(start..start + hlen).ok_or("truncated header")?).map_err(|e| e.to_string())?;
     let field = |name: &str| -> Option<&str> {
         let i = header.find(&format!("'{name}'"))?;
         Some(header[i + name.len() + 2..].trim_start_matches([':', ' ']))
@@ -64,8 +65,12 @@ pub fn parse(b: &[u8]) -> Result<Array, String> {
     }
     let shape_s = field("shape").ok_or("no shape")?;
     let shape_s = &shape_s[1..shape_s.find(')').ok_or("bad shape")?];
-    let shape: Vec<usize> =
-        shape_s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| "bad shape")).collect::<Result<_, _>>()?;
+    let shape: Vec<usize> = shape_s
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| "bad shape"))
+        .collect::<Result<_, _>>()?;
     let n: usize = shape.iter().product();
     let body = &b[start + hlen..];
     let (size, conv): (usize, fn(&[u8]) -> f64) = match descr {
@@ -106,7 +111,7 @@ mod tests {
     #[test]
     fn round_trips_f32() {
         let b = super::to_bytes(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, -6.5]);
-        assert_eq!(b.len() % 64, 24 % 64);
+        assert_eq!(b.len() % 64, 24, "data starts on a 64-byte boundary");
         let a = super::parse(&b).unwrap();
         assert_eq!(a.shape, vec![2, 3]);
         assert_eq!(a.data, vec![1.0, 2.0, 3.0, 4.0, 5.0, -6.5]);

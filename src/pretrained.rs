@@ -100,7 +100,12 @@ pub fn load(
         WeightsSpec::Random => {
             let config = config.ok_or_else(|| LoadError::UnknownArch("random weights".into()))?;
             let model = Vgg::new(&config, device)?;
-            Ok(Loaded { preprocess: default_preprocess(&config), model, source: "random initialisation".into(), report: LoadReport::default() })
+            Ok(Loaded {
+                preprocess: default_preprocess(&config),
+                model,
+                source: "random initialisation".into(),
+                report: LoadReport::default(),
+            })
         }
         WeightsSpec::Formula => {
             let config = config.ok_or_else(|| LoadError::UnknownArch("formula weights".into()))?;
@@ -113,7 +118,11 @@ pub fn load(
             let fits = entry.config();
             let config = match config {
                 Some(c) if c.arch_name() != fits.arch_name() => {
-                    return Err(LoadError::WrongArch { name: name.clone(), fits: fits.arch_name(), asked: c.arch_name() });
+                    return Err(LoadError::WrongArch {
+                        name: name.clone(),
+                        fits: fits.arch_name(),
+                        asked: c.arch_name(),
+                    });
                 }
                 // The trunk-only weights go with any head the user asks for (loaded non-strictly).
                 Some(c) => c,
@@ -121,7 +130,11 @@ pub fn load(
             };
             let path = fetcher.get(name, progress)?;
             let sd = weights::load_file(&path)?;
-            let strict = if entry.features_only && !matches!(config.head, crate::config::Head::None) { Strict::No } else { strict };
+            let strict = if entry.features_only && !matches!(config.head, crate::config::Head::None) {
+                Strict::No
+            } else {
+                strict
+            };
             let mut model = Vgg::new(&config, device)?;
             let report = model.load_state_dict(&sd, strict)?;
             let mut preprocess = Preprocess::imagenet();
@@ -143,7 +156,12 @@ pub fn load(
             };
             let mut model = Vgg::new(&config, device)?;
             let report = model.load_state_dict(&sd, strict)?;
-            Ok(Loaded { preprocess: recorded_pre.unwrap_or_else(|| default_preprocess(&config)), model, source: p, report })
+            Ok(Loaded {
+                preprocess: recorded_pre.unwrap_or_else(|| default_preprocess(&config)),
+                model,
+                source: p,
+                report,
+            })
         }
     }
 }

@@ -22,7 +22,14 @@ const FILES: [&str; 4] = ["small.pth", "small_legacy.pth", "small_training_ckpt.
 
 #[test]
 fn all_four_formats_load_to_the_formula_values() {
-    let keys = ["features.0.weight", "features.0.bias", "features.1.weight", "features.1.bias", "features.1.running_mean", "features.1.running_var"];
+    let keys = [
+        "features.0.weight",
+        "features.0.bias",
+        "features.1.weight",
+        "features.1.bias",
+        "features.1.running_mean",
+        "features.1.running_var",
+    ];
     let shapes: [&[usize]; 6] = [&[64, 3, 3, 3], &[64], &[64], &[64], &[64], &[64]];
     let mut loaded = Vec::new();
     for f in FILES {
@@ -76,7 +83,10 @@ fn shape_mismatch_names_the_key_and_both_shapes() {
     let err = m.load_state_dict(&full, Strict::Yes).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, WeightsError::ShapeMismatch { .. }), "{msg}");
-    assert!(msg.contains("features.0.weight") && msg.contains("[32, 3, 3, 3]") && msg.contains("[64, 3, 3, 3]"), "{msg}");
+    assert!(
+        msg.contains("features.0.weight") && msg.contains("[32, 3, 3, 3]") && msg.contains("[64, 3, 3, 3]"),
+        "{msg}"
+    );
     // Strict failure leaves the model untouched; non-strict reports the mismatch and loads the rest.
     let before = m.state_dict();
     assert_eq!(before["features.0.weight"].shape, vec![32, 3, 3, 3]);
@@ -126,7 +136,8 @@ fn truncated_files_give_errors_not_panics() {
 #[test]
 fn safetensors_round_trip_keeps_keys_values_and_architecture() {
     let device = Device::default();
-    let config = VggConfig::from_arch("vgg13_bn").unwrap().with_width(0.125).with_head(vgg::Head::cifar()).with_num_classes(10);
+    let config =
+        VggConfig::from_arch("vgg13_bn").unwrap().with_width(0.125).with_head(vgg::Head::cifar()).with_num_classes(10);
     let m = Vgg::new(&config, &device).unwrap();
     let sd = m.state_dict();
     let dir = std::env::temp_dir().join(format!("vgg-st-{}", std::process::id()));
@@ -141,7 +152,11 @@ fn safetensors_round_trip_keeps_keys_values_and_architecture() {
     assert!(back.contains_key("features.1.running_var") && back.contains_key("classifier.3.weight"));
     // Paper names are understood on load too.
     let paper = weights::keys::rename(&sd, m.plan(), weights::KeyStyle::Paper);
-    assert!(paper.contains_key("conv1_1.weight") && paper.contains_key("bn1_1.running_mean") && paper.contains_key("fc7.bias"));
+    assert!(
+        paper.contains_key("conv1_1.weight")
+            && paper.contains_key("bn1_1.running_mean")
+            && paper.contains_key("fc7.bias")
+    );
     let mut m2 = Vgg::new(&config, &device).unwrap();
     assert!(m2.load_state_dict(&paper, Strict::Yes).unwrap().is_complete());
     assert_eq!(m2.state_dict(), sd);

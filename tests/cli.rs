@@ -14,11 +14,7 @@ use vgg::weights::{self, Dtype, Strict};
 use vgg::{Vgg, VggConfig};
 
 fn vgg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vgg"))
-        .args(args)
-        .env("VGG_CACHE_DIR", tmp("cache"))
-        .output()
-        .expect("run vgg")
+    Command::new(env!("CARGO_BIN_EXE_vgg")).args(args).env("VGG_CACHE_DIR", tmp("cache")).output().expect("run vgg")
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -82,7 +78,10 @@ fn summary_table_names_layers_both_ways() {
 /// A small VGG-11 with formula weights, saved as safetensors with its architecture recorded.
 fn small_model_file(name: &str) -> (PathBuf, Vgg) {
     let device = Device::default();
-    let config = VggConfig::from_arch("vgg11").unwrap().with_width(0.25).with_head(vgg::Head::Imagenet { hidden: 64, pool: [7, 7] });
+    let config = VggConfig::from_arch("vgg11")
+        .unwrap()
+        .with_width(0.25)
+        .with_head(vgg::Head::Imagenet { hidden: 64, pool: [7, 7] });
     let mut m = Vgg::new(&config, &device).unwrap();
     m.load_state_dict(&formula_state_dict(m.plan()), Strict::Yes).unwrap();
     let path = tmp(&format!("{name}.safetensors"));
@@ -95,7 +94,16 @@ fn small_model_file(name: &str) -> (PathBuf, Vgg) {
 fn classify_prints_json_lines_matching_the_library() {
     let (path, model) = small_model_file("m1");
     let imgs = [fixtures().join("images/chelsea.png"), fixtures().join("images/rocket.jpg")];
-    let o = vgg(&["classify", imgs[0].to_str().unwrap(), imgs[1].to_str().unwrap(), "--weights", path.to_str().unwrap(), "--json", "--top", "3"]);
+    let o = vgg(&[
+        "classify",
+        imgs[0].to_str().unwrap(),
+        imgs[1].to_str().unwrap(),
+        "--weights",
+        path.to_str().unwrap(),
+        "--json",
+        "--top",
+        "3",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
@@ -122,7 +130,16 @@ fn features_writes_named_activations() {
     let (path, model) = small_model_file("m2");
     let img = fixtures().join("images/coffee.png");
     let out = tmp("feats.safetensors");
-    let o = vgg(&["features", img.to_str().unwrap(), "--weights", path.to_str().unwrap(), "--layers", "conv1_1,relu1_1,pool5,fc7", "--out", out.to_str().unwrap()]);
+    let o = vgg(&[
+        "features",
+        img.to_str().unwrap(),
+        "--weights",
+        path.to_str().unwrap(),
+        "--layers",
+        "conv1_1,relu1_1,pool5,fc7",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (sd, cfg) = weights::safetensors::read(&std::fs::read(&out).unwrap(), "feats").unwrap();
     assert_eq!(cfg.as_ref(), Some(model.config()));
@@ -134,7 +151,16 @@ fn features_writes_named_activations() {
     for (c, r) in sd["conv1_1"].data.iter().zip(&sd["relu1_1"].data) {
         assert_eq!(c.max(0.0), *r);
     }
-    let o = vgg(&["features", img.to_str().unwrap(), "--weights", path.to_str().unwrap(), "--layers", "conv9_9", "--out", out.to_str().unwrap()]);
+    let o = vgg(&[
+        "features",
+        img.to_str().unwrap(),
+        "--weights",
+        path.to_str().unwrap(),
+        "--layers",
+        "conv9_9",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("conv9_9") && stderr(&o).contains("conv1_1"), "{}", stderr(&o));
 }
@@ -151,7 +177,10 @@ fn bad_input_gives_messages_and_exit_codes_not_panics() {
         (vec!["classify", broken.to_str().unwrap(), "--weights", w], "broken.jpg"),
         (vec!["classify", good.to_str().unwrap(), "--weights", "nope.pth"], "nope.pth"),
         (vec!["classify", good.to_str().unwrap(), "--arch", "vgg17", "--weights", "random"], "vgg17"),
-        (vec!["classify", good.to_str().unwrap(), "--arch", "vgg13", "--weights", w], "shape mismatch for 'features.0.weight'"),
+        (
+            vec!["classify", good.to_str().unwrap(), "--arch", "vgg13", "--weights", w],
+            "shape mismatch for 'features.0.weight'",
+        ),
         (vec!["classify", good.to_str().unwrap(), "--weights", "torchvision:vgg99"], "vgg99"),
         (vec!["summary", "--arch", "vgg16", "--head", "transformer"], "transformer"),
     ];

@@ -30,7 +30,9 @@ fn train_mode_batchnorm_matches_pytorch() {
     println!("train-mode logits: relative error {err:.2e}");
     assert!(err < 1e-5, "{err}");
     let sd = m.state_dict();
-    for key in ["features.1.running_mean", "features.1.running_var", "features.26.running_mean", "features.26.running_var"] {
+    for key in
+        ["features.1.running_mean", "features.1.running_var", "features.26.running_mean", "features.26.running_var"]
+    {
         let want = npy(&format!("train/after_forward.{key}.npy"));
         let err = rel_err(&sd[key].data, &want.data);
         println!("{key}: relative error {err:.2e}");
@@ -44,7 +46,13 @@ fn lrn_follows_pytorch_local_response_norm() {
     let device = Device::default();
     let (n, c, h, w) = (2, 7, 3, 2);
     let x: Vec<f32> = s("lrn", n * c * h * w).into_iter().map(|v| v as f32 * 3.0).collect();
-    let y = values(local_response_norm(Tensor::from_data(TensorData::new(x.clone(), [n, c, h, w]), &device), 5, 1e-4, 0.75, 2.0));
+    let y = values(local_response_norm(
+        Tensor::from_data(TensorData::new(x.clone(), [n, c, h, w]), &device),
+        5,
+        1e-4,
+        0.75,
+        2.0,
+    ));
     // b_c = a_c / (k + alpha/n * sum_{c' = c-2..c+2} a_c'^2)^beta
     let at = |b: usize, ch: usize, i: usize| x[(b * c + ch) * h * w + i] as f64;
     for b in 0..n {
@@ -66,7 +74,10 @@ fn every_configuration_runs_any_batch_and_input_size() {
     let device = Device::default();
     for depth in Depth::ALL {
         for bn in [false, true] {
-            let config = VggConfig::new(depth, bn).with_width(0.125).with_head(Head::Imagenet { hidden: 32, pool: [7, 7] }).with_num_classes(5);
+            let config = VggConfig::new(depth, bn)
+                .with_width(0.125)
+                .with_head(Head::Imagenet { hidden: 32, pool: [7, 7] })
+                .with_num_classes(5);
             let m = Vgg::new(&config, &device).unwrap();
             assert_eq!(m.num_params(), config.plan([224, 224]).params(), "{config}");
             for (batch, h, w) in [(3, 32, 32), (1, 45, 70)] {
@@ -81,7 +92,11 @@ fn every_configuration_runs_any_batch_and_input_size() {
 #[test]
 fn grayscale_input_and_features_only_head() {
     let device = Device::default();
-    let config = VggConfig::new(Depth::B, true).with_width(0.25).with_in_channels(1).with_head(Head::cifar()).with_num_classes(10);
+    let config = VggConfig::new(Depth::B, true)
+        .with_width(0.25)
+        .with_in_channels(1)
+        .with_head(Head::cifar())
+        .with_num_classes(10);
     let m = Vgg::new(&config, &device).unwrap();
     assert_eq!(m.forward(formula_input("g", [4, 1, 32, 32], &device)).dims(), [4, 10]);
     assert!(m.check_input([4, 3, 32, 32]).is_err());
@@ -94,7 +109,8 @@ fn grayscale_input_and_features_only_head() {
 #[test]
 fn taps_return_every_named_layer_in_order_of_the_plan() {
     let device = Device::default();
-    let config = VggConfig::new(Depth::D, true).with_width(0.125).with_head(Head::Imagenet { hidden: 16, pool: [7, 7] });
+    let config =
+        VggConfig::new(Depth::D, true).with_width(0.125).with_head(Head::Imagenet { hidden: 16, pool: [7, 7] });
     let m = Vgg::new(&config, &device).unwrap();
     let names: Vec<String> = m.plan().layers.iter().map(|l| l.name.clone()).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();

@@ -57,7 +57,8 @@ fn vgg16_top5_on_the_photos_matches_torchvision() {
         let logits = values(model.forward(x));
         let want = npy(entry["vgg16_logits"].as_str().unwrap());
         let err = rel_err(&logits, &want.data);
-        let top5: Vec<usize> = entry["vgg16_top5"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let top5: Vec<usize> =
+            entry["vgg16_top5"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         let ours: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
         println!("{image}: logits relative error {err:.2e}, top-5 {:?}", &argsort_desc(&ours)[..5]);
         assert_eq!(argsort_desc(&ours)[..5], top5[..], "{image}");

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vgg::classify::classify_files;
 use vgg::config::Head;
 
-use super::{ArchArgs, load_model};
+use super::{ArchArgs, PreprocessArgs, load_model};
 
 #[derive(Args, Debug)]
 pub struct ClassifyArgs {
@@ -17,6 +17,8 @@ pub struct ClassifyArgs {
     images: Vec<PathBuf>,
     #[command(flatten)]
     arch: ArchArgs,
+    #[command(flatten)]
+    preprocess: PreprocessArgs,
     /// A .pth or .safetensors file, torchvision:NAME, `random`, or `formula` (the fixtures' deterministic weights).
     #[arg(long)]
     weights: Option<String>,
@@ -35,7 +37,8 @@ pub struct ClassifyArgs {
 }
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
-    let loaded = load_model(&a.arch, a.weights.as_deref(), true)?;
+    let mut loaded = load_model(&a.arch, a.weights.as_deref(), true)?;
+    a.preprocess.apply(&mut loaded.preprocess)?;
     let config = loaded.model.config().clone();
     if matches!(config.head, Head::None) {
         bail!("{} has no classifier head (features-only weights); use `vgg features`", config.arch_name());
@@ -53,8 +56,12 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
         None => (0..config.num_classes).map(|i| format!("class {i}")).collect(),
     };
     let bar = if a.images.len() > 1 { ProgressBar::new(a.images.len() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} images {per_sec} eta {eta}").expect("valid template"));
-    let results = classify_files(&loaded.model, &loaded.preprocess, &labels, &a.images, a.top, a.batch, &mut |n| bar.inc(n as u64));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} images {per_sec} eta {eta}").expect("valid template"),
+    );
+    let results = classify_files(&loaded.model, &loaded.preprocess, &labels, &a.images, a.top, a.batch, &mut |n| {
+        bar.inc(n as u64)
+    });
     bar.finish_and_clear();
     let mut failed = 0;
     for r in results {

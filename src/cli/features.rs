@@ -7,7 +7,7 @@ use clap::Args;
 use vgg::weights::safetensors::Meta;
 use vgg::weights::{Dtype, safetensors};
 
-use super::{ArchArgs, load_model};
+use super::{ArchArgs, PreprocessArgs, load_model};
 
 #[derive(Args, Debug)]
 pub struct FeaturesArgs {
@@ -15,6 +15,8 @@ pub struct FeaturesArgs {
     image: PathBuf,
     #[command(flatten)]
     arch: ArchArgs,
+    #[command(flatten)]
+    preprocess: PreprocessArgs,
     /// A .pth or .safetensors file, torchvision:NAME, `random`, or `formula` (the fixtures' deterministic weights).
     #[arg(long)]
     weights: Option<String>,
@@ -31,7 +33,8 @@ pub struct FeaturesArgs {
 }
 
 pub fn run(a: FeaturesArgs) -> Result<()> {
-    let loaded = load_model(&a.arch, a.weights.as_deref(), false)?;
+    let mut loaded = load_model(&a.arch, a.weights.as_deref(), false)?;
+    a.preprocess.apply(&mut loaded.preprocess)?;
     let model = &loaded.model;
     let img = loaded.preprocess.load(&a.image)?;
     let [c, h, w] = img.shape;
@@ -62,7 +65,10 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
             .iter()
             .map(|(n, s, min, max, mean)| serde_json::json!({"name": n, "shape": s, "min": min, "max": max, "mean": mean}))
             .collect();
-        println!("{}", serde_json::json!({"image": a.image.display().to_string(), "out": a.out.display().to_string(), "layers": layers}));
+        println!(
+            "{}",
+            serde_json::json!({"image": a.image.display().to_string(), "out": a.out.display().to_string(), "layers": layers})
+        );
     } else {
         println!("{} -> {}", a.image.display(), a.out.display());
         for (n, s, min, max, mean) in rows {

@@ -115,7 +115,9 @@ fn load_model(arch: &ArchArgs, weights: Option<&str>, strict: bool) -> Result<Lo
     let config = arch.config()?;
     let spec = match weights {
         Some(w) => WeightsSpec::parse(w),
-        None => bail!("--weights is required: a .pth or .safetensors file, torchvision:NAME (see `vgg weights list`), random or formula"),
+        None => bail!(
+            "--weights is required: a .pth or .safetensors file, torchvision:NAME (see `vgg weights list`), random or formula"
+        ),
     };
     let device = burn::tensor::Device::default();
     let bar = download_bar();
@@ -148,10 +150,51 @@ fn load_model(arch: &ArchArgs, weights: Option<&str>, strict: bool) -> Result<Lo
 /// Parses `224`, `224x224` or `200x300` (height x width).
 fn parse_size(s: &str) -> Result<[usize; 2]> {
     let parts: Vec<&str> = s.split(['x', 'X']).collect();
-    let nums: Vec<usize> = parts.iter().map(|p| p.trim().parse::<usize>()).collect::<Result<_, _>>().with_context(|| format!("bad size '{s}': expected N or HxW"))?;
+    let nums: Vec<usize> = parts
+        .iter()
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("bad size '{s}': expected N or HxW"))?;
     match nums.as_slice() {
         [n] => Ok([*n, *n]),
         [h, w] => Ok([*h, *w]),
         _ => bail!("bad size '{s}': expected N or HxW"),
+    }
+}
+
+/// Overrides of the preprocessing the weights come with.
+#[derive(Args, Debug, Clone)]
+pub struct PreprocessArgs {
+    /// Shorter side after resizing (0: keep the image's size).
+    #[arg(long)]
+    resize: Option<usize>,
+    /// Center crop, N or HxW (0: no crop).
+    #[arg(long)]
+    crop: Option<String>,
+    /// imagenet (torchvision's mean/std), caffe (BGR, 0-255, mean subtracted, for weights converted
+    /// from Caffe or Keras) or gray (one channel, mean 0.5, std 0.5).
+    #[arg(long)]
+    normalize: Option<String>,
+}
+
+impl PreprocessArgs {
+    /// Applies the overrides.
+    fn apply(&self, p: &mut vgg::image::Preprocess) -> Result<()> {
+        use vgg::image::Normalize;
+        if let Some(r) = self.resize {
+            p.resize = (r > 0).then_some(r);
+        }
+        if let Some(c) = &self.crop {
+            p.crop = if c == "0" { None } else { Some(parse_size(c)?) };
+        }
+        if let Some(n) = &self.normalize {
+            p.normalize = match n.as_str() {
+                "imagenet" => Normalize::imagenet(),
+                "caffe" => Normalize::Caffe,
+                "gray" | "grey" => Normalize::Gray { mean: 0.5, std: 0.5 },
+                other => bail!("unknown normalisation '{other}' (expected imagenet, caffe or gray)"),
+            };
+        }
+        Ok(())
     }
 }

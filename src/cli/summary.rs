@@ -27,7 +27,7 @@ fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -85,8 +85,17 @@ pub fn run(a: SummaryArgs) -> Result<()> {
         );
     }
     println!();
-    println!("parameters     {:>15}  (features {}, classifier {})", group(plan.params()), group(plan.feature_params()), group(plan.classifier_params()));
+    println!(
+        "parameters     {:>15}  (features {}, classifier {})",
+        group(plan.params()),
+        group(plan.feature_params()),
+        group(plan.classifier_params())
+    );
     println!("MACs per image {:>15}  ({:.3} G)", group(plan.macs()), plan.macs() as f64 / 1e9);
-    println!("weights (f32)  {:>15}  bytes ({:.1} MiB, BatchNorm buffers included)", group(weight_bytes), weight_bytes as f64 / (1 << 20) as f64);
+    println!(
+        "weights (f32)  {:>15}  bytes ({:.1} MiB, BatchNorm buffers included)",
+        group(weight_bytes),
+        weight_bytes as f64 / (1 << 20) as f64
+    );
     Ok(())
 }

@@ -30,7 +30,15 @@ pub fn run(cmd: WeightsCommand) -> Result<()> {
             for p in REGISTRY {
                 let acc = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
                 let cached = if fetcher.path_of(&p).exists() { "yes" } else { "no" };
-                println!("{:<28} {:<9} {:>7} {:>7}  {:<7} {}", format!("torchvision:{}", p.name), p.arch, acc(p.acc1), acc(p.acc5), cached, p.url);
+                println!(
+                    "{:<28} {:<9} {:>7} {:>7}  {:<7} {}",
+                    format!("torchvision:{}", p.name),
+                    p.arch,
+                    acc(p.acc1),
+                    acc(p.acc5),
+                    cached,
+                    p.url
+                );
             }
             println!("\ncache: {} (set VGG_CACHE_DIR to move it)", fetcher.cache_dir.display());
         }

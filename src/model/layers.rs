@@ -22,7 +22,8 @@ impl Conv {
     pub fn new(in_channels: usize, out_channels: usize, kernel: usize, device: &Device) -> Self {
         let fan_out = (out_channels * kernel * kernel) as f64;
         let std = (2.0 / fan_out).sqrt();
-        let weight = Tensor::random([out_channels, in_channels, kernel, kernel], Distribution::Normal(0.0, std), device);
+        let weight =
+            Tensor::random([out_channels, in_channels, kernel, kernel], Distribution::Normal(0.0, std), device);
         Self {
             weight: Param::from_tensor(weight),
             bias: Param::from_tensor(Tensor::zeros([out_channels], device)),
@@ -111,10 +112,8 @@ pub fn local_response_norm(x: Tensor<4>, size: usize, alpha: f64, beta: f64, k: 
     let device = x.device();
     let front = size / 2;
     let back = (size - 1) / 2;
-    let padded = Tensor::cat(
-        vec![Tensor::zeros([n, front, h, w], &device), sq, Tensor::zeros([n, back, h, w], &device)],
-        1,
-    );
+    let padded =
+        Tensor::cat(vec![Tensor::zeros([n, front, h, w], &device), sq, Tensor::zeros([n, back, h, w], &device)], 1);
     let mut sum = padded.clone().narrow(1, 0, c);
     for s in 1..size {
         sum = sum.add(padded.clone().narrow(1, s, c));
@@ -173,10 +172,7 @@ impl Fc {
     /// torchvision's VGG initialisation: normal(0, 0.01), zero bias.
     pub fn new(in_features: usize, out_features: usize, device: &Device) -> Self {
         let weight = Tensor::random([out_features, in_features], Distribution::Normal(0.0, 0.01), device);
-        Self {
-            weight: Param::from_tensor(weight),
-            bias: Param::from_tensor(Tensor::zeros([out_features], device)),
-        }
+        Self { weight: Param::from_tensor(weight), bias: Param::from_tensor(Tensor::zeros([out_features], device)) }
     }
 
     /// `x · Wᵀ + b`.

@@ -12,9 +12,7 @@ use std::ops::ControlFlow;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use crate::config::{
-    ConfigError, Head, LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, LayerKind, Plan, VggConfig,
-};
+use crate::config::{ConfigError, Head, LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, LayerKind, Plan, VggConfig};
 pub use layers::{BatchNorm2d, Conv, Fc};
 
 /// A convolution with its optional BatchNorm: one row of Table 1.
@@ -93,9 +91,7 @@ impl Vgg {
                     conv: Conv::new(in_channels, out_channels, kernel, device),
                     bn: config.batch_norm.then(|| BatchNorm2d::new(out_channels, device)),
                 }),
-                LayerKind::Linear { in_features, out_features } => {
-                    fcs.push(Fc::new(in_features, out_features, device))
-                }
+                LayerKind::Linear { in_features, out_features } => fcs.push(Fc::new(in_features, out_features, device)),
                 _ => {}
             }
         }
@@ -123,10 +119,7 @@ impl Vgg {
             return Err(bad(format!("expected {} input channels", self.config.in_channels)));
         }
         if h < VggConfig::MIN_INPUT || w < VggConfig::MIN_INPUT {
-            return Err(bad(format!(
-                "five 2x2 max-pools need at least {0}x{0} pixels",
-                VggConfig::MIN_INPUT
-            )));
+            return Err(bad(format!("five 2x2 max-pools need at least {0}x{0} pixels", VggConfig::MIN_INPUT)));
         }
         Ok(())
     }
@@ -148,8 +141,7 @@ impl Vgg {
     /// The trunk alone (torchvision's `model.features(x)`): pool5, `[N, 512, H/32, W/32]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<4> {
         let last = self.plan.trunk - 1;
-        self.run(x, false, &mut |i, _| if i == last { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
-            .map()
+        self.run(x, false, &mut |i, _| if i == last { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }).map()
     }
 
     /// Evaluation-mode activations of the named layers (paper names such as `conv1_1`, `relu4_2`,

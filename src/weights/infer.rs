@@ -28,7 +28,9 @@ pub fn infer_config(sd: &StateDict) -> Option<VggConfig> {
                 LayerKind::Conv { in_channels, out_channels, kernel } => {
                     shape(sd, &format!("{}.weight", l.key)) == Some(&[out_channels, in_channels, kernel, kernel][..])
                 }
-                LayerKind::BatchNorm { channels } => shape(sd, &format!("{}.running_var", l.key)) == Some(&[channels][..]),
+                LayerKind::BatchNorm { channels } => {
+                    shape(sd, &format!("{}.running_var", l.key)) == Some(&[channels][..])
+                }
                 _ => true,
             });
             // The trunk must account for every `features.*` tensor (num_batches_tracked is optional).
@@ -125,9 +127,17 @@ mod tests {
                 assert_eq!(infer_config(&fake(&c)).as_ref(), Some(&c), "{c}");
             }
         }
-        let c = VggConfig::new(Depth::D, true).with_head(Head::cifar()).with_num_classes(10).with_dropout(0.0).with_width(0.25).with_in_channels(1);
+        let c = VggConfig::new(Depth::D, true)
+            .with_head(Head::cifar())
+            .with_num_classes(10)
+            .with_dropout(0.0)
+            .with_width(0.25)
+            .with_in_channels(1);
         assert_eq!(infer_config(&fake(&c)), Some(c));
-        let c = VggConfig::new(Depth::B, false).with_head(Head::Cifar { hidden: vec![64, 32] }).with_num_classes(7).with_width(0.25);
+        let c = VggConfig::new(Depth::B, false)
+            .with_head(Head::Cifar { hidden: vec![64, 32] })
+            .with_num_classes(7)
+            .with_width(0.25);
         assert_eq!(infer_config(&fake(&c)), Some(c));
         let c = VggConfig::new(Depth::E, false).with_head(Head::None).with_width(0.25);
         assert_eq!(infer_config(&fake(&c)), Some(c));

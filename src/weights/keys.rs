@@ -243,7 +243,6 @@ impl Vgg {
         }
         Ok(report)
     }
-
 }
 
 /// A short description of what a state dict holds, for error messages.

@@ -447,11 +447,10 @@ impl Machine<'_> {
                 }
                 b'b' => {
                     let state = self.pop()?;
-                    match self.top()? {
-                        Value::Object { state: s, .. } => *s = Some(Box::new(state)),
-                        // An OrderedDict's state is its `_metadata` attribute; a tensor's is its
-                        // Python attributes. Neither carries weights.
-                        _ => {}
+                    // An OrderedDict's state is its `_metadata` attribute; a tensor's is its Python
+                    // attributes. Neither carries weights, so only inert objects keep theirs.
+                    if let Value::Object { state: s, .. } = self.top()? {
+                        *s = Some(Box::new(state));
                     }
                 }
                 b'Q' => {
@@ -542,7 +541,7 @@ impl Machine<'_> {
 }
 
 fn pairs(items: Vec<Value>) -> Option<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return None;
     }
     let mut out = Vec::with_capacity(items.len() / 2);

@@ -12,11 +12,8 @@ const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 
 
 /// Reads a `.pth` file's bytes into a flat state dict, unwrapping training checkpoints.
 pub fn read(bytes: &[u8], path: &str) -> Result<StateDict, WeightsError> {
-    let (root, storages) = if bytes.starts_with(b"PK\x03\x04") {
-        read_zip(bytes, path)?
-    } else {
-        read_legacy(bytes, path)?
-    };
+    let (root, storages) =
+        if bytes.starts_with(b"PK\x03\x04") { read_zip(bytes, path)? } else { read_legacy(bytes, path)? };
     let dict = find_state_dict(&root).ok_or_else(|| WeightsError::Format {
         path: path.to_string(),
         what: "no tensors found (expected a state dict, or a checkpoint holding one under 'state_dict' or 'model')"
@@ -95,9 +92,8 @@ fn read_zip(bytes: &[u8], path: &str) -> Result<(Value, HashMap<String, Vec<u8>>
 fn read_legacy(bytes: &[u8], path: &str) -> Result<(Value, HashMap<String, Vec<u8>>), WeightsError> {
     let fmt = |what: String| WeightsError::Format { path: path.to_string(), what };
     let pk = |pos| pickle::read(bytes, pos).map_err(|e| fmt(e.to_string()));
-    let (magic, pos) = pk(0).map_err(|_| {
-        fmt("not a PyTorch file (neither zip nor legacy pickle), nor safetensors".into())
-    })?;
+    let (magic, pos) =
+        pk(0).map_err(|_| fmt("not a PyTorch file (neither zip nor legacy pickle), nor safetensors".into()))?;
     if magic != Value::BigInt(LEGACY_MAGIC.to_vec()) {
         return Err(fmt("a pickle, but not a PyTorch legacy file (wrong magic number)".into()));
     }
@@ -121,9 +117,8 @@ fn read_legacy(bytes: &[u8], path: &str) -> Result<(Value, HashMap<String, Vec<u
         };
         let dtype = *dtypes.get(&key).ok_or_else(|| fmt(format!("storage {key} is not referenced")))?;
         // Each storage is preceded by its own 8-byte element count.
-        let header = bytes
-            .get(pos..pos + 8)
-            .ok_or_else(|| fmt(format!("file ends before storage {key} (truncated file?)")))?;
+        let header =
+            bytes.get(pos..pos + 8).ok_or_else(|| fmt(format!("file ends before storage {key} (truncated file?)")))?;
         let numel = u64::from_le_bytes(header.try_into().unwrap()) as usize;
         pos += 8;
         let len = numel.checked_mul(dtype.size()).ok_or_else(|| fmt("storage size overflows".into()))?;
@@ -157,7 +152,12 @@ fn collect_storages(v: &Value, out: &mut HashMap<String, StorageDtype>) {
 }
 
 /// Gathers a (possibly strided) tensor out of its storage into a contiguous buffer.
-fn materialise(t: &TensorRef, storages: &HashMap<String, Vec<u8>>, key: &str, path: &str) -> Result<TensorEntry, WeightsError> {
+fn materialise(
+    t: &TensorRef,
+    storages: &HashMap<String, Vec<u8>>,
+    key: &str,
+    path: &str,
+) -> Result<TensorEntry, WeightsError> {
     let fmt = |what: String| WeightsError::Format { path: path.to_string(), what };
     let raw = storages
         .get(&t.storage.key)

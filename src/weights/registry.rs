@@ -35,24 +35,87 @@ const BASE: &str = "https://download.pytorch.org/models/";
 /// Every published set, as torchvision's `VGG*_Weights` enums list them.
 pub const REGISTRY: [Pretrained; 9] = [
     // VGG11_Weights.IMAGENET1K_V1: acc@1 69.020, acc@5 88.628
-    Pretrained { name: "vgg11", arch: "vgg11", url: "https://download.pytorch.org/models/vgg11-8a719046.pth", acc1: Some(69.020), acc5: Some(88.628), features_only: false },
+    Pretrained {
+        name: "vgg11",
+        arch: "vgg11",
+        url: "https://download.pytorch.org/models/vgg11-8a719046.pth",
+        acc1: Some(69.020),
+        acc5: Some(88.628),
+        features_only: false,
+    },
     // VGG11_BN_Weights.IMAGENET1K_V1: acc@1 70.370, acc@5 89.810
-    Pretrained { name: "vgg11_bn", arch: "vgg11_bn", url: "https://download.pytorch.org/models/vgg11_bn-6002323d.pth", acc1: Some(70.370), acc5: Some(89.810), features_only: false },
+    Pretrained {
+        name: "vgg11_bn",
+        arch: "vgg11_bn",
+        url: "https://download.pytorch.org/models/vgg11_bn-6002323d.pth",
+        acc1: Some(70.370),
+        acc5: Some(89.810),
+        features_only: false,
+    },
     // VGG13_Weights.IMAGENET1K_V1: acc@1 69.928, acc@5 89.246
-    Pretrained { name: "vgg13", arch: "vgg13", url: "https://download.pytorch.org/models/vgg13-19584684.pth", acc1: Some(69.928), acc5: Some(89.246), features_only: false },
+    Pretrained {
+        name: "vgg13",
+        arch: "vgg13",
+        url: "https://download.pytorch.org/models/vgg13-19584684.pth",
+        acc1: Some(69.928),
+        acc5: Some(89.246),
+        features_only: false,
+    },
     // VGG13_BN_Weights.IMAGENET1K_V1: acc@1 71.586, acc@5 90.374
-    Pretrained { name: "vgg13_bn", arch: "vgg13_bn", url: "https://download.pytorch.org/models/vgg13_bn-abd245e5.pth", acc1: Some(71.586), acc5: Some(90.374), features_only: false },
+    Pretrained {
+        name: "vgg13_bn",
+        arch: "vgg13_bn",
+        url: "https://download.pytorch.org/models/vgg13_bn-abd245e5.pth",
+        acc1: Some(71.586),
+        acc5: Some(90.374),
+        features_only: false,
+    },
     // VGG16_Weights.IMAGENET1K_V1: acc@1 71.592, acc@5 90.382
-    Pretrained { name: "vgg16", arch: "vgg16", url: "https://download.pytorch.org/models/vgg16-397923af.pth", acc1: Some(71.592), acc5: Some(90.382), features_only: false },
+    Pretrained {
+        name: "vgg16",
+        arch: "vgg16",
+        url: "https://download.pytorch.org/models/vgg16-397923af.pth",
+        acc1: Some(71.592),
+        acc5: Some(90.382),
+        features_only: false,
+    },
     // VGG16_Weights.IMAGENET1K_FEATURES: the trunk ported from the original Caffe model (amdegroot);
     // expects 0–255 inputs with the mean subtracted (see `preprocess`).
-    Pretrained { name: "vgg16_features", arch: "vgg16", url: "https://download.pytorch.org/models/vgg16_features-amdegroot-88682ab5.pth", acc1: None, acc5: None, features_only: true },
+    Pretrained {
+        name: "vgg16_features",
+        arch: "vgg16",
+        url: "https://download.pytorch.org/models/vgg16_features-amdegroot-88682ab5.pth",
+        acc1: None,
+        acc5: None,
+        features_only: true,
+    },
     // VGG16_BN_Weights.IMAGENET1K_V1: acc@1 73.360, acc@5 91.516
-    Pretrained { name: "vgg16_bn", arch: "vgg16_bn", url: "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth", acc1: Some(73.360), acc5: Some(91.516), features_only: false },
+    Pretrained {
+        name: "vgg16_bn",
+        arch: "vgg16_bn",
+        url: "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth",
+        acc1: Some(73.360),
+        acc5: Some(91.516),
+        features_only: false,
+    },
     // VGG19_Weights.IMAGENET1K_V1: acc@1 72.376, acc@5 90.876
-    Pretrained { name: "vgg19", arch: "vgg19", url: "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", acc1: Some(72.376), acc5: Some(90.876), features_only: false },
+    Pretrained {
+        name: "vgg19",
+        arch: "vgg19",
+        url: "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+        acc1: Some(72.376),
+        acc5: Some(90.876),
+        features_only: false,
+    },
     // VGG19_BN_Weights.IMAGENET1K_V1: acc@1 74.218, acc@5 91.842
-    Pretrained { name: "vgg19_bn", arch: "vgg19_bn", url: "https://download.pytorch.org/models/vgg19_bn-c79401a0.pth", acc1: Some(74.218), acc5: Some(91.842), features_only: false },
+    Pretrained {
+        name: "vgg19_bn",
+        arch: "vgg19_bn",
+        url: "https://download.pytorch.org/models/vgg19_bn-c79401a0.pth",
+        acc1: Some(74.218),
+        acc5: Some(91.842),
+        features_only: false,
+    },
 ];
 
 /// All names, as `torchvision:NAME`.

@@ -61,7 +61,8 @@ pub fn read(bytes: &[u8], path: &str) -> Result<(StateDict, Option<VggConfig>), 
     let st = SafeTensors::deserialize(bytes).map_err(|e| fmt(format!("not a valid safetensors file: {e}")))?;
     let mut sd = StateDict::new();
     for (name, view) in st.tensors() {
-        let dtype = to_dtype(view.dtype()).ok_or_else(|| fmt(format!("'{name}' has unsupported type {:?}", view.dtype())))?;
+        let dtype =
+            to_dtype(view.dtype()).ok_or_else(|| fmt(format!("'{name}' has unsupported type {:?}", view.dtype())))?;
         let entry = TensorEntry::from_le_bytes(dtype, view.shape().to_vec(), view.data()).map_err(&fmt)?;
         sd.insert(name.strip_prefix("module.").unwrap_or(&name).to_string(), entry);
     }
