@@ -126,6 +126,24 @@ fn classify_prints_json_lines_matching_the_library() {
 }
 
 #[test]
+fn classify_mixes_image_sizes_in_one_call() {
+    let (path, _) = small_model_file("mixed");
+    // Without resize and crop the photos keep their own sizes (451x300, 600x400, 512x512).
+    let imgs: Vec<String> = ["chelsea.png", "coffee.png", "camera.png"]
+        .iter()
+        .map(|f| fixtures().join("images").join(f).display().to_string())
+        .collect();
+    let mut args = vec!["classify"];
+    args.extend(imgs.iter().map(String::as_str));
+    args.extend(["--weights", path.to_str().unwrap(), "--resize", "0", "--crop", "0", "--json", "--batch", "3"]);
+    let o = vgg(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let names: Vec<&str> = lines.iter().map(|l| l["image"].as_str().unwrap()).collect();
+    assert_eq!(names, imgs.iter().map(String::as_str).collect::<Vec<_>>(), "results come in input order");
+}
+
+#[test]
 fn features_writes_named_activations() {
     let (path, model) = small_model_file("m2");
     let img = fixtures().join("images/coffee.png");
