@@ -29,6 +29,7 @@ pub mod labels;
 pub mod model;
 pub mod npy;
 pub mod pretrained;
+pub mod train;
 pub mod weights;
 
 pub use config::{Depth, Head, VggConfig};
