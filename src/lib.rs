@@ -22,6 +22,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod data;
 pub mod features;
 pub mod formula;
 pub mod image;
