@@ -10,11 +10,11 @@
 
 mod common;
 
-use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use common::*;
 use vgg::config::{Depth, Head};
-use vgg::train::{cross_entropy, sgd};
+use vgg::train::cross_entropy;
+use vgg::train::sgd::{SgdConfig, SgdState};
 use vgg::weights::Strict;
 use vgg::{Vgg, VggConfig};
 
@@ -110,7 +110,8 @@ fn loss_and_gradients_match_pytorch() {
 fn three_sgd_steps_match_pytorch() {
     let device = Device::default().autodiff();
     let mut m = fixture_model(&device);
-    let mut optim = sgd(0.9, 5e-4, false);
+    let config = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
+    let mut state = SgdState::default();
     let x = formula_input("cifar_train", [8, 3, 32, 32], &device);
     let manifest = manifest();
     let want: Vec<f64> =
@@ -122,8 +123,8 @@ fn three_sgd_steps_match_pytorch() {
         // By step 2 the loss is 0.0079: a log-probability near 0, so f32 rounding of the logits
         // shows at ~3e-3 of it.
         assert!(((got - want) / want).abs() < 5e-3, "step {step}: {got} vs {want}");
-        let grads = GradientsParams::from_grads(loss.backward(), &m);
-        m = optim.step(0.002, m, grads);
+        let grads = loss.backward();
+        m.sgd_step(&grads, &mut state, &config, 0.002, &|_| false);
     }
     let sd = m.state_dict();
     for key in ["classifier.2.weight", "features.0.weight"] {

@@ -1,8 +1,9 @@
-//! Training pieces with PyTorch's semantics: the loss and the optimiser settings that reproduce
-//! `torch.optim.SGD` (burn's momentum dampens by 0.1 unless told otherwise; PyTorch does not).
+//! Training with PyTorch's semantics: the loss, and `torch.optim.SGD` written out so that its
+//! momentum buffers can be checkpointed (burn's own SGD also dampens momentum by 0.1 by default;
+//! PyTorch does not).
 
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, ModuleOptimizer, SgdConfig, decay::WeightDecayConfig};
+pub mod sgd;
+
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
@@ -22,27 +23,4 @@ pub fn cross_entropy(logits: Tensor<2>, labels: &[usize], smoothing: f64) -> Ten
     // PyTorch: (1 - ε) · NLL + ε · mean over classes of −log p.
     let uniform = logp.neg().mean_dim(1).mean();
     nll.mul_scalar(1.0 - smoothing).add(uniform.mul_scalar(smoothing))
-}
-
-/// `torch.optim.SGD(lr, momentum, weight_decay, nesterov)`: decay added to the gradient, the
-/// momentum buffer starting at the first gradient, no dampening.
-pub fn sgd(momentum: f64, weight_decay: f64, nesterov: bool) -> ModuleOptimizer {
-    let mut c = SgdConfig::new();
-    if momentum > 0.0 {
-        c = c.with_momentum(Some(MomentumConfig { momentum, dampening: 0.0, nesterov }));
-    }
-    if weight_decay > 0.0 {
-        c = c.with_weight_decay(Some(WeightDecayConfig { penalty: weight_decay as f32 }));
-    }
-    c.init()
-}
-
-/// `torch.optim.AdamW(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay)`.
-pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
-    AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(weight_decay as f32)
-        .init()
 }

@@ -134,14 +134,33 @@ impl Slot<'_> {
     }
 }
 
+/// A trainable parameter of the model, by rank.
+pub enum ParamSlot<'a> {
+    /// Biases, BatchNorm γ and β.
+    P1(&'a mut Param<Tensor<1>>),
+    /// Linear weights `[out, in]`.
+    P2(&'a mut Param<Tensor<2>>),
+    /// Conv weights `[out, in, k, k]`.
+    P4(&'a mut Param<Tensor<4>>),
+}
+
 impl Vgg {
+    /// The trainable parameters with their torchvision keys (running statistics excluded).
+    pub fn param_slots(&mut self) -> Vec<(String, ParamSlot<'_>)> {
+        self.slots()
+            .into_iter()
+            .filter_map(|(k, s)| match s {
+                Slot::P1(p) => Some((k, ParamSlot::P1(p))),
+                Slot::P2(p) => Some((k, ParamSlot::P2(p))),
+                Slot::P4(p) => Some((k, ParamSlot::P4(p))),
+                Slot::R1(_) | Slot::Count(_) => None,
+            })
+            .collect()
+    }
+
     /// Every tensor of the model with its torchvision key, in the order torchvision lists them.
     fn slots(&mut self) -> Vec<(String, Slot<'_>)> {
-        let mut keyed: Vec<(String, &LayerKind)> = Vec::new();
         let plan = self.plan().clone();
-        for l in &plan.layers {
-            keyed.push((l.key.clone(), &l.kind));
-        }
         let mut out = Vec::new();
         let mut convs = self.convs.iter_mut();
         let mut fcs = self.fcs.iter_mut();
