@@ -150,6 +150,9 @@ pub fn load(
             } else {
                 (weights::pth::read(&bytes, &p)?, None, None)
             };
+            // A training checkpoint also holds the optimiser's buffers; they are not model weights.
+            let mut sd = sd;
+            sd.retain(|k, _| !k.starts_with("momentum_buffer."));
             let config = match config.or(recorded) {
                 Some(c) => c,
                 None => weights::infer::infer_config(&sd).ok_or_else(|| LoadError::UnknownArch(p.clone()))?,

@@ -3,6 +3,7 @@
 mod classify;
 mod features;
 mod summary;
+mod train;
 mod weights;
 
 use anyhow::{Context, Result, bail};
@@ -29,6 +30,10 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Save the activations of named layers (conv1_1, relu4_2, pool5, fc7, ...) to safetensors.
     Features(features::FeaturesArgs),
+    /// Train a VGG (Fashion-MNIST), checkpointing every epoch.
+    Train(train::TrainArgs),
+    /// Top-1/top-5 accuracy, per-class accuracy and confusion matrix of weights on a test set.
+    Eval(train::EvalArgs),
     /// List, locate or fetch torchvision's published weights.
     #[command(subcommand)]
     Weights(weights::WeightsCommand),
@@ -40,6 +45,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Summary(a) => summary::run(a),
         Command::Classify(a) => classify::run(a),
         Command::Features(a) => features::run(a),
+        Command::Train(a) => train::run_train(a),
+        Command::Eval(a) => train::run_eval(a),
         Command::Weights(a) => weights::run(a),
     }
 }

@@ -2,6 +2,7 @@
 //! momentum buffers can be checkpointed (burn's own SGD also dampens momentum by 0.1 by default;
 //! PyTorch does not).
 
+pub mod fit;
 pub mod sgd;
 
 use burn::tensor::activation::log_softmax;

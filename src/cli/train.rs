@@ -1,0 +1,232 @@
+//! `vgg train` and `vgg eval`
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use vgg::config::Head;
+use vgg::train::fit::{self, Event, FitConfig, RunDir, Schedule};
+use vgg::train::sgd::SgdConfig;
+use vgg::{Vgg, VggConfig};
+
+use super::ArchArgs;
+
+/// Which dataset.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// fashion-mnist (IDX files).
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: String,
+    /// Directory of the dataset files (default: /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Use only the first N training images (quick runs).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    limit_test: Option<usize>,
+}
+
+impl DataArgs {
+    fn load(&self) -> Result<(vgg::data::Dataset, vgg::data::Dataset)> {
+        let (train, test) = match self.dataset.as_str() {
+            "fashion-mnist" | "fashion_mnist" | "fmnist" => vgg::data::fashion_mnist(self.data_dir.as_deref())?,
+            other => bail!("unknown dataset '{other}' (this version reads fashion-mnist)"),
+        };
+        let train = match self.limit {
+            Some(n) => train.take(n),
+            None => train,
+        };
+        let test = match self.limit_test {
+            Some(n) => test.take(n),
+            None => test,
+        };
+        Ok((train, test))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    arch: ArchArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Directory for checkpoints and metrics.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from OUT/last.safetensors.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, default_value_t = 15)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    /// onecycle, cosine, constant, or step:N (divide by 10 every N epochs).
+    #[arg(long, default_value = "onecycle")]
+    schedule: String,
+    /// Warm-up epochs (cosine).
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    #[arg(long)]
+    nesterov: bool,
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Turn off random crop and flip.
+    #[arg(long)]
+    no_augment: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object per epoch instead of the progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_train(a: TrainArgs) -> Result<()> {
+    let (train, test) = a.data.load()?;
+    let config = match a.arch.config()? {
+        Some(c) => c,
+        // The default small model for 28x28 grayscale: VGG-11-BN at half width, CIFAR-style head.
+        None => VggConfig::from_arch("vgg11_bn")?.with_width(0.5).with_head(Head::cifar()),
+    };
+    let config = config.with_in_channels(train.shape[0]).with_num_classes(train.classes.len());
+    config.validate()?;
+    let schedule = match a.schedule.as_str() {
+        "onecycle" => Schedule::OneCycle,
+        "cosine" => Schedule::Cosine,
+        "constant" => Schedule::Constant,
+        s if s.starts_with("step:") => Schedule::Step { step: s[5..].parse().context("step:N needs a number")? },
+        other => bail!("unknown schedule '{other}'"),
+    };
+    let fit_config = FitConfig {
+        epochs: a.epochs,
+        batch_size: a.batch.max(1),
+        lr: a.lr,
+        schedule,
+        warmup_epochs: a.warmup,
+        sgd: SgdConfig { momentum: a.momentum, weight_decay: a.weight_decay, nesterov: a.nesterov },
+        label_smoothing: a.label_smoothing,
+        augment: !a.no_augment,
+        canvas: 32.max(train.shape[1]),
+        seed: a.seed,
+    };
+    let device = burn::tensor::Device::default().autodiff();
+    device.seed(a.seed);
+    let model = Vgg::new(&config, &device)?;
+    eprintln!("training {config} on {} images, testing on {}", train.len(), test.len());
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:25}] {pos}/{len} {msg} {per_sec} eta {eta}")
+            .expect("template"),
+    );
+    if a.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let batch = fit_config.batch_size as u64;
+    let dir = RunDir(a.out.clone());
+    let (_, state) = fit::fit(model, &train, &test, &fit_config, &dir, a.resume, &mut |e| match e {
+        Event::EpochStart(epoch, steps) => {
+            bar.reset();
+            bar.set_length(steps as u64);
+            bar.set_prefix(format!("{epoch}/{}", fit_config.epochs));
+            ControlFlow::Continue(())
+        }
+        Event::Step(_, loss, acc, lr) => {
+            bar.inc(1);
+            bar.set_message(format!("loss {loss:.4} acc {:.1}% lr {lr:.4} ({batch} img/step)", acc * 100.0));
+            ControlFlow::Continue(())
+        }
+        Event::EpochEnd(m) => {
+            if a.json {
+                println!("{}", serde_json::to_string(m).expect("metrics serialise"));
+            } else {
+                bar.println(format!(
+                    "epoch {:>3}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} img/s, {:.0} s",
+                    m.epoch,
+                    m.train_loss,
+                    m.train_acc * 100.0,
+                    m.test_loss,
+                    m.test_acc * 100.0,
+                    m.images_per_s,
+                    m.seconds
+                ));
+            }
+            ControlFlow::Continue(())
+        }
+    })?;
+    bar.finish_and_clear();
+    if !a.json {
+        println!(
+            "best test accuracy {:.2}%; weights in {}, checkpoint in {}",
+            state.best_acc * 100.0,
+            dir.best().display(),
+            dir.last().display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A .safetensors file written by `vgg train` (or any weights recording their preprocessing).
+    #[arg(long)]
+    weights: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_eval(a: EvalArgs) -> Result<()> {
+    let (_, test) = a.data.load()?;
+    let device = burn::tensor::Device::default();
+    let (model, pre) = fit::load_for_eval(&a.weights, &device)?;
+    let norm = match pre.normalize {
+        vgg::image::Normalize::Gray { mean, std } => fit::PixelNorm { mean, std },
+        vgg::image::Normalize::MeanStd { mean, std } => fit::PixelNorm { mean: mean[0], std: std[0] },
+        vgg::image::Normalize::Caffe => bail!("caffe-normalised weights cannot be evaluated on this dataset"),
+    };
+    let canvas = pre.crop.map(|c| c[0]).unwrap_or(test.shape[1]);
+    let bar = ProgressBar::new(test.len() as u64);
+    bar.set_style(ProgressStyle::with_template("[{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("template"));
+    let ev = fit::evaluate(&model, &test, canvas, norm, a.batch, &mut |n| bar.inc(n as u64));
+    bar.finish_and_clear();
+    let per_class: Vec<f64> = ev
+        .confusion
+        .iter()
+        .enumerate()
+        .map(|(i, row)| row[i] as f64 / row.iter().sum::<usize>().max(1) as f64)
+        .collect();
+    if a.json {
+        let out = serde_json::json!({
+            "weights": a.weights.display().to_string(), "images": test.len(),
+            "top1": ev.acc, "top5": ev.acc5, "loss": ev.loss,
+            "per_class": per_class, "confusion": ev.confusion, "classes": test.classes,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("{}: {} test images", a.weights.display(), test.len());
+    println!("top-1 {:.2}%  top-5 {:.2}%  loss {:.4}", ev.acc * 100.0, ev.acc5 * 100.0, ev.loss);
+    println!("\n{:<14} {:>8}", "class", "accuracy");
+    for (name, acc) in test.classes.iter().zip(&per_class) {
+        println!("{name:<14} {:>7.2}%", acc * 100.0);
+    }
+    println!("\nconfusion matrix (rows: true class, columns: predicted)");
+    for row in &ev.confusion {
+        println!("{}", row.iter().map(|v| format!("{v:>5}")).collect::<String>());
+    }
+    Ok(())
+}

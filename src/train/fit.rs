@@ -1,0 +1,461 @@
+//! The training loop: deterministic data order and augmentation for a seed, a prefetching loader
+//! thread, PyTorch's SGD and learning-rate schedules, evaluation after each epoch, atomic
+//! checkpoints that resume to the same result as an uninterrupted run.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+
+use burn::module::Module;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::cross_entropy;
+use super::sgd::{SgdConfig, SgdState};
+use crate::data::Dataset;
+use crate::model::Vgg;
+use crate::weights::safetensors::{self as st, Meta};
+use crate::weights::{self, Dtype, StateDict, Strict, WeightsError};
+
+/// How the learning rate moves over training.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// The peak rate throughout.
+    Constant,
+    /// Linear warm-up, then cosine decay to zero.
+    Cosine,
+    /// `torch.optim.lr_scheduler.OneCycleLR` defaults: cosine up from peak/25 over 30% of the
+    /// steps, then cosine down to peak/25/1e4.
+    OneCycle,
+    /// Divide by 10 every `step` epochs.
+    Step {
+        /// Epochs between divisions.
+        step: usize,
+    },
+}
+
+/// Everything that defines a run (saved in its checkpoints).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FitConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Schedule.
+    pub schedule: Schedule,
+    /// Warm-up length in epochs (cosine schedule).
+    pub warmup_epochs: f64,
+    /// SGD settings.
+    pub sgd: SgdConfig,
+    /// Label smoothing ε.
+    pub label_smoothing: f64,
+    /// Random crop within the canvas and horizontal flip.
+    pub augment: bool,
+    /// Side of the square canvas images are placed on (32 for 28x28 Fashion-MNIST).
+    pub canvas: usize,
+    /// Seed of data order, augmentation and dropout.
+    pub seed: u64,
+}
+
+impl FitConfig {
+    /// The learning rate at `step` of `total`.
+    pub fn lr_at(&self, step: usize, total: usize, steps_per_epoch: usize) -> f64 {
+        let t = step as f64 / total.max(1) as f64;
+        let cos = |a: f64, b: f64, p: f64| b + (a - b) * (1.0 + (std::f64::consts::PI * p).cos()) / 2.0;
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Cosine => {
+                let warm = (self.warmup_epochs * steps_per_epoch as f64) as usize;
+                if step < warm {
+                    self.lr * (step + 1) as f64 / warm as f64
+                } else {
+                    cos(self.lr, 0.0, (step - warm) as f64 / (total - warm).max(1) as f64)
+                }
+            }
+            Schedule::OneCycle => {
+                let start = self.lr / 25.0;
+                let end = start / 1e4;
+                let up = 0.3;
+                if t < up { cos(start, self.lr, t / up) } else { cos(self.lr, end, (t - up) / (1.0 - up)) }
+            }
+            Schedule::Step { step: s } => self.lr * 0.1f64.powi((step / steps_per_epoch / s.max(1)) as i32),
+        }
+    }
+}
+
+/// Why training stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The loss became NaN or infinite; the last checkpoint is the last good state.
+    #[error(
+        "the loss became {loss} at epoch {epoch}, step {step}: training stopped; the last good checkpoint is kept (try a lower --lr)"
+    )]
+    NonFinite {
+        /// The loss value.
+        loss: f32,
+        /// Epoch (1-based).
+        epoch: usize,
+        /// Step within the epoch.
+        step: usize,
+    },
+    /// Checkpoint or weights I/O failed.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// A checkpoint does not fit this run.
+    #[error("{0}")]
+    Checkpoint(String),
+}
+
+/// What one epoch did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch, 1-based.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy (on augmented images, in training mode).
+    pub train_acc: f64,
+    /// Test loss.
+    pub test_loss: f64,
+    /// Test top-1 accuracy.
+    pub test_acc: f64,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Training images per second.
+    pub images_per_s: f64,
+    /// Wall time of the epoch, evaluation included.
+    pub seconds: f64,
+}
+
+/// Per-channel normalisation of 8-bit pixels.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PixelNorm {
+    /// Mean of v/255.
+    pub mean: f32,
+    /// Standard deviation of v/255.
+    pub std: f32,
+}
+
+impl PixelNorm {
+    /// Mean and standard deviation over a whole dataset.
+    pub fn of(ds: &Dataset) -> Self {
+        let n = ds.images.len() as f64;
+        let mean = ds.images.iter().map(|&v| v as f64 / 255.0).sum::<f64>() / n;
+        let var = ds.images.iter().map(|&v| (v as f64 / 255.0 - mean).powi(2)).sum::<f64>() / n;
+        Self { mean: mean as f32, std: var.sqrt() as f32 }
+    }
+}
+
+/// Places images on the canvas (randomly shifted and flipped when `rng` is given), normalised.
+pub fn make_batch(
+    ds: &Dataset,
+    idx: &[usize],
+    canvas: usize,
+    norm: PixelNorm,
+    mut rng: Option<&mut StdRng>,
+) -> (Vec<f32>, Vec<usize>) {
+    let [c, h, w] = ds.shape;
+    let bg = (0.0 - norm.mean) / norm.std;
+    let mut x = vec![bg; idx.len() * c * canvas * canvas];
+    let (sy, sx) = (canvas.saturating_sub(h), canvas.saturating_sub(w));
+    for (b, &i) in idx.iter().enumerate() {
+        let (oy, ox, flip) = match rng.as_deref_mut() {
+            Some(r) => (r.random_range(0..=sy), r.random_range(0..=sx), r.random_bool(0.5)),
+            None => (sy / 2, sx / 2, false),
+        };
+        let img = ds.image(i);
+        for ch in 0..c {
+            for y in 0..h.min(canvas) {
+                for xx in 0..w.min(canvas) {
+                    let src = if flip { w - 1 - xx } else { xx };
+                    let v = img[(ch * h + y) * w + src] as f32 / 255.0;
+                    x[((b * c + ch) * canvas + oy + y) * canvas + ox + xx] = (v - norm.mean) / norm.std;
+                }
+            }
+        }
+    }
+    (x, idx.iter().map(|&i| ds.labels[i] as usize).collect())
+}
+
+/// The data order of an epoch: a permutation that depends only on the seed and the epoch.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e3779b97f4a7c15)));
+    order
+}
+
+/// Loss, top-1 accuracy and the confusion matrix (`[true][predicted]`) of a model on a dataset.
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Top-1 accuracy.
+    pub acc: f64,
+    /// Top-5 accuracy.
+    pub acc5: f64,
+    /// Counts, `confusion[true][predicted]`.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Evaluates in evaluation mode, `batch` images at a time.
+pub fn evaluate(
+    model: &Vgg,
+    ds: &Dataset,
+    canvas: usize,
+    norm: PixelNorm,
+    batch: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Evaluation {
+    let model = model.valid();
+    let device = model.devices();
+    let k = ds.classes.len().max(model.config().num_classes);
+    let mut confusion = vec![vec![0usize; k]; k];
+    let (mut loss, mut hit5) = (0f64, 0usize);
+    let [c, _, _] = ds.shape;
+    let order: Vec<usize> = (0..ds.len()).collect();
+    for chunk in order.chunks(batch.max(1)) {
+        let (x, labels) = make_batch(ds, chunk, canvas, norm, None);
+        let x = Tensor::<4>::from_data(TensorData::new(x, [chunk.len(), c, canvas, canvas]), &device);
+        let logits = model.forward(x);
+        loss += crate::model::to_f32(cross_entropy(logits.clone(), &labels, 0.0).into_data())[0] as f64
+            * chunk.len() as f64;
+        let top = crate::classify::top_k(&softmax(logits, 1), 5);
+        for (t, l) in top.iter().zip(&labels) {
+            confusion[*l][t[0].0] += 1;
+            hit5 += t.iter().any(|(i, _)| i == l) as usize;
+        }
+        progress(chunk.len());
+    }
+    let n = ds.len().max(1) as f64;
+    let correct: usize = (0..k).map(|i| confusion[i][i]).sum();
+    Evaluation { loss: loss / n, acc: correct as f64 / n, acc5: hit5 as f64 / n, confusion }
+}
+
+/// What a checkpoint records besides tensors.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// The run's configuration.
+    pub fit: FitConfig,
+    /// Pixel normalisation.
+    pub norm: PixelNorm,
+    /// Metrics so far.
+    pub history: Vec<EpochMetrics>,
+    /// Best test accuracy so far.
+    pub best_acc: f64,
+}
+
+const STATE_KEY: &str = "vgg.train_state";
+
+/// Where a run writes: `last.safetensors` (weights, momentum, state), `best.safetensors` (weights
+/// of the best epoch, ready for `vgg classify`/`vgg eval`) and `metrics.jsonl`.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    /// The resumable checkpoint.
+    pub fn last(&self) -> PathBuf {
+        self.0.join("last.safetensors")
+    }
+    /// The best weights.
+    pub fn best(&self) -> PathBuf {
+        self.0.join("best.safetensors")
+    }
+    /// Metrics, one JSON object per epoch.
+    pub fn metrics(&self) -> PathBuf {
+        self.0.join("metrics.jsonl")
+    }
+}
+
+fn preprocess_for(model: &Vgg, ds: &Dataset, fit: &FitConfig, norm: PixelNorm) -> crate::image::Preprocess {
+    use crate::image::{Filter, Normalize, Preprocess};
+    let normalize = if ds.shape[0] == 1 {
+        Normalize::Gray { mean: norm.mean, std: norm.std }
+    } else {
+        Normalize::MeanStd { mean: [norm.mean; 3], std: [norm.std; 3] }
+    };
+    let _ = model;
+    // Files are scaled to the training images' size, then padded to the canvas as in training.
+    Preprocess { resize: Some(ds.shape[1]), crop: Some([fit.canvas, fit.canvas]), filter: Filter::Bilinear, normalize }
+}
+
+/// Writes the resumable checkpoint atomically.
+fn save_last(
+    dir: &RunDir,
+    model: &Vgg,
+    sgd: &SgdState,
+    state: &TrainState,
+    pre: &crate::image::Preprocess,
+) -> Result<(), TrainError> {
+    let mut sd: StateDict = model.state_dict();
+    sd.extend(sgd.to_state_dict());
+    let meta = Meta {
+        config: Some(model.config().clone()),
+        preprocess: Some(pre.clone()),
+        extra: vec![(STATE_KEY.into(), serde_json::to_string(state).expect("state serialises"))],
+    };
+    st::write(&dir.last(), &sd, &meta, Dtype::F32)?;
+    Ok(())
+}
+
+/// Reads a resumable checkpoint into the model and optimiser state.
+pub fn load_last(path: &Path, model: &mut Vgg, device: &Device) -> Result<(SgdState, TrainState), TrainError> {
+    let p = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: p.clone(), err })?;
+    let (sd, _) = st::read(&bytes, &p)?;
+    let (momentum, weights): (StateDict, StateDict) =
+        sd.into_iter().partition(|(k, _)| k.starts_with("momentum_buffer."));
+    model.load_state_dict(&weights, Strict::Yes)?;
+    let meta =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| TrainError::Checkpoint(format!("{p}: {e}")))?.1;
+    let json = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(STATE_KEY))
+        .ok_or_else(|| TrainError::Checkpoint(format!("{p} is weights only, not a training checkpoint")))?;
+    let state: TrainState = serde_json::from_str(json).map_err(|e| TrainError::Checkpoint(format!("{p}: {e}")))?;
+    Ok((SgdState::from_state_dict(&momentum, device), state))
+}
+
+/// Progress reports from [`fit`].
+pub enum Event<'a> {
+    /// An epoch begins: (epoch, steps in it).
+    EpochStart(usize, usize),
+    /// A step finished: (step, loss, accuracy of the batch, learning rate).
+    Step(usize, f32, f64, f64),
+    /// The epoch ended and was evaluated.
+    EpochEnd(&'a EpochMetrics),
+}
+
+/// Trains `model` (built on an autodiff device) on `train`, evaluating on `test` after each epoch
+/// and checkpointing into `dir`. With `resume`, continues from `dir`'s last checkpoint. `events`
+/// may stop the run by returning `Break`: mid-epoch, nothing of that epoch is kept (as after an
+/// interruption); at an epoch's end, after its checkpoint.
+pub fn fit(
+    mut model: Vgg,
+    train: &Dataset,
+    test: &Dataset,
+    fit: &FitConfig,
+    dir: &RunDir,
+    resume: bool,
+    events: &mut dyn FnMut(Event) -> ControlFlow<()>,
+) -> Result<(Vgg, TrainState), TrainError> {
+    let device = model.devices();
+    std::fs::create_dir_all(&dir.0).map_err(|err| WeightsError::Io { path: dir.0.display().to_string(), err })?;
+    let (mut sgd, mut state) = if resume && dir.last().exists() {
+        let (sgd, state) = load_last(&dir.last(), &mut model, &device)?;
+        if &state.fit != fit {
+            return Err(TrainError::Checkpoint(format!(
+                "{} was written by a run with other settings; resume with the same ones",
+                dir.last().display()
+            )));
+        }
+        (sgd, state)
+    } else {
+        let norm = PixelNorm::of(train);
+        (SgdState::default(), TrainState { epochs_done: 0, fit: fit.clone(), norm, history: vec![], best_acc: -1.0 })
+    };
+    let norm = state.norm;
+    let pre = preprocess_for(&model, train, fit, norm);
+    let [c, _, _] = train.shape;
+    let steps_per_epoch = train.len().div_ceil(fit.batch_size);
+    let total = steps_per_epoch * fit.epochs;
+    for epoch in state.epochs_done + 1..=fit.epochs {
+        let started = std::time::Instant::now();
+        device.seed(fit.seed.wrapping_add(epoch as u64));
+        if events(Event::EpochStart(epoch, steps_per_epoch)).is_break() {
+            return Ok((model, state));
+        }
+        let order = epoch_order(train.len(), fit.seed, epoch);
+        let (tx, rx) = sync_channel::<(Vec<f32>, Vec<usize>)>(3);
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let mut lr = fit.lr;
+        let result: Result<bool, TrainError> = std::thread::scope(|s| {
+            // The sender moves into the loader so that the channel closes when the epoch's data ends.
+            s.spawn(move || {
+                for (b, chunk) in order.chunks(fit.batch_size).enumerate() {
+                    let mut rng = StdRng::seed_from_u64(
+                        fit.seed ^ ((epoch as u64) << 32 | b as u64).wrapping_mul(0xbf58476d1ce4e5b9),
+                    );
+                    let batch = make_batch(train, chunk, fit.canvas, norm, fit.augment.then_some(&mut rng));
+                    if tx.send(batch).is_err() {
+                        return;
+                    }
+                }
+            });
+            // Owned here, so that stopping early drops it and unblocks the loader.
+            let rx = rx;
+            for (b, (x, labels)) in rx.iter().enumerate() {
+                let n = labels.len();
+                let x = Tensor::<4>::from_data(TensorData::new(x, [n, c, fit.canvas, fit.canvas]), &device);
+                let logits = model.forward_train(x);
+                let loss = cross_entropy(logits.clone(), &labels, fit.label_smoothing);
+                let loss_v = crate::model::to_f32(loss.to_data())[0];
+                if !loss_v.is_finite() {
+                    return Err(TrainError::NonFinite { loss: loss_v, epoch, step: b + 1 });
+                }
+                let pred = crate::classify::top_k(&logits.detach(), 1);
+                let hits = pred.iter().zip(&labels).filter(|(p, l)| p[0].0 == **l).count();
+                let grads = loss.backward();
+                lr = fit.lr_at((epoch - 1) * steps_per_epoch + b, total, steps_per_epoch);
+                model.sgd_step(&grads, &mut sgd, &fit.sgd, lr, &|_| false);
+                loss_sum += loss_v as f64 * n as f64;
+                correct += hits;
+                seen += n;
+                if events(Event::Step(b + 1, loss_v, hits as f64 / n as f64, lr)).is_break() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        });
+        if !result? {
+            return Ok((model, state));
+        }
+        let train_secs = started.elapsed().as_secs_f64();
+        let ev = evaluate(&model, test, fit.canvas, norm, 256, &mut |_| {});
+        let m = EpochMetrics {
+            epoch,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            test_loss: ev.loss,
+            test_acc: ev.acc,
+            lr,
+            images_per_s: seen as f64 / train_secs,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        state.epochs_done = epoch;
+        state.history.push(m.clone());
+        if m.test_acc > state.best_acc {
+            state.best_acc = m.test_acc;
+            let meta = Meta { config: Some(model.config().clone()), preprocess: Some(pre.clone()), extra: vec![] };
+            st::write(&dir.best(), &model.state_dict(), &meta, Dtype::F32)?;
+        }
+        save_last(dir, &model, &sgd, &state, &pre)?;
+        let lines: String =
+            state.history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
+        st::write_atomic(&dir.metrics(), lines.as_bytes())?;
+        if events(Event::EpochEnd(&m)).is_break() {
+            break;
+        }
+    }
+    Ok((model, state))
+}
+
+/// Loads a weights file for evaluation with the preprocessing it records.
+pub fn load_for_eval(path: &Path, device: &Device) -> Result<(Vgg, crate::image::Preprocess), TrainError> {
+    let loaded = crate::pretrained::load(
+        &crate::pretrained::WeightsSpec::File(path.to_path_buf()),
+        None,
+        Strict::Yes,
+        &weights::registry::Fetcher::from_env(),
+        device,
+        &mut |_, _| {},
+    )
+    .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    Ok((loaded.model, loaded.preprocess))
+}

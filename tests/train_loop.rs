@@ -1,0 +1,122 @@
+//! The training loop on real Fashion-MNIST images: it learns, it resumes to the same result, and
+//! a diverging run stops with a clear error.
+
+mod common;
+
+use std::ops::ControlFlow;
+
+use burn::tensor::Device;
+use common::*;
+use vgg::config::Head;
+use vgg::train::fit::{self, Event, FitConfig, RunDir, Schedule, TrainError};
+use vgg::train::sgd::SgdConfig;
+use vgg::{Vgg, VggConfig};
+
+fn config() -> VggConfig {
+    VggConfig::from_arch("vgg11_bn")
+        .unwrap()
+        .with_width(0.25)
+        .with_head(Head::cifar())
+        .with_in_channels(1)
+        .with_num_classes(10)
+}
+
+fn fit_config(epochs: usize, lr: f64) -> FitConfig {
+    FitConfig {
+        epochs,
+        batch_size: 64,
+        lr,
+        schedule: Schedule::OneCycle,
+        warmup_epochs: 0.0,
+        sgd: SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true },
+        label_smoothing: 0.1,
+        augment: true,
+        canvas: 32,
+        seed: 7,
+    }
+}
+
+fn data(n_train: usize, n_test: usize) -> (vgg::data::Dataset, vgg::data::Dataset) {
+    let (train, test) = vgg::data::fashion_mnist(None).expect("dataset-fashion-mnist (installed by .ci/run)");
+    (train.take(n_train), test.take(n_test))
+}
+
+fn tmpdir(name: &str) -> RunDir {
+    let d = std::env::temp_dir().join(format!("vgg-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    RunDir(d)
+}
+
+fn model(seed: u64) -> Vgg {
+    let device = Device::default().autodiff();
+    device.seed(seed);
+    Vgg::new(&config(), &device).unwrap()
+}
+
+#[test]
+fn a_short_run_learns_far_above_chance_and_eval_reproduces_it() {
+    let (train, test) = data(3000, 500);
+    let dir = tmpdir("learn");
+    let (_, state) =
+        fit::fit(model(1), &train, &test, &fit_config(2, 0.05), &dir, false, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+    let last = state.history.last().unwrap();
+    println!("after 2 epochs on 3000 images: test accuracy {:.1}%", last.test_acc * 100.0);
+    assert!(last.test_acc > 0.6, "chance is 10%; got {}", last.test_acc);
+    assert!(state.history[1].train_loss < state.history[0].train_loss);
+    // The best weights reload for evaluation with the preprocessing they record.
+    let (m, pre) = fit::load_for_eval(&dir.best(), &Device::default()).unwrap();
+    let norm = match pre.normalize {
+        vgg::image::Normalize::Gray { mean, std } => fit::PixelNorm { mean, std },
+        other => panic!("{other:?}"),
+    };
+    let ev = fit::evaluate(&m, &test, 32, norm, 100, &mut |_| {});
+    assert!((ev.acc - state.best_acc).abs() < 1e-9, "{} vs {}", ev.acc, state.best_acc);
+    let metrics = std::fs::read_to_string(dir.metrics()).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_result() {
+    let (train, test) = data(640, 200);
+    let cfg = fit_config(2, 0.05);
+    let straight = tmpdir("straight");
+    let (a, sa) =
+        fit::fit(model(3), &train, &test, &cfg, &straight, false, &mut |_| ControlFlow::Continue(())).unwrap();
+    // Interrupted in the middle of epoch 2: only epoch 1's checkpoint survives.
+    let broken = tmpdir("broken");
+    let _ = fit::fit(model(3), &train, &test, &cfg, &broken, false, &mut |e| match e {
+        Event::Step(5, ..) if std::fs::metadata(broken.last()).is_ok() => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .unwrap();
+    let (_, partial) = fit::load_last(&broken.last(), &mut model(99), &Device::default().autodiff()).unwrap();
+    assert_eq!(partial.epochs_done, 1);
+    // A fresh process would build a new model: its random init is replaced by the checkpoint.
+    let (b, sb) = fit::fit(model(42), &train, &test, &cfg, &broken, true, &mut |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(sb.history.len(), 2);
+    for (x, y) in sa.history.iter().zip(&sb.history) {
+        assert!((x.train_loss - y.train_loss).abs() < 1e-4 * x.train_loss.abs().max(1.0), "{x:?} vs {y:?}");
+        assert!((x.test_acc - y.test_acc).abs() <= 0.01, "{x:?} vs {y:?}");
+    }
+    let (wa, wb) = (a.state_dict(), b.state_dict());
+    for (k, t) in &wa {
+        let reference: Vec<f64> = t.data.iter().map(|&v| v as f64).collect();
+        if reference.iter().all(|&v| v == 0.0) {
+            continue;
+        }
+        let e = rel_err(&wb[k].data, &reference);
+        assert!(e < 1e-3, "{k}: resumed weights differ by {e}");
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_good_checkpoint() {
+    let (train, test) = data(256, 64);
+    let dir = tmpdir("nan");
+    let cfg = FitConfig { schedule: Schedule::Constant, ..fit_config(2, 1e12) };
+    let err = fit::fit(model(5), &train, &test, &cfg, &dir, false, &mut |_| ControlFlow::Continue(())).unwrap_err();
+    assert!(matches!(err, TrainError::NonFinite { epoch: 1, .. }), "{err}");
+    assert!(err.to_string().contains("lower --lr"));
+    assert!(!dir.last().exists(), "no checkpoint claims a state that diverged");
+}
