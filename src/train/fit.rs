@@ -272,14 +272,13 @@ impl RunDir {
     }
 }
 
-fn preprocess_for(model: &Vgg, ds: &Dataset, fit: &FitConfig, norm: PixelNorm) -> crate::image::Preprocess {
+fn preprocess_for(ds: &Dataset, fit: &FitConfig, norm: PixelNorm) -> crate::image::Preprocess {
     use crate::image::{Filter, Normalize, Preprocess};
     let normalize = if ds.shape[0] == 1 {
         Normalize::Gray { mean: norm.mean, std: norm.std }
     } else {
         Normalize::MeanStd { mean: [norm.mean; 3], std: [norm.std; 3] }
     };
-    let _ = model;
     // Files are scaled to the training images' size, then padded to the canvas as in training.
     Preprocess { resize: Some(ds.shape[1]), crop: Some([fit.canvas, fit.canvas]), filter: Filter::Bilinear, normalize }
 }
@@ -361,7 +360,7 @@ pub fn fit(
         (SgdState::default(), TrainState { epochs_done: 0, fit: fit.clone(), norm, history: vec![], best_acc: -1.0 })
     };
     let norm = state.norm;
-    let pre = preprocess_for(&model, train, fit, norm);
+    let pre = preprocess_for(train, fit, norm);
     let [c, _, _] = train.shape;
     let steps_per_epoch = train.len().div_ceil(fit.batch_size);
     let total = steps_per_epoch * fit.epochs;
