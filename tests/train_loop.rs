@@ -76,24 +76,35 @@ fn a_short_run_learns_far_above_chance_and_eval_reproduces_it() {
     assert_eq!(metrics.lines().count(), 2);
 }
 
+/// A model with given weights: burn's RNG is global and other tests draw from it concurrently, so
+/// runs that must agree start from one state dict (and use no dropout).
+fn model_from(init: &vgg::weights::StateDict) -> Vgg {
+    let mut m = Vgg::new(&config().with_dropout(0.0), &Device::default().autodiff()).unwrap();
+    m.load_state_dict(init, vgg::weights::Strict::Yes).unwrap();
+    m
+}
+
 #[test]
 fn an_interrupted_run_resumes_to_the_same_result() {
     let (train, test) = data(640, 200);
     let cfg = fit_config(2, 0.05);
+    let init = Vgg::new(&config().with_dropout(0.0), &Device::default()).unwrap().state_dict();
     let straight = tmpdir("straight");
     let (a, sa) =
-        fit::fit(model(3), &train, &test, &cfg, &straight, false, &mut |_| ControlFlow::Continue(())).unwrap();
+        fit::fit(model_from(&init), &train, &test, &cfg, &straight, false, &mut |_| ControlFlow::Continue(())).unwrap();
     // Interrupted in the middle of epoch 2: only epoch 1's checkpoint survives.
     let broken = tmpdir("broken");
-    let _ = fit::fit(model(3), &train, &test, &cfg, &broken, false, &mut |e| match e {
+    let _ = fit::fit(model_from(&init), &train, &test, &cfg, &broken, false, &mut |e| match e {
         Event::Step(5, ..) if std::fs::metadata(broken.last()).is_ok() => ControlFlow::Break(()),
         _ => ControlFlow::Continue(()),
     })
     .unwrap();
-    let (_, partial) = fit::load_last(&broken.last(), &mut model(99), &Device::default().autodiff()).unwrap();
+    let (_, partial) = fit::load_last(&broken.last(), &mut model_from(&init), &Device::default().autodiff()).unwrap();
     assert_eq!(partial.epochs_done, 1);
     // A fresh process would build a new model: its random init is replaced by the checkpoint.
-    let (b, sb) = fit::fit(model(42), &train, &test, &cfg, &broken, true, &mut |_| ControlFlow::Continue(())).unwrap();
+    let fresh = Vgg::new(&config().with_dropout(0.0), &Device::default()).unwrap().state_dict();
+    let (b, sb) =
+        fit::fit(model_from(&fresh), &train, &test, &cfg, &broken, true, &mut |_| ControlFlow::Continue(())).unwrap();
     assert_eq!(sb.history.len(), 2);
     for (x, y) in sa.history.iter().zip(&sb.history) {
         assert!((x.train_loss - y.train_loss).abs() < 1e-4 * x.train_loss.abs().max(1.0), "{x:?} vs {y:?}");
