@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vgg::classify::classify_files;
 use vgg::config::Head;
 
-use super::{ArchArgs, PreprocessArgs, load_model};
+use super::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct ClassifyArgs {
@@ -16,12 +16,7 @@ pub struct ClassifyArgs {
     #[arg(required = true)]
     images: Vec<PathBuf>,
     #[command(flatten)]
-    arch: ArchArgs,
-    #[command(flatten)]
-    preprocess: PreprocessArgs,
-    /// A .pth or .safetensors file, torchvision:NAME, `random`, or `formula` (the fixtures' deterministic weights).
-    #[arg(long)]
-    weights: Option<String>,
+    model: ModelArgs,
     /// How many classes to show per image.
     #[arg(long, default_value_t = 5)]
     top: usize,
@@ -37,8 +32,7 @@ pub struct ClassifyArgs {
 }
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
-    let mut loaded = load_model(&a.arch, a.weights.as_deref(), true)?;
-    a.preprocess.apply(&mut loaded.preprocess)?;
+    let loaded = a.model.load(true)?;
     let config = loaded.model.config().clone();
     if matches!(config.head, Head::None) {
         bail!("{} has no classifier head (features-only weights); use `vgg features`", config.arch_name());

@@ -7,19 +7,14 @@ use clap::Args;
 use vgg::weights::safetensors::Meta;
 use vgg::weights::{Dtype, safetensors};
 
-use super::{ArchArgs, PreprocessArgs, load_model};
+use super::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct FeaturesArgs {
     /// A PNG or JPEG file.
     image: PathBuf,
     #[command(flatten)]
-    arch: ArchArgs,
-    #[command(flatten)]
-    preprocess: PreprocessArgs,
-    /// A .pth or .safetensors file, torchvision:NAME, `random`, or `formula` (the fixtures' deterministic weights).
-    #[arg(long)]
-    weights: Option<String>,
+    model: ModelArgs,
     /// Comma-separated layer names (paper names such as conv1_1, relu4_2, pool5, fc7, or
     /// torchvision keys such as features.3).
     #[arg(long, required = true, value_delimiter = ',')]
@@ -33,8 +28,7 @@ pub struct FeaturesArgs {
 }
 
 pub fn run(a: FeaturesArgs) -> Result<()> {
-    let mut loaded = load_model(&a.arch, a.weights.as_deref(), false)?;
-    a.preprocess.apply(&mut loaded.preprocess)?;
+    let loaded = a.model.load(false)?;
     let model = &loaded.model;
     let img = loaded.preprocess.load(&a.image)?;
     let [c, h, w] = img.shape;

@@ -169,6 +169,27 @@ fn parse_size(s: &str) -> Result<[usize; 2]> {
     }
 }
 
+/// The model of `classify` and `features`: architecture, weights and preprocessing overrides.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    arch: ArchArgs,
+    #[command(flatten)]
+    preprocess: PreprocessArgs,
+    /// A .pth or .safetensors file, torchvision:NAME, `random`, or `formula` (the fixtures' deterministic weights).
+    #[arg(long)]
+    weights: Option<String>,
+}
+
+impl ModelArgs {
+    /// Loads the model and applies the preprocessing overrides.
+    fn load(&self, strict: bool) -> Result<Loaded> {
+        let mut loaded = load_model(&self.arch, self.weights.as_deref(), strict)?;
+        self.preprocess.apply(&mut loaded.preprocess)?;
+        Ok(loaded)
+    }
+}
+
 /// Overrides of the preprocessing the weights come with.
 #[derive(Args, Debug, Clone)]
 pub struct PreprocessArgs {

@@ -310,14 +310,8 @@ pub fn load_last(path: &Path, model: &mut Vgg, device: &Device) -> Result<(SgdSt
     let (momentum, weights): (StateDict, StateDict) =
         sd.into_iter().partition(|(k, _)| k.starts_with("momentum_buffer."));
     model.load_state_dict(&weights, Strict::Yes)?;
-    let meta =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| TrainError::Checkpoint(format!("{p}: {e}")))?.1;
-    let json = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(STATE_KEY))
+    let state: TrainState = st::read_meta(&bytes, &p, STATE_KEY)?
         .ok_or_else(|| TrainError::Checkpoint(format!("{p} is weights only, not a training checkpoint")))?;
-    let state: TrainState = serde_json::from_str(json).map_err(|e| TrainError::Checkpoint(format!("{p}: {e}")))?;
     Ok((SgdState::from_state_dict(&momentum, device), state))
 }
 

@@ -79,7 +79,12 @@ pub fn read_preprocess(bytes: &[u8], path: &str) -> Result<Option<Preprocess>, W
     read_meta(bytes, path, PREPROCESS_KEY)
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &str, key: &str) -> Result<Option<T>, WeightsError> {
+/// A JSON metadata entry of a safetensors file, if present.
+pub fn read_meta<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    path: &str,
+    key: &str,
+) -> Result<Option<T>, WeightsError> {
     let (_, meta) = SafeTensors::read_metadata(bytes)
         .map_err(|e| WeightsError::Format { path: path.to_string(), what: format!("bad safetensors header: {e}") })?;
     let Some(json) = meta.metadata().as_ref().and_then(|m| m.get(key)) else { return Ok(None) };
