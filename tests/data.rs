@@ -48,3 +48,78 @@ fn damaged_files_name_the_file_and_the_problem() {
     assert!(err.contains("dataset-fashion-mnist"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Writes CIFAR-style binary files: record r of file f has label (f + r) % 10 and pixel values
+/// derived from (f, r, plane) so that order and planes can be checked.
+fn write_cifar(dir: &std::path::Path, files: &[&str], label_bytes: usize, per_file: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (f, name) in files.iter().enumerate() {
+        let mut bytes = Vec::new();
+        for r in 0..per_file {
+            if label_bytes == 2 {
+                bytes.push(99); // coarse label, ignored
+            }
+            bytes.push(((f + r) % 10) as u8);
+            for plane in 0..3 {
+                bytes.extend(std::iter::repeat_n((f * 50 + r * 10 + plane) as u8, 1024));
+            }
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+#[test]
+fn cifar_binary_files_load_in_order_with_rgb_planes() {
+    let dir = std::env::temp_dir().join(format!("vgg-cifar-{}", std::process::id()));
+    let files = [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ];
+    write_cifar(&dir, &files, 1, 3);
+    let (train, test) = data::cifar::cifar10(&dir).unwrap();
+    assert_eq!((train.len(), test.len(), train.shape), (15, 3, [3, 32, 32]));
+    assert_eq!(train.labels[..4], [0, 1, 2, 1]);
+    let img = train.image(4); // file 1, record 1
+    assert_eq!((img[0], img[1024], img[2048]), (60, 61, 62));
+    assert_eq!(train.classes[3], "cat");
+    // CIFAR-100 uses the second (fine) label byte.
+    let dir100 = dir.join("c100");
+    write_cifar(&dir100, &["train.bin", "test.bin"], 2, 2);
+    let (train, _) = data::cifar::cifar100(&dir100).unwrap();
+    assert_eq!(train.labels, vec![0, 1]);
+    assert_eq!(train.classes.len(), 100);
+    // A truncated file is refused with its name.
+    let bytes = std::fs::read(dir.join("test_batch.bin")).unwrap();
+    std::fs::write(dir.join("test_batch.bin"), &bytes[..bytes.len() - 7]).unwrap();
+    let err = data::cifar::cifar10(&dir).unwrap_err().to_string();
+    assert!(err.contains("test_batch.bin") && err.contains("truncated"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn batches_centre_shift_and_flip_images() {
+    use rand::SeedableRng;
+    use vgg::train::fit::{PixelNorm, make_batch};
+    // One 2x2 image with a single bright pixel at the top left.
+    let ds = data::Dataset { images: vec![255, 0, 0, 0], labels: vec![3], shape: [1, 2, 2], classes: vec![] };
+    let norm = PixelNorm { mean: 0.0, std: 1.0 };
+    let (x, y) = make_batch(&ds, &[0], 4, 0, norm, None);
+    assert_eq!(y, vec![3]);
+    let lit: Vec<usize> = x.iter().enumerate().filter(|(_, v)| **v > 0.5).map(|(i, _)| i).collect();
+    assert_eq!(lit, vec![5], "centred: row 1, column 1 of the 4x4 canvas");
+    // Shifts of up to 1 move it over rows 0-2; a flip puts it in image column 1, so columns 0-3.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let (x, _) = make_batch(&ds, &[0], 4, 1, norm, Some(&mut rng));
+        let lit: Vec<usize> = x.iter().enumerate().filter(|(_, v)| **v > 0.5).map(|(i, _)| i).collect();
+        assert!(lit.len() <= 1);
+        seen.extend(lit);
+    }
+    assert!(seen.contains(&6), "a flip moves the pixel to column 2: {seen:?}");
+    assert_eq!(seen, (0..12).collect(), "every reachable place, and no other");
+}

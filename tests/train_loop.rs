@@ -32,6 +32,7 @@ fn fit_config(epochs: usize, lr: f64) -> FitConfig {
         label_smoothing: 0.1,
         augment: true,
         canvas: 32,
+        shift: 2,
         seed: 7,
     }
 }

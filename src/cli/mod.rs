@@ -30,7 +30,7 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Save the activations of named layers (conv1_1, relu4_2, pool5, fc7, ...) to safetensors.
     Features(features::FeaturesArgs),
-    /// Train a VGG (Fashion-MNIST), checkpointing every epoch.
+    /// Train a VGG (Fashion-MNIST, CIFAR-10/100), checkpointing every epoch.
     Train(train::TrainArgs),
     /// Top-1/top-5 accuracy, per-class accuracy and confusion matrix of weights on a test set.
     Eval(train::EvalArgs),

@@ -16,7 +16,7 @@ use super::ArchArgs;
 /// Which dataset.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
-    /// fashion-mnist (IDX files).
+    /// fashion-mnist (IDX files), cifar10 or cifar100 (binary versions).
     #[arg(long, default_value = "fashion-mnist")]
     dataset: String,
     /// Directory of the dataset files (default: /usr/share/datasets/fashion-mnist).
@@ -31,10 +31,18 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    fn dir(&self) -> Result<&std::path::Path> {
+        self.data_dir
+            .as_deref()
+            .context("--data-dir is required for CIFAR (the folder of the binary version's .bin files)")
+    }
+
     fn load(&self) -> Result<(vgg::data::Dataset, vgg::data::Dataset)> {
         let (train, test) = match self.dataset.as_str() {
             "fashion-mnist" | "fashion_mnist" | "fmnist" => vgg::data::fashion_mnist(self.data_dir.as_deref())?,
-            other => bail!("unknown dataset '{other}' (this version reads fashion-mnist)"),
+            "cifar10" | "cifar-10" => vgg::data::cifar::cifar10(self.dir()?)?,
+            "cifar100" | "cifar-100" => vgg::data::cifar::cifar100(self.dir()?)?,
+            other => bail!("unknown dataset '{other}' (expected fashion-mnist, cifar10 or cifar100)"),
         };
         let train = match self.limit {
             Some(n) => train.take(n),
@@ -81,6 +89,9 @@ pub struct TrainArgs {
     weight_decay: f64,
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
+    /// Largest random shift of the crop augmentation (default: 2 for 28x28 images, 4 for 32x32).
+    #[arg(long)]
+    shift: Option<usize>,
     /// Turn off random crop and flip.
     #[arg(long)]
     no_augment: bool,
@@ -117,6 +128,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         label_smoothing: a.label_smoothing,
         augment: !a.no_augment,
         canvas: 32.max(train.shape[1]),
+        shift: a.shift.unwrap_or(if train.shape[1] < 32 { (32 - train.shape[1]) / 2 } else { 4 }),
         seed: a.seed,
     };
     let device = burn::tensor::Device::default().autodiff();

@@ -59,6 +59,8 @@ pub struct FitConfig {
     pub augment: bool,
     /// Side of the square canvas images are placed on (32 for 28x28 Fashion-MNIST).
     pub canvas: usize,
+    /// Largest random shift of the augmentation, in pixels (2 for Fashion-MNIST, 4 for CIFAR).
+    pub shift: usize,
     /// Seed of data order, augmentation and dropout.
     pub seed: u64,
 }
@@ -152,30 +154,47 @@ impl PixelNorm {
     }
 }
 
-/// Places images on the canvas (randomly shifted and flipped when `rng` is given), normalised.
+/// Places images centred on the canvas, normalised. With `rng`, each is shifted by up to `shift`
+/// pixels each way (the padded random crop of CIFAR-style training; pixels shifted out are lost,
+/// the gap is background) and flipped horizontally with probability 1/2.
 pub fn make_batch(
     ds: &Dataset,
     idx: &[usize],
     canvas: usize,
+    shift: usize,
     norm: PixelNorm,
     mut rng: Option<&mut StdRng>,
 ) -> (Vec<f32>, Vec<usize>) {
     let [c, h, w] = ds.shape;
     let bg = (0.0 - norm.mean) / norm.std;
     let mut x = vec![bg; idx.len() * c * canvas * canvas];
-    let (sy, sx) = (canvas.saturating_sub(h), canvas.saturating_sub(w));
+    let (cy, cx) = ((canvas as isize - h as isize) / 2, (canvas as isize - w as isize) / 2);
+    let s = shift as isize;
     for (b, &i) in idx.iter().enumerate() {
-        let (oy, ox, flip) = match rng.as_deref_mut() {
-            Some(r) => (r.random_range(0..=sy), r.random_range(0..=sx), r.random_bool(0.5)),
-            None => (sy / 2, sx / 2, false),
+        let (dy, dx, flip) = match rng.as_deref_mut() {
+            Some(r) => (
+                r.random_range(-s as i64..=s as i64) as isize,
+                r.random_range(-s as i64..=s as i64) as isize,
+                r.random_bool(0.5),
+            ),
+            None => (0, 0, false),
         };
+        let (oy, ox) = (cy + dy, cx + dx);
         let img = ds.image(i);
         for ch in 0..c {
-            for y in 0..h.min(canvas) {
-                for xx in 0..w.min(canvas) {
+            for y in 0..h {
+                let ty = oy + y as isize;
+                if ty < 0 || ty >= canvas as isize {
+                    continue;
+                }
+                for xx in 0..w {
+                    let tx = ox + xx as isize;
+                    if tx < 0 || tx >= canvas as isize {
+                        continue;
+                    }
                     let src = if flip { w - 1 - xx } else { xx };
                     let v = img[(ch * h + y) * w + src] as f32 / 255.0;
-                    x[((b * c + ch) * canvas + oy + y) * canvas + ox + xx] = (v - norm.mean) / norm.std;
+                    x[((b * c + ch) * canvas + ty as usize) * canvas + tx as usize] = (v - norm.mean) / norm.std;
                 }
             }
         }
@@ -219,7 +238,7 @@ pub fn evaluate(
     let [c, _, _] = ds.shape;
     let order: Vec<usize> = (0..ds.len()).collect();
     for chunk in order.chunks(batch.max(1)) {
-        let (x, labels) = make_batch(ds, chunk, canvas, norm, None);
+        let (x, labels) = make_batch(ds, chunk, canvas, 0, norm, None);
         let x = Tensor::<4>::from_data(TensorData::new(x, [chunk.len(), c, canvas, canvas]), &device);
         let logits = model.forward(x);
         loss += crate::model::to_f32(cross_entropy(logits.clone(), &labels, 0.0).into_data())[0] as f64
@@ -375,7 +394,7 @@ pub fn fit(
                     let mut rng = StdRng::seed_from_u64(
                         fit.seed ^ ((epoch as u64) << 32 | b as u64).wrapping_mul(0xbf58476d1ce4e5b9),
                     );
-                    let batch = make_batch(train, chunk, fit.canvas, norm, fit.augment.then_some(&mut rng));
+                    let batch = make_batch(train, chunk, fit.canvas, fit.shift, norm, fit.augment.then_some(&mut rng));
                     if tx.send(batch).is_err() {
                         return;
                     }
