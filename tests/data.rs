@@ -123,3 +123,33 @@ fn batches_centre_shift_and_flip_images() {
     assert!(seen.contains(&6), "a flip moves the pixel to column 2: {seen:?}");
     assert_eq!(seen, (0..12).collect(), "every reachable place, and no other");
 }
+
+#[test]
+fn image_folders_split_by_class_and_resize() {
+    let root = std::env::temp_dir().join(format!("vgg-folder-{}", std::process::id()));
+    for (class, rgb) in [("blue", [0u8, 0, 255]), ("red", [255u8, 0, 0])] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..5 {
+            let img = image::RgbImage::from_pixel(50, 40, image::Rgb(rgb));
+            img.save(root.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    std::fs::write(root.join("red").join("notes.txt"), "not an image").unwrap();
+    let (train, val) = data::folder::image_folder(&root, 32, 0.2, 1).unwrap();
+    assert_eq!((train.len(), val.len()), (8, 2));
+    assert_eq!(train.classes, vec!["blue".to_string(), "red".to_string()]);
+    assert_eq!(train.shape, [3, 32, 32]);
+    let mut val_labels = val.labels.clone();
+    val_labels.sort();
+    assert_eq!(val_labels, vec![0, 1], "one held-out image per class");
+    for i in 0..train.len() {
+        let img = train.image(i);
+        let (r, b) = (img[0], img[2 * 1024]);
+        if train.labels[i] == 0 { assert_eq!((r, b), (0, 255)) } else { assert_eq!((r, b), (255, 0)) }
+    }
+    // A file that is not an image, under an image name, is reported by name.
+    std::fs::write(root.join("red").join("broken.png"), "not a png").unwrap();
+    let err = data::folder::image_folder(&root, 32, 0.2, 1).unwrap_err().to_string();
+    assert!(err.contains("broken.png"), "{err}");
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -16,12 +16,19 @@ use super::ArchArgs;
 /// Which dataset.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
-    /// fashion-mnist (IDX files), cifar10 or cifar100 (binary versions).
+    /// fashion-mnist (IDX files), cifar10 or cifar100 (binary versions), or folder
+    /// (DATA_DIR/<class>/*.png|jpg, or DATA_DIR/train and DATA_DIR/val).
     #[arg(long, default_value = "fashion-mnist")]
     dataset: String,
     /// Directory of the dataset files (default: /usr/share/datasets/fashion-mnist).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Side of the square images of a folder dataset.
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Share of each class of a folder dataset held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
     /// Use only the first N training images (quick runs).
     #[arg(long)]
     limit: Option<usize>,
@@ -42,6 +49,12 @@ impl DataArgs {
             "fashion-mnist" | "fashion_mnist" | "fmnist" => vgg::data::fashion_mnist(self.data_dir.as_deref())?,
             "cifar10" | "cifar-10" => vgg::data::cifar::cifar10(self.dir()?)?,
             "cifar100" | "cifar-100" => vgg::data::cifar::cifar100(self.dir()?)?,
+            "folder" | "imagefolder" => vgg::data::folder::image_folder(
+                self.data_dir.as_deref().context("--data-dir is required for an image folder")?,
+                self.image_size,
+                self.val_fraction,
+                0,
+            )?,
             other => bail!("unknown dataset '{other}' (expected fashion-mnist, cifar10 or cifar100)"),
         };
         let train = match self.limit {
