@@ -34,6 +34,7 @@ fn fit_config(epochs: usize, lr: f64) -> FitConfig {
         canvas: 32,
         shift: 2,
         seed: 7,
+        freeze: None,
     }
 }
 
@@ -131,4 +132,33 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_good_checkpoint() {
     assert!(matches!(err, TrainError::NonFinite { epoch: 1, .. }), "{err}");
     assert!(err.to_string().contains("lower --lr"));
     assert!(!dir.last().exists(), "no checkpoint claims a state that diverged");
+}
+
+#[test]
+fn freezing_the_trunk_trains_only_the_head() {
+    let (train, test) = data(256, 64);
+    let init = Vgg::new(&config().with_dropout(0.0), &Device::default()).unwrap().state_dict();
+    let cfg = FitConfig { freeze: Some("features".into()), ..fit_config(1, 0.05) };
+    let (m, _) =
+        fit::fit(model_from(&init), &train, &test, &cfg, &tmpdir("freeze"), false, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+    let after = m.state_dict();
+    for (k, t) in &init {
+        let trainable = !k.contains("running_") && !k.ends_with("num_batches_tracked");
+        if k.starts_with("features.") && trainable {
+            assert_eq!(after[k].data, t.data, "{k} is frozen");
+        }
+        if k.starts_with("classifier.") && k.ends_with("weight") {
+            assert_ne!(after[k].data, t.data, "{k} trains");
+        }
+    }
+    // Freezing up to a named layer covers exactly the layers before it and itself.
+    let keys = fit::frozen_keys(&m, Some("conv2_1")).unwrap();
+    assert!(
+        keys.contains("features.0.weight")
+            && keys.contains("features.1.running_var")
+            && keys.contains("features.4.bias")
+    );
+    assert!(!keys.contains("features.5.weight"), "bn2_1 (features.5) follows conv2_1");
+    assert!(fit::frozen_keys(&m, Some("conv9_1")).is_err());
 }

@@ -110,6 +110,14 @@ pub struct TrainArgs {
     no_augment: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Start from these weights (torchvision:NAME or a file), loaded non-strictly: a head of another
+    /// size stays freshly initialised, and what was not loaded is reported.
+    #[arg(long)]
+    init: Option<String>,
+    /// Train only what follows: `features` freezes the trunk, a layer name (conv4_3) everything up
+    /// to it.
+    #[arg(long)]
+    freeze: Option<String>,
     /// Print one JSON object per epoch instead of the progress bar.
     #[arg(long)]
     json: bool,
@@ -143,10 +151,36 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         canvas: 32.max(train.shape[1]),
         shift: a.shift.unwrap_or(if train.shape[1] < 32 { (32 - train.shape[1]) / 2 } else { 4 }),
         seed: a.seed,
+        freeze: a.freeze.clone(),
     };
     let device = burn::tensor::Device::default().autodiff();
     device.seed(a.seed);
-    let model = Vgg::new(&config, &device)?;
+    let model = match &a.init {
+        None => Vgg::new(&config, &device)?,
+        Some(spec) => {
+            let loaded = vgg::pretrained::load(
+                &vgg::pretrained::WeightsSpec::parse(spec),
+                Some(config.clone()),
+                vgg::weights::Strict::No,
+                &vgg::weights::registry::Fetcher::from_env(),
+                &device,
+                &mut |_, _| {},
+            )?;
+            let r = &loaded.report;
+            eprintln!(
+                "initialised from {}: {} tensors loaded, {} left new, {} unexpected, {} of another shape",
+                loaded.source,
+                r.loaded.len(),
+                r.missing.len(),
+                r.unexpected.len(),
+                r.mismatched.len()
+            );
+            for (k, want, got) in &r.mismatched {
+                eprintln!("  {k}: model {want:?}, file {got:?} (left new)");
+            }
+            loaded.model
+        }
+    };
     eprintln!("training {config} on {} images, testing on {}", train.len(), test.len());
     let bar = ProgressBar::new(0);
     bar.set_style(

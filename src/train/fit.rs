@@ -63,6 +63,30 @@ pub struct FitConfig {
     pub shift: usize,
     /// Seed of data order, augmentation and dropout.
     pub seed: u64,
+    /// Layers left untrained: `features` (the whole trunk) or a layer name (`conv4_3`: everything
+    /// up to and including it). Their BatchNorm statistics still follow the data.
+    #[serde(default)]
+    pub freeze: Option<String>,
+}
+
+/// The parameter keys frozen by [`FitConfig::freeze`].
+pub fn frozen_keys(model: &Vgg, freeze: Option<&str>) -> Result<std::collections::BTreeSet<String>, TrainError> {
+    let plan = model.plan();
+    let upto = match freeze {
+        None => return Ok(Default::default()),
+        Some("features") | Some("trunk") => plan.trunk,
+        Some(name) => {
+            plan.find(name).ok_or_else(|| {
+                TrainError::Checkpoint(format!("--freeze: no layer '{name}' (layers: {})", plan.names()))
+            })? + 1
+        }
+    };
+    let prefixes: Vec<String> = plan.layers[..upto].iter().map(|l| format!("{}.", l.key)).collect();
+    Ok(crate::weights::keys::key_pairs(plan)
+        .into_iter()
+        .map(|(tv, _)| tv)
+        .filter(|k| prefixes.iter().any(|p| k.starts_with(p.as_str())))
+        .collect())
 }
 
 impl FitConfig {
@@ -374,6 +398,7 @@ pub fn fit(
     };
     let norm = state.norm;
     let pre = preprocess_for(train, fit, norm);
+    let frozen = frozen_keys(&model, fit.freeze.as_deref())?;
     let [c, _, _] = train.shape;
     let steps_per_epoch = train.len().div_ceil(fit.batch_size);
     let total = steps_per_epoch * fit.epochs;
@@ -415,7 +440,7 @@ pub fn fit(
                 let hits = pred.iter().zip(&labels).filter(|(p, l)| p[0].0 == **l).count();
                 let grads = loss.backward();
                 lr = fit.lr_at((epoch - 1) * steps_per_epoch + b, total, steps_per_epoch);
-                model.sgd_step(&grads, &mut sgd, &fit.sgd, lr, &|_| false);
+                model.sgd_step(&grads, &mut sgd, &fit.sgd, lr, &|k| frozen.contains(k));
                 loss_sum += loss_v as f64 * n as f64;
                 correct += hits;
                 seen += n;
