@@ -74,6 +74,15 @@ fn a_short_run_learns_far_above_chance_and_eval_reproduces_it() {
     };
     let ev = fit::evaluate(&m, &test, 32, norm, 100, &mut |_| {});
     assert!((ev.acc - state.best_acc).abs() < 1e-9, "{} vs {}", ev.acc, state.best_acc);
+    // A test image saved as PNG and classified from the file gives the same logits as the
+    // training pipeline's own batch: the recorded preprocessing (resize 28, pad to 32) matches.
+    let png = dir.0.join("img0.png");
+    image::GrayImage::from_raw(28, 28, test.image(0).to_vec()).unwrap().save(&png).unwrap();
+    let from_file = values(m.forward(pre.load(&png).unwrap().to_tensor(&m.devices())));
+    let (x, _) = fit::make_batch(&test, &[0], 32, 0, norm, None);
+    let x = burn::tensor::Tensor::<4>::from_data(burn::tensor::TensorData::new(x, [1, 1, 32, 32]), &m.devices());
+    let from_batch: Vec<f64> = values(m.forward(x)).into_iter().map(f64::from).collect();
+    assert!(rel_err(&from_file, &from_batch) < 1e-5, "file and batch paths disagree");
     let metrics = std::fs::read_to_string(dir.metrics()).unwrap();
     assert_eq!(metrics.lines().count(), 2);
 }
