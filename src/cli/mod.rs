@@ -119,14 +119,22 @@ fn download_bar() -> ProgressBar {
 
 /// Loads the model for `--weights`.
 fn load_model(arch: &ArchArgs, weights: Option<&str>, strict: bool) -> Result<Loaded> {
-    let config = arch.config()?;
-    let spec = match weights {
-        Some(w) => WeightsSpec::parse(w),
-        None => bail!(
+    let Some(weights) = weights else {
+        bail!(
             "--weights is required: a .pth or .safetensors file, torchvision:NAME (see `vgg weights list`), random or formula"
-        ),
+        )
     };
-    let device = burn::tensor::Device::default();
+    load_weights(weights, arch.config()?, strict, &burn::tensor::Device::default())
+}
+
+/// Loads `weights` (a spec as `--weights` takes it) onto `device`, with a download bar, and reports
+/// on stderr what a non-strict load left out.
+fn load_weights(
+    weights: &str,
+    config: Option<VggConfig>,
+    strict: bool,
+    device: &burn::tensor::Device,
+) -> Result<Loaded> {
     let bar = download_bar();
     let mut progress = |done: u64, total: Option<u64>| {
         if let Some(t) = total {
@@ -135,13 +143,15 @@ fn load_model(arch: &ArchArgs, weights: Option<&str>, strict: bool) -> Result<Lo
         bar.set_position(done);
     };
     let strict = if strict { Strict::Yes } else { Strict::No };
-    let loaded = pretrained::load(&spec, config, strict, &Fetcher::from_env(), &device, &mut progress)
-        .with_context(|| format!("loading weights {}", weights.unwrap_or("")))?;
+    let loaded =
+        pretrained::load(&WeightsSpec::parse(weights), config, strict, &Fetcher::from_env(), device, &mut progress)
+            .with_context(|| format!("loading weights {weights}"))?;
     bar.finish_and_clear();
     if !loaded.report.is_complete() {
         let r = &loaded.report;
         eprintln!(
-            "note: loaded non-strictly: {} tensors loaded, {} missing, {} unexpected, {} of another shape",
+            "note: loaded {} non-strictly: {} tensors loaded, {} missing (left as initialised), {} unexpected, {} of another shape",
+            loaded.source,
             r.loaded.len(),
             r.missing.len(),
             r.unexpected.len(),

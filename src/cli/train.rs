@@ -158,26 +158,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let model = match &a.init {
         None => Vgg::new(&config, &device)?,
         Some(spec) => {
-            let loaded = vgg::pretrained::load(
-                &vgg::pretrained::WeightsSpec::parse(spec),
-                Some(config.clone()),
-                vgg::weights::Strict::No,
-                &vgg::weights::registry::Fetcher::from_env(),
-                &device,
-                &mut |_, _| {},
-            )?;
-            let r = &loaded.report;
-            eprintln!(
-                "initialised from {}: {} tensors loaded, {} left new, {} unexpected, {} of another shape",
-                loaded.source,
-                r.loaded.len(),
-                r.missing.len(),
-                r.unexpected.len(),
-                r.mismatched.len()
-            );
-            for (k, want, got) in &r.mismatched {
-                eprintln!("  {k}: model {want:?}, file {got:?} (left new)");
-            }
+            let loaded = super::load_weights(spec, Some(config.clone()), false, &device)?;
+            eprintln!("initialised from {}", loaded.source);
             loaded.model
         }
     };
