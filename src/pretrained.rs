@@ -145,8 +145,8 @@ pub fn load(
             let p = path.display().to_string();
             let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: p.clone(), err })?;
             let (sd, recorded, recorded_pre) = if weights::safetensors::looks_like(&bytes) {
-                let (sd, cfg) = weights::safetensors::read(&bytes, &p)?;
-                (sd, cfg, weights::safetensors::read_preprocess(&bytes, &p)?)
+                let (sd, meta) = weights::safetensors::read(&bytes, &p)?;
+                (sd, meta.config, meta.preprocess)
             } else {
                 (weights::pth::read(&bytes, &p)?, None, None)
             };

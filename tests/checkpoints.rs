@@ -146,8 +146,8 @@ fn safetensors_round_trip_keeps_keys_values_and_architecture() {
     let meta = weights::safetensors::Meta { config: Some(config.clone()), ..Default::default() };
     weights::safetensors::write(&path, &sd, &meta, Dtype::F32).unwrap();
     let bytes = std::fs::read(&path).unwrap();
-    let (back, cfg) = weights::safetensors::read(&bytes, "m").unwrap();
-    assert_eq!(cfg.as_ref(), Some(&config));
+    let (back, meta) = weights::safetensors::read(&bytes, "m").unwrap();
+    assert_eq!(meta.config.as_ref(), Some(&config));
     assert_eq!(back, sd);
     assert!(back.contains_key("features.1.running_var") && back.contains_key("classifier.3.weight"));
     // Paper names are understood on load too.

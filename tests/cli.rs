@@ -143,24 +143,21 @@ fn classify_mixes_image_sizes_in_one_call() {
     assert_eq!(names, imgs.iter().map(String::as_str).collect::<Vec<_>>(), "results come in input order");
 }
 
+fn features(img: &Path, weights: &Path, layers: &str, out: &Path) -> Output {
+    let a = |p: &Path| p.to_str().unwrap().to_string();
+    vgg(&["features", &a(img), "--weights", &a(weights), "--layers", layers, "--out", &a(out)])
+}
+
 #[test]
 fn features_writes_named_activations() {
     let (path, model) = small_model_file("m2");
     let img = fixtures().join("images/coffee.png");
     let out = tmp("feats.safetensors");
-    let o = vgg(&[
-        "features",
-        img.to_str().unwrap(),
-        "--weights",
-        path.to_str().unwrap(),
-        "--layers",
-        "conv1_1,relu1_1,pool5,fc7",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = features(&img, &path, "conv1_1,relu1_1,pool5,fc7", &out);
     assert!(o.status.success(), "{}", stderr(&o));
-    let (sd, cfg) = weights::safetensors::read(&std::fs::read(&out).unwrap(), "feats").unwrap();
-    assert_eq!(cfg.as_ref(), Some(model.config()));
+    let (sd, meta) = weights::safetensors::read(&std::fs::read(&out).unwrap(), "feats").unwrap();
+    assert_eq!(meta.config.as_ref(), Some(model.config()));
+    assert_eq!(meta.extra, vec![("vgg.image".to_string(), img.display().to_string())]);
     assert_eq!(sd["conv1_1"].shape, vec![1, 16, 224, 224]);
     assert_eq!(sd["pool5"].shape, vec![1, 128, 7, 7]);
     assert_eq!(sd["fc7"].shape, vec![1, 64]);
@@ -169,16 +166,7 @@ fn features_writes_named_activations() {
     for (c, r) in sd["conv1_1"].data.iter().zip(&sd["relu1_1"].data) {
         assert_eq!(c.max(0.0), *r);
     }
-    let o = vgg(&[
-        "features",
-        img.to_str().unwrap(),
-        "--weights",
-        path.to_str().unwrap(),
-        "--layers",
-        "conv9_9",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = features(&img, &path, "conv9_9", &out);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("conv9_9") && stderr(&o).contains("conv1_1"), "{}", stderr(&o));
 }

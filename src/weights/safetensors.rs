@@ -55,8 +55,8 @@ fn from_dtype(d: Dtype) -> StDtype {
     }
 }
 
-/// Reads the tensors and, when present, the architecture recorded in the metadata.
-pub fn read(bytes: &[u8], path: &str) -> Result<(StateDict, Option<VggConfig>), WeightsError> {
+/// Reads the tensors and what the metadata records (architecture, preprocessing, other entries).
+pub fn read(bytes: &[u8], path: &str) -> Result<(StateDict, Meta), WeightsError> {
     let fmt = |what: String| WeightsError::Format { path: path.to_string(), what };
     let st = SafeTensors::deserialize(bytes).map_err(|e| fmt(format!("not a valid safetensors file: {e}")))?;
     let mut sd = StateDict::new();
@@ -66,17 +66,21 @@ pub fn read(bytes: &[u8], path: &str) -> Result<(StateDict, Option<VggConfig>), 
         let entry = TensorEntry::from_le_bytes(dtype, view.shape().to_vec(), view.data()).map_err(&fmt)?;
         sd.insert(name.strip_prefix("module.").unwrap_or(&name).to_string(), entry);
     }
-    Ok((sd, read_config(bytes, path)?))
-}
-
-/// The architecture recorded in a safetensors file, if any.
-pub fn read_config(bytes: &[u8], path: &str) -> Result<Option<VggConfig>, WeightsError> {
-    read_meta(bytes, path, CONFIG_KEY)
-}
-
-/// The preprocessing recorded in a safetensors file, if any.
-pub fn read_preprocess(bytes: &[u8], path: &str) -> Result<Option<Preprocess>, WeightsError> {
-    read_meta(bytes, path, PREPROCESS_KEY)
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| fmt(format!("bad safetensors header: {e}")))?;
+    let mut meta = Meta::default();
+    let parse = |key: &str, json: &str| format!("metadata '{key}' is not valid: {json}");
+    for (key, value) in header.metadata().iter().flatten() {
+        match key.as_str() {
+            CONFIG_KEY => meta.config = Some(serde_json::from_str(value).map_err(|e| fmt(parse(key, &e.to_string())))?),
+            PREPROCESS_KEY => {
+                meta.preprocess = Some(serde_json::from_str(value).map_err(|e| fmt(parse(key, &e.to_string())))?)
+            }
+            "format" => {}
+            _ => meta.extra.push((key.clone(), value.clone())),
+        }
+    }
+    meta.extra.sort();
+    Ok((sd, meta))
 }
 
 /// A JSON metadata entry of a safetensors file, if present.
