@@ -205,7 +205,15 @@ impl Vgg {
     /// Strict loading fails on the first missing key, unexpected key or shape mismatch, leaving the
     /// model untouched; non-strict loading takes what matches and reports the rest.
     pub fn load_state_dict(&mut self, sd: &StateDict, strict: Strict) -> Result<LoadReport, WeightsError> {
-        let sd = rename(sd, self.plan(), KeyStyle::Torchvision);
+        // Renaming copies every tensor, so only files written with paper names pay for it.
+        let renamed;
+        let paper: std::collections::BTreeSet<String> = key_pairs(self.plan()).into_iter().map(|(_, p)| p).collect();
+        let sd = if sd.keys().any(|k| paper.contains(k)) {
+            renamed = rename(sd, self.plan(), KeyStyle::Torchvision);
+            &renamed
+        } else {
+            sd
+        };
         let arch = self.config().arch_name();
         let device = self.devices();
         let mut report = LoadReport::default();
@@ -223,7 +231,7 @@ impl Vgg {
                                 key: key.clone(),
                                 expected,
                                 arch,
-                                hint: describe(&sd),
+                                hint: describe(sd),
                             });
                         }
                         report.missing.push(key.clone());
