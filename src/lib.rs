@@ -23,9 +23,11 @@
 pub mod classify;
 pub mod config;
 pub mod data;
+pub mod engine;
 pub mod features;
 pub mod formula;
 pub mod image;
+pub mod kernels;
 pub mod labels;
 pub mod model;
 pub mod npy;

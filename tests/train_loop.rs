@@ -35,6 +35,9 @@ fn fit_config(epochs: usize, lr: f64) -> FitConfig {
         shift: 2,
         seed: 7,
         freeze: None,
+        optimizer: None,
+        clip_grad_norm: None,
+        burn_reference: false,
     }
 }
 
@@ -110,7 +113,7 @@ fn an_interrupted_run_resumes_to_the_same_result() {
         _ => ControlFlow::Continue(()),
     })
     .unwrap();
-    let (_, partial) = fit::load_last(&broken.last(), &mut model_from(&init), &Device::default().autodiff()).unwrap();
+    let (_, partial) = fit::load_last(&broken.last(), &mut model_from(&init)).unwrap();
     assert_eq!(partial.epochs_done, 1);
     // A fresh process would build a new model: its random init is replaced by the checkpoint.
     let fresh = Vgg::new(&config().with_dropout(0.0), &Device::default()).unwrap().state_dict();

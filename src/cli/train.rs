@@ -8,6 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vgg::config::Head;
 use vgg::train::fit::{self, Event, FitConfig, RunDir, Schedule};
+use vgg::train::optim::OptimizerConfig;
 use vgg::train::sgd::SgdConfig;
 use vgg::{Vgg, VggConfig};
 
@@ -102,6 +103,16 @@ pub struct TrainArgs {
     weight_decay: f64,
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
+    /// sgd (momentum, --nesterov) or adamw (betas 0.9, 0.999; --weight-decay is then decoupled,
+    /// PyTorch's default being 0.01).
+    #[arg(long, default_value = "sgd")]
+    optimizer: String,
+    /// Clip the global gradient L2 norm to this value.
+    #[arg(long)]
+    clip_grad: Option<f64>,
+    /// fast (the CPU kernels of this crate) or burn (burn's autodiff, the reference path).
+    #[arg(long, default_value = "fast")]
+    engine: String,
     /// Largest random shift of the crop augmentation (default: 2 for 28x28 images, 4 for 32x32).
     #[arg(long)]
     shift: Option<usize>,
@@ -139,19 +150,33 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         s if s.starts_with("step:") => Schedule::Step { step: s[5..].parse().context("step:N needs a number")? },
         other => bail!("unknown schedule '{other}'"),
     };
+    let sgd = SgdConfig { momentum: a.momentum, weight_decay: a.weight_decay, nesterov: a.nesterov };
+    let optimizer = match a.optimizer.as_str() {
+        "sgd" => None,
+        "adamw" => Some(OptimizerConfig::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: a.weight_decay }),
+        other => bail!("unknown optimizer '{other}' (expected sgd or adamw)"),
+    };
+    let burn_reference = match a.engine.as_str() {
+        "fast" => false,
+        "burn" => true,
+        other => bail!("unknown engine '{other}' (expected fast or burn)"),
+    };
     let fit_config = FitConfig {
         epochs: a.epochs,
         batch_size: a.batch.max(1),
         lr: a.lr,
         schedule,
         warmup_epochs: a.warmup,
-        sgd: SgdConfig { momentum: a.momentum, weight_decay: a.weight_decay, nesterov: a.nesterov },
+        sgd,
         label_smoothing: a.label_smoothing,
         augment: !a.no_augment,
         canvas: 32.max(train.shape[1]),
         shift: a.shift.unwrap_or(if train.shape[1] < 32 { (32 - train.shape[1]) / 2 } else { 4 }),
         seed: a.seed,
         freeze: a.freeze.clone(),
+        optimizer,
+        clip_grad_norm: a.clip_grad,
+        burn_reference,
     };
     let device = burn::tensor::Device::default().autodiff();
     device.seed(a.seed);

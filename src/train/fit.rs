@@ -7,15 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 
 use burn::module::Module;
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::cross_entropy;
+use super::optim::{OptimizerConfig, OptimizerState, clip_grad_norm};
 use super::sgd::{SgdConfig, SgdState};
 use crate::data::Dataset;
+use crate::engine::Engine;
 use crate::model::Vgg;
 use crate::weights::safetensors::{self as st, Meta};
 use crate::weights::{self, Dtype, StateDict, Strict, WeightsError};
@@ -67,6 +68,15 @@ pub struct FitConfig {
     /// up to and including it). Their BatchNorm statistics still follow the data.
     #[serde(default)]
     pub freeze: Option<String>,
+    /// The optimizer; `None` is SGD with [`FitConfig::sgd`].
+    #[serde(default)]
+    pub optimizer: Option<OptimizerConfig>,
+    /// Clip the global gradient L2 norm to this (`torch.nn.utils.clip_grad_norm_`).
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+    /// Train through burn's autodiff (the reference path) instead of the fast CPU engine.
+    #[serde(default)]
+    pub burn_reference: bool,
 }
 
 /// The parameter keys frozen by [`FitConfig::freeze`].
@@ -90,6 +100,11 @@ pub fn frozen_keys(model: &Vgg, freeze: Option<&str>) -> Result<std::collections
 }
 
 impl FitConfig {
+    /// The optimizer in effect.
+    pub fn optimizer(&self) -> OptimizerConfig {
+        self.optimizer.unwrap_or(OptimizerConfig::Sgd(self.sgd))
+    }
+
     /// The learning rate at `step` of `total`.
     pub fn lr_at(&self, step: usize, total: usize, steps_per_epoch: usize) -> f64 {
         let t = step as f64 / total.max(1) as f64;
@@ -245,8 +260,32 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<usize>>,
 }
 
-/// Evaluates in evaluation mode, `batch` images at a time.
+/// Evaluates in evaluation mode, `batch` images at a time, on the fast engine where it runs the
+/// model (burn otherwise).
 pub fn evaluate(
+    model: &Vgg,
+    ds: &Dataset,
+    canvas: usize,
+    norm: PixelNorm,
+    batch: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Evaluation {
+    match Engine::new(model) {
+        Ok(engine) => evaluate_with(
+            &|x, dims| engine.forward(&x, dims),
+            model.config().num_classes,
+            ds,
+            canvas,
+            norm,
+            batch,
+            progress,
+        ),
+        Err(_) => evaluate_burn(model, ds, canvas, norm, batch, progress),
+    }
+}
+
+/// [`evaluate`] through burn's forward (the reference path).
+pub fn evaluate_burn(
     model: &Vgg,
     ds: &Dataset,
     canvas: usize,
@@ -256,21 +295,38 @@ pub fn evaluate(
 ) -> Evaluation {
     let model = model.valid();
     let device = model.devices();
-    let k = ds.classes.len().max(model.config().num_classes);
+    let forward = |x: Vec<f32>, dims: [usize; 4]| {
+        crate::model::to_f32(model.forward(Tensor::<4>::from_data(TensorData::new(x, dims), &device)).into_data())
+    };
+    evaluate_with(&forward, model.config().num_classes, ds, canvas, norm, batch, progress)
+}
+
+/// [`evaluate`] with any function from an NCHW batch to its logits.
+pub fn evaluate_with(
+    forward: &dyn Fn(Vec<f32>, [usize; 4]) -> Vec<f32>,
+    classes: usize,
+    ds: &Dataset,
+    canvas: usize,
+    norm: PixelNorm,
+    batch: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Evaluation {
+    let k = ds.classes.len().max(classes);
     let mut confusion = vec![vec![0usize; k]; k];
     let (mut loss, mut hit5) = (0f64, 0usize);
     let [c, _, _] = ds.shape;
     let order: Vec<usize> = (0..ds.len()).collect();
     for chunk in order.chunks(batch.max(1)) {
         let (x, labels) = make_batch(ds, chunk, canvas, 0, norm, None);
-        let x = Tensor::<4>::from_data(TensorData::new(x, [chunk.len(), c, canvas, canvas]), &device);
-        let logits = model.forward(x);
-        loss += crate::model::to_f32(cross_entropy(logits.clone(), &labels, 0.0).into_data())[0] as f64
-            * chunk.len() as f64;
-        let top = crate::classify::top_k(&softmax(logits, 1), 5);
-        for (t, l) in top.iter().zip(&labels) {
-            confusion[*l][t[0].0] += 1;
-            hit5 += t.iter().any(|(i, _)| i == l) as usize;
+        let logits = forward(x, [chunk.len(), c, canvas, canvas]);
+        let (l, _, _) = crate::kernels::dense::cross_entropy(&logits, &labels, classes, 0.0);
+        loss += l * chunk.len() as f64;
+        for (row, &label) in logits.chunks_exact(classes).zip(&labels) {
+            let mut idx: Vec<usize> = (0..classes).collect();
+            // Stable: equal scores keep class order, as argmax does.
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            confusion[label][idx[0]] += 1;
+            hit5 += idx.iter().take(5).any(|&i| i == label) as usize;
         }
         progress(chunk.len());
     }
@@ -330,12 +386,12 @@ fn preprocess_for(ds: &Dataset, fit: &FitConfig, norm: PixelNorm) -> crate::imag
 fn save_last(
     dir: &RunDir,
     model: &Vgg,
-    sgd: &SgdState,
+    optimizer: StateDict,
     state: &TrainState,
     pre: &crate::image::Preprocess,
 ) -> Result<(), TrainError> {
     let mut sd: StateDict = model.state_dict();
-    sd.extend(sgd.to_state_dict());
+    sd.extend(optimizer);
     let meta = Meta {
         config: Some(model.config().clone()),
         preprocess: Some(pre.clone()),
@@ -345,17 +401,22 @@ fn save_last(
     Ok(())
 }
 
-/// Reads a resumable checkpoint into the model and optimiser state.
-pub fn load_last(path: &Path, model: &mut Vgg, device: &Device) -> Result<(SgdState, TrainState), TrainError> {
+/// Keys of optimizer state in a checkpoint (PyTorch's names for them).
+fn is_optimizer_key(k: &str) -> bool {
+    ["momentum_buffer.", "exp_avg.", "exp_avg_sq."].iter().any(|p| k.starts_with(p)) || k == "adam_step"
+}
+
+/// Reads a resumable checkpoint into the model; returns the optimizer state (as tensors keyed like
+/// PyTorch's) and the run state.
+pub fn load_last(path: &Path, model: &mut Vgg) -> Result<(StateDict, TrainState), TrainError> {
     let p = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: p.clone(), err })?;
     let (sd, _) = st::read(&bytes, &p)?;
-    let (momentum, weights): (StateDict, StateDict) =
-        sd.into_iter().partition(|(k, _)| k.starts_with("momentum_buffer."));
+    let (optimizer, weights): (StateDict, StateDict) = sd.into_iter().partition(|(k, _)| is_optimizer_key(k));
     model.load_state_dict(&weights, Strict::Yes)?;
     let state: TrainState = st::read_meta(&bytes, &p, STATE_KEY)?
         .ok_or_else(|| TrainError::Checkpoint(format!("{p} is weights only, not a training checkpoint")))?;
-    Ok((SgdState::from_state_dict(&momentum, device), state))
+    Ok((optimizer, state))
 }
 
 /// Progress reports from [`fit`].
@@ -383,22 +444,40 @@ pub fn fit(
 ) -> Result<(Vgg, TrainState), TrainError> {
     let device = model.devices();
     std::fs::create_dir_all(&dir.0).map_err(|err| WeightsError::Io { path: dir.0.display().to_string(), err })?;
-    let (mut sgd, mut state) = if resume && dir.last().exists() {
-        let (sgd, state) = load_last(&dir.last(), &mut model, &device)?;
+    let (opt_sd, mut state) = if resume && dir.last().exists() {
+        let (opt_sd, state) = load_last(&dir.last(), &mut model)?;
         if &state.fit != fit {
             return Err(TrainError::Checkpoint(format!(
                 "{} was written by a run with other settings; resume with the same ones",
                 dir.last().display()
             )));
         }
-        (sgd, state)
+        (opt_sd, state)
     } else {
         let norm = PixelNorm::of(train);
-        (SgdState::default(), TrainState { epochs_done: 0, fit: fit.clone(), norm, history: vec![], best_acc: -1.0 })
+        (StateDict::new(), TrainState { epochs_done: 0, fit: fit.clone(), norm, history: vec![], best_acc: -1.0 })
+    };
+    let opt_cfg = fit.optimizer();
+    // The fast engine trains its own copy of the weights; the model is brought up to date at the end
+    // of each epoch. burn's autodiff path remains for what the engine does not run.
+    let mut runner = match Engine::new(&model) {
+        Ok(engine) if !fit.burn_reference => {
+            let opt = OptimizerState::from_state_dict(&engine, &opt_sd);
+            Runner::Engine(Box::new(engine), opt)
+        }
+        _ => {
+            if !matches!(opt_cfg, OptimizerConfig::Sgd(_)) || fit.clip_grad_norm.is_some() {
+                return Err(TrainError::Checkpoint(
+                    "AdamW and gradient clipping run on the fast engine only, which does not run this model".into(),
+                ));
+            }
+            Runner::Burn(SgdState::from_state_dict(&opt_sd, &device))
+        }
     };
     let norm = state.norm;
     let pre = preprocess_for(train, fit, norm);
     let frozen = frozen_keys(&model, fit.freeze.as_deref())?;
+    let is_frozen = |k: &str| frozen.contains(k);
     let [c, _, _] = train.shape;
     let steps_per_epoch = train.len().div_ceil(fit.batch_size);
     let total = steps_per_epoch * fit.epochs;
@@ -412,13 +491,12 @@ pub fn fit(
         let (tx, rx) = sync_channel::<(Vec<f32>, Vec<usize>)>(3);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let mut lr = fit.lr;
+        let batch_seed = |b: usize| fit.seed ^ ((epoch as u64) << 32 | b as u64).wrapping_mul(0xbf58476d1ce4e5b9);
         let result: Result<bool, TrainError> = std::thread::scope(|s| {
             // The sender moves into the loader so that the channel closes when the epoch's data ends.
             s.spawn(move || {
                 for (b, chunk) in order.chunks(fit.batch_size).enumerate() {
-                    let mut rng = StdRng::seed_from_u64(
-                        fit.seed ^ ((epoch as u64) << 32 | b as u64).wrapping_mul(0xbf58476d1ce4e5b9),
-                    );
+                    let mut rng = StdRng::seed_from_u64(batch_seed(b));
                     let batch = make_batch(train, chunk, fit.canvas, fit.shift, norm, fit.augment.then_some(&mut rng));
                     if tx.send(batch).is_err() {
                         return;
@@ -429,18 +507,37 @@ pub fn fit(
             let rx = rx;
             for (b, (x, labels)) in rx.iter().enumerate() {
                 let n = labels.len();
-                let x = Tensor::<4>::from_data(TensorData::new(x, [n, c, fit.canvas, fit.canvas]), &device);
-                let logits = model.forward_train(x);
-                let loss = cross_entropy(logits.clone(), &labels, fit.label_smoothing);
-                let loss_v = crate::model::to_f32(loss.to_data())[0];
-                if !loss_v.is_finite() {
-                    return Err(TrainError::NonFinite { loss: loss_v, epoch, step: b + 1 });
-                }
-                let pred = crate::classify::top_k(&logits.detach(), 1);
-                let hits = pred.iter().zip(&labels).filter(|(p, l)| p[0].0 == **l).count();
-                let grads = loss.backward();
+                let dims = [n, c, fit.canvas, fit.canvas];
                 lr = fit.lr_at((epoch - 1) * steps_per_epoch + b, total, steps_per_epoch);
-                model.sgd_step(&grads, &mut sgd, &fit.sgd, lr, &|k| frozen.contains(k));
+                let (loss_v, hits) = match &mut runner {
+                    Runner::Engine(engine, opt) => {
+                        // Dropout's draws depend on the batch alone, so a resumed run repeats them.
+                        let r = engine.train_step(&x, dims, &labels, fit.label_smoothing, !batch_seed(b), &is_frozen);
+                        let loss_v = r.loss as f32;
+                        if !loss_v.is_finite() {
+                            return Err(TrainError::NonFinite { loss: loss_v, epoch, step: b + 1 });
+                        }
+                        if let Some(max) = fit.clip_grad_norm {
+                            clip_grad_norm(engine, max, &is_frozen);
+                        }
+                        opt.step(engine, &opt_cfg, lr, &is_frozen);
+                        (loss_v, r.hits)
+                    }
+                    Runner::Burn(sgd) => {
+                        let x = Tensor::<4>::from_data(TensorData::new(x, dims), &device);
+                        let logits = model.forward_train(x);
+                        let loss = cross_entropy(logits.clone(), &labels, fit.label_smoothing);
+                        let loss_v = crate::model::to_f32(loss.to_data())[0];
+                        if !loss_v.is_finite() {
+                            return Err(TrainError::NonFinite { loss: loss_v, epoch, step: b + 1 });
+                        }
+                        let pred = crate::classify::top_k(&logits.detach(), 1);
+                        let hits = pred.iter().zip(&labels).filter(|(p, l)| p[0].0 == **l).count();
+                        let grads = loss.backward();
+                        model.sgd_step(&grads, sgd, &fit.sgd, lr, &is_frozen);
+                        (loss_v, hits)
+                    }
+                };
                 loss_sum += loss_v as f64 * n as f64;
                 correct += hits;
                 seen += n;
@@ -454,7 +551,22 @@ pub fn fit(
             return Ok((model, state));
         }
         let train_secs = started.elapsed().as_secs_f64();
-        let ev = evaluate(&model, test, fit.canvas, norm, 256, &mut |_| {});
+        let (ev, opt_sd) = match &runner {
+            Runner::Engine(engine, opt) => {
+                model.load_state_dict(&engine.state_dict(), Strict::Yes)?;
+                let ev = evaluate_with(
+                    &|x, dims| engine.forward(&x, dims),
+                    model.config().num_classes,
+                    test,
+                    fit.canvas,
+                    norm,
+                    256,
+                    &mut |_| {},
+                );
+                (ev, opt.to_state_dict(engine, &opt_cfg))
+            }
+            Runner::Burn(sgd) => (evaluate_burn(&model, test, fit.canvas, norm, 256, &mut |_| {}), sgd.to_state_dict()),
+        };
         let m = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -472,7 +584,7 @@ pub fn fit(
             let meta = Meta { config: Some(model.config().clone()), preprocess: Some(pre.clone()), extra: vec![] };
             st::write(&dir.best(), &model.state_dict(), &meta, Dtype::F32)?;
         }
-        save_last(dir, &model, &sgd, &state, &pre)?;
+        save_last(dir, &model, opt_sd, &state, &pre)?;
         let lines: String =
             state.history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
         st::write_atomic(&dir.metrics(), lines.as_bytes())?;
@@ -481,6 +593,12 @@ pub fn fit(
         }
     }
     Ok((model, state))
+}
+
+/// Who runs the steps: the fast engine with its optimizer, or burn's autodiff with PyTorch's SGD.
+enum Runner {
+    Engine(Box<Engine>, OptimizerState),
+    Burn(SgdState),
 }
 
 /// Loads a weights file for evaluation with the preprocessing it records.

@@ -3,6 +3,7 @@
 //! PyTorch does not).
 
 pub mod fit;
+pub mod optim;
 pub mod sgd;
 
 use burn::tensor::activation::log_softmax;

@@ -1,0 +1,505 @@
+//! A VGG executed by the [`crate::kernels`]: the same plan as [`Vgg`], with hand-written forward and
+//! backward passes over NHWC activations, for training and batch inference on the CPU.
+//!
+//! burn's autodiff path stays the reference: the engine is built from a [`Vgg`] (its weights and
+//! running statistics), trains its own copy, and hands the result back as a torchvision
+//! `state_dict` ([`Engine::state_dict`]). Tests hold both paths and the PyTorch fixtures together.
+//!
+//! What it does not run (local response normalisation, the headless trunk) is refused by
+//! [`Engine::new`], and the callers fall back to burn.
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::config::{Head, LayerKind, VggConfig};
+use crate::kernels::{conv, dense, norm, pool};
+use crate::model::Vgg;
+use crate::weights::{StateDict, TensorEntry};
+
+/// What the engine cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A layer kind or head without a kernel here.
+    #[error("the fast CPU engine does not run {0}; the burn path does")]
+    Unsupported(String),
+    /// A weight the model should have is absent or of another size.
+    #[error("weights for the engine: {0}")]
+    Weights(String),
+}
+
+/// A parameter: PyTorch key, value in the engine's layout, and its gradient after a backward pass.
+#[derive(Debug, Clone)]
+pub struct ParamBuf {
+    /// torchvision `state_dict` key.
+    pub key: String,
+    /// PyTorch's shape.
+    pub shape: Vec<usize>,
+    /// The values; conv weights as `[(ky, kx, ci), co]`, everything else as PyTorch stores it.
+    pub value: Vec<f32>,
+    /// The gradient (empty until a backward pass reaches it).
+    pub grad: Vec<f32>,
+    /// `Some((co, ci, k))` for conv weights, whose layout differs from PyTorch's.
+    conv: Option<(usize, usize, usize)>,
+}
+
+impl ParamBuf {
+    fn new(key: String, shape: Vec<usize>, value: Vec<f32>, conv: Option<(usize, usize, usize)>) -> Self {
+        Self { key, shape, value, grad: vec![], conv }
+    }
+
+    /// Values of a buffer of this parameter's engine layout in PyTorch's layout.
+    pub fn to_torch(&self, v: &[f32]) -> Vec<f32> {
+        match self.conv {
+            Some((co, ci, k)) => conv::to_torch(v, co, ci, k),
+            None => v.to_vec(),
+        }
+    }
+
+    /// Values in PyTorch's layout converted to this parameter's engine layout.
+    pub fn from_torch(&self, v: &[f32]) -> Vec<f32> {
+        match self.conv {
+            Some((co, ci, k)) => conv::from_torch(v, co, ci, k),
+            None => v.to_vec(),
+        }
+    }
+}
+
+/// BatchNorm buffers.
+#[derive(Debug, Clone)]
+struct Running {
+    key: String,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+    tracked: f32,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Indices of weight and bias in `params`.
+    Conv {
+        w: usize,
+        b: usize,
+        ci: usize,
+        co: usize,
+        k: usize,
+    },
+    /// BatchNorm followed by ReLU: γ and β indices, and the running statistics.
+    BnRelu {
+        g: usize,
+        b: usize,
+        running: Running,
+    },
+    Relu,
+    MaxPool,
+    AvgPool {
+        out: [usize; 2],
+    },
+    /// NHWC map → PyTorch's (c, h, w) flat vector.
+    Flatten,
+    Linear {
+        w: usize,
+        b: usize,
+        inp: usize,
+        out: usize,
+    },
+    Dropout,
+}
+
+/// Shape of an activation: a `[n, h, w, c]` map or an `[n, f]` vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Map([usize; 4]),
+    Flat([usize; 2]),
+}
+
+impl Shape {
+    fn len(&self) -> usize {
+        match self {
+            Shape::Map(s) => s.iter().product(),
+            Shape::Flat(s) => s.iter().product(),
+        }
+    }
+}
+
+/// What a training forward keeps for the backward pass of one op.
+enum Saved {
+    None,
+    Stats { mean: Vec<f64>, var: Vec<f64>, affine: norm::Affine },
+    Arg(Vec<u8>),
+    Mask(Vec<f32>),
+}
+
+/// Result of [`Engine::train_step`].
+#[derive(Debug, Clone, Copy)]
+pub struct StepResult {
+    /// Mean loss of the batch.
+    pub loss: f64,
+    /// Correct top-1 predictions in the batch.
+    pub hits: usize,
+}
+
+/// The network, its parameters and BatchNorm statistics, ready to run on NHWC data.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    config: VggConfig,
+    ops: Vec<Op>,
+    /// Parameters in torchvision's `state_dict` order.
+    pub params: Vec<ParamBuf>,
+    eps: f64,
+    momentum: f64,
+}
+
+fn entry<'a>(sd: &'a StateDict, key: &str, shape: &[usize]) -> Result<&'a TensorEntry, EngineError> {
+    let e = sd.get(key).ok_or_else(|| EngineError::Weights(format!("missing {key}")))?;
+    if e.shape != shape {
+        return Err(EngineError::Weights(format!("{key}: shape {:?}, expected {shape:?}", e.shape)));
+    }
+    Ok(e)
+}
+
+impl Engine {
+    /// Takes `model`'s configuration and weights.
+    pub fn new(model: &Vgg) -> Result<Self, EngineError> {
+        Self::from_state_dict(model.config(), &model.state_dict())
+    }
+
+    /// Builds the network of `config` with the weights of `sd` (torchvision keys).
+    pub fn from_state_dict(config: &VggConfig, sd: &StateDict) -> Result<Self, EngineError> {
+        if matches!(config.head, Head::None) {
+            return Err(EngineError::Unsupported("a network without a classifier".into()));
+        }
+        let plan = config.plan([224, 224]);
+        let mut ops = Vec::new();
+        let mut params = Vec::new();
+        let mut layers = plan.layers.iter().enumerate().peekable();
+        let mut flat = false;
+        while let Some((i, layer)) = layers.next() {
+            let key = &layer.key;
+            let mut add = |suffix: &str, shape: Vec<usize>, conv: Option<(usize, usize, usize)>| {
+                let k = format!("{key}.{suffix}");
+                let e = entry(sd, &k, &shape)?;
+                let p = ParamBuf::new(k, shape, vec![], conv);
+                let value = p.from_torch(&e.data);
+                params.push(ParamBuf { value, ..p });
+                Ok::<usize, EngineError>(params.len() - 1)
+            };
+            match layer.kind {
+                LayerKind::Conv { in_channels: ci, out_channels: co, kernel: k } => {
+                    let w = add("weight", vec![co, ci, k, k], Some((co, ci, k)))?;
+                    let b = add("bias", vec![co], None)?;
+                    ops.push(Op::Conv { w, b, ci, co, k });
+                }
+                LayerKind::BatchNorm { channels } => {
+                    let g = add("weight", vec![channels], None)?;
+                    let b = add("bias", vec![channels], None)?;
+                    let mean = entry(sd, &format!("{key}.running_mean"), &[channels])?.data.clone();
+                    let var = entry(sd, &format!("{key}.running_var"), &[channels])?.data.clone();
+                    let tracked = sd.get(&format!("{key}.num_batches_tracked")).map_or(0.0, |e| e.data[0]);
+                    if !matches!(layers.next().map(|(_, l)| &l.kind), Some(LayerKind::Relu)) {
+                        return Err(EngineError::Unsupported("a BatchNorm not followed by a ReLU".into()));
+                    }
+                    ops.push(Op::BnRelu { g, b, running: Running { key: key.clone(), mean, var, tracked } });
+                }
+                LayerKind::Relu => ops.push(Op::Relu),
+                LayerKind::MaxPool => ops.push(Op::MaxPool),
+                LayerKind::Lrn => return Err(EngineError::Unsupported("local response normalisation".into())),
+                LayerKind::AdaptiveAvgPool { out } => ops.push(Op::AvgPool { out }),
+                LayerKind::Dropout => ops.push(Op::Dropout),
+                LayerKind::Linear { in_features: inp, out_features: out } => {
+                    // The CIFAR head averages whatever map is left to 1x1 (see `Vgg::run`).
+                    if i == plan.trunk && matches!(config.head, Head::Cifar { .. }) {
+                        ops.push(Op::AvgPool { out: [1, 1] });
+                    }
+                    if !flat {
+                        ops.push(Op::Flatten);
+                        flat = true;
+                    }
+                    let w = add("weight", vec![out, inp], None)?;
+                    let b = add("bias", vec![out], None)?;
+                    ops.push(Op::Linear { w, b, inp, out });
+                }
+            }
+        }
+        Ok(Self { config: config.clone(), ops, params, eps: 1e-5, momentum: 0.1 })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VggConfig {
+        &self.config
+    }
+
+    /// Parameters and BatchNorm buffers as a torchvision `state_dict`.
+    pub fn state_dict(&self) -> StateDict {
+        let mut sd: StateDict = self
+            .params
+            .iter()
+            .map(|p| (p.key.clone(), TensorEntry::f32(p.shape.clone(), p.to_torch(&p.value))))
+            .collect();
+        for op in &self.ops {
+            if let Op::BnRelu { running: r, .. } = op {
+                let c = r.mean.len();
+                sd.insert(format!("{}.running_mean", r.key), TensorEntry::f32(vec![c], r.mean.clone()));
+                sd.insert(format!("{}.running_var", r.key), TensorEntry::f32(vec![c], r.var.clone()));
+                sd.insert(
+                    format!("{}.num_batches_tracked", r.key),
+                    TensorEntry { shape: vec![], dtype: crate::weights::Dtype::I64, data: vec![r.tracked] },
+                );
+            }
+        }
+        sd
+    }
+
+    /// Evaluation-mode logits `[n, classes]` of `x`, `[n, c, h, w]` (NCHW, as everywhere else).
+    pub fn forward(&self, x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+        let mut act = to_nhwc(x, [n, c, h, w]);
+        let mut shape = Shape::Map([n, h, w, c]);
+        let mut rng = StdRng::seed_from_u64(0);
+        for op in &self.ops {
+            let (out, s, _) = self.op_forward(op, &act, shape, None, &mut rng);
+            act = out;
+            shape = s;
+        }
+        act
+    }
+
+    /// One training forward and backward on `x` (`[n, c, h, w]`): leaves each parameter's gradient
+    /// in [`ParamBuf::grad`] and updates the BatchNorm running statistics as PyTorch does. Ops before
+    /// `first_trainable` get no gradients (frozen layers); dropout draws from `seed`.
+    pub fn train_step(
+        &mut self,
+        x: &[f32],
+        dims: [usize; 4],
+        labels: &[usize],
+        smoothing: f64,
+        seed: u64,
+        frozen: &dyn Fn(&str) -> bool,
+    ) -> StepResult {
+        let [n, c, h, w] = dims;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut acts = vec![to_nhwc(x, dims)];
+        let mut shapes = vec![Shape::Map([n, h, w, c])];
+        let mut saved = Vec::with_capacity(self.ops.len());
+        for i in 0..self.ops.len() {
+            let op = self.ops[i].clone();
+            let mut stats = None;
+            let (out, shape, s) = self.op_forward(&op, &acts[i], shapes[i], Some(&mut stats), &mut rng);
+            if let (Op::BnRelu { .. }, Some((mean, var))) = (&op, stats) {
+                self.update_running(i, &mean, &var, shapes[i].len() / c_of(shapes[i]));
+            }
+            acts.push(out);
+            shapes.push(shape);
+            saved.push(s);
+        }
+        let classes = self.config.num_classes;
+        let (loss, mut grad, hits) = dense::cross_entropy(acts.last().expect("output"), labels, classes, smoothing);
+        // Backward stops below the lowest op that has a trainable parameter.
+        let lowest = (0..self.ops.len())
+            .find(|&i| self.op_params(i).iter().any(|&p| !frozen(&self.params[p].key)))
+            .unwrap_or(self.ops.len());
+        for p in &mut self.params {
+            p.grad.clear();
+        }
+        for i in (lowest..self.ops.len()).rev() {
+            let need_dx = i > lowest;
+            grad = self.op_backward(i, &acts[i], shapes[i], &saved[i], grad, need_dx);
+        }
+        StepResult { loss, hits }
+    }
+
+    fn op_params(&self, i: usize) -> Vec<usize> {
+        match self.ops[i] {
+            Op::Conv { w, b, .. } | Op::Linear { w, b, .. } => vec![w, b],
+            Op::BnRelu { g, b, .. } => vec![g, b],
+            _ => vec![],
+        }
+    }
+
+    fn update_running(&mut self, i: usize, mean: &[f64], var: &[f64], count: usize) {
+        let m = self.momentum;
+        let Op::BnRelu { running: r, .. } = &mut self.ops[i] else { return };
+        let unbias = if count > 1 { count as f64 / (count - 1) as f64 } else { 1.0 };
+        for ch in 0..mean.len() {
+            r.mean[ch] = ((1.0 - m) * r.mean[ch] as f64 + m * mean[ch]) as f32;
+            r.var[ch] = ((1.0 - m) * r.var[ch] as f64 + m * var[ch] * unbias) as f32;
+        }
+        r.tracked += 1.0;
+    }
+
+    /// Runs one op. `stats` is `Some` in training: BatchNorm then uses (and returns through it) the
+    /// batch statistics, and dropout is applied.
+    #[allow(clippy::type_complexity)]
+    fn op_forward(
+        &self,
+        op: &Op,
+        x: &[f32],
+        shape: Shape,
+        stats: Option<&mut Option<(Vec<f64>, Vec<f64>)>>,
+        rng: &mut StdRng,
+    ) -> (Vec<f32>, Shape, Saved) {
+        let train = stats.is_some();
+        match (op, shape) {
+            (&Op::Conv { w, b, ci, co, k }, Shape::Map([n, h, wd, c])) => {
+                debug_assert_eq!(c, ci);
+                let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
+                let mut out = vec![0f32; n * h * wd * co];
+                conv::forward(x, &self.params[w].value, &self.params[b].value, &sh, &mut out);
+                (out, Shape::Map([n, h, wd, co]), Saved::None)
+            }
+            (Op::BnRelu { g, b, running }, Shape::Map([_, _, _, c])) => {
+                let (gamma, beta) = (&self.params[*g].value, &self.params[*b].value);
+                let mut out = vec![0f32; x.len()];
+                if let Some(stats) = stats {
+                    let (mean, var) = norm::batch_stats(x, c);
+                    let affine = norm::Affine::new(&mean, &var, gamma, beta, self.eps);
+                    norm::affine_relu(x, &affine, &mut out);
+                    *stats = Some((mean.clone(), var.clone()));
+                    (out, shape, Saved::Stats { mean, var, affine })
+                } else {
+                    let mean: Vec<f64> = running.mean.iter().map(|&v| v as f64).collect();
+                    let var: Vec<f64> = running.var.iter().map(|&v| v as f64).collect();
+                    let affine = norm::Affine::new(&mean, &var, gamma, beta, self.eps);
+                    norm::affine_relu(x, &affine, &mut out);
+                    (out, shape, Saved::None)
+                }
+            }
+            (Op::Relu, _) => {
+                let mut out = vec![0f32; x.len()];
+                norm::relu(x, &mut out);
+                (out, shape, Saved::None)
+            }
+            (Op::MaxPool, Shape::Map([n, h, w, c])) => {
+                let os = [n, h / 2, w / 2, c];
+                let mut out = vec![0f32; os.iter().product()];
+                let mut arg = vec![0u8; out.len()];
+                pool::max2_forward(x, [n, h, w, c], &mut out, &mut arg);
+                (out, Shape::Map(os), Saved::Arg(arg))
+            }
+            (&Op::AvgPool { out: [oh, ow] }, Shape::Map([n, h, w, c])) => {
+                if [h, w] == [oh, ow] {
+                    return (x.to_vec(), shape, Saved::None);
+                }
+                let mut out = vec![0f32; n * oh * ow * c];
+                pool::adaptive_avg_forward(x, [n, h, w, c], [oh, ow], &mut out);
+                (out, Shape::Map([n, oh, ow, c]), Saved::None)
+            }
+            (Op::Flatten, Shape::Map([n, h, w, c])) => {
+                let mut out = vec![0f32; x.len()];
+                if h * w == 1 {
+                    out.copy_from_slice(x);
+                } else {
+                    pool::nhwc_to_nchw(x, [n, h, w, c], &mut out, false);
+                }
+                (out, Shape::Flat([n, h * w * c]), Saved::None)
+            }
+            (&Op::Linear { w, b, inp, out }, Shape::Flat([n, f])) => {
+                assert_eq!(f, inp, "the head expects {inp} features, got {f}");
+                let mut y = vec![0f32; n * out];
+                dense::linear_forward(x, &self.params[w].value, &self.params[b].value, n, &mut y);
+                (y, Shape::Flat([n, out]), Saved::None)
+            }
+            (Op::Dropout, _) => {
+                let mut out = x.to_vec();
+                if train && self.config.dropout > 0.0 {
+                    let mask = dense::dropout(&mut out, self.config.dropout, rng);
+                    (out, shape, Saved::Mask(mask))
+                } else {
+                    (out, shape, Saved::None)
+                }
+            }
+            (op, shape) => unreachable!("{op:?} on {shape:?}"),
+        }
+    }
+
+    /// Backward of op `i` with input `x`: stores parameter gradients and returns the input gradient
+    /// (empty when `need_dx` is false).
+    fn op_backward(
+        &mut self,
+        i: usize,
+        x: &[f32],
+        shape: Shape,
+        saved: &Saved,
+        mut g: Vec<f32>,
+        need_dx: bool,
+    ) -> Vec<f32> {
+        let op = self.ops[i].clone();
+        match (&op, shape) {
+            (&Op::Conv { w, b, ci, co, k }, Shape::Map([n, h, wd, _])) => {
+                let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
+                let mut dx = if need_dx { vec![0f32; x.len()] } else { vec![] };
+                let (dw, db) = conv::backward(x, &self.params[w].value, &g, &sh, need_dx.then_some(dx.as_mut_slice()));
+                self.params[w].grad = dw;
+                self.params[b].grad = db;
+                dx
+            }
+            (Op::BnRelu { g: gi, b, .. }, _) => {
+                let Saved::Stats { mean, var, affine } = saved else { unreachable!("BatchNorm saved its statistics") };
+                let (dg, dbeta) =
+                    norm::bn_relu_backward(x, &mut g, mean, var, &self.params[*gi].value, affine, self.eps);
+                self.params[*gi].grad = dg;
+                self.params[*b].grad = dbeta;
+                g
+            }
+            (Op::Relu, _) => {
+                // The forward output is relu(x): positive exactly where x is.
+                norm::relu_backward(x, &mut g);
+                g
+            }
+            (Op::MaxPool, Shape::Map(s)) => {
+                let Saved::Arg(arg) = saved else { unreachable!("max-pool saved its arguments") };
+                let mut dx = vec![0f32; x.len()];
+                pool::max2_backward(&g, arg, s, &mut dx);
+                dx
+            }
+            (&Op::AvgPool { out }, Shape::Map(s)) => {
+                if [s[1], s[2]] == out {
+                    return g;
+                }
+                let mut dx = vec![0f32; x.len()];
+                pool::adaptive_avg_backward(&g, s, out, &mut dx);
+                dx
+            }
+            (Op::Flatten, Shape::Map([n, h, w, c])) => {
+                if h * w == 1 {
+                    return g;
+                }
+                let mut dx = vec![0f32; x.len()];
+                pool::nhwc_to_nchw(&g, [n, h, w, c], &mut dx, true);
+                dx
+            }
+            (&Op::Linear { w, b, out, .. }, Shape::Flat([n, _])) => {
+                let mut dx = if need_dx { vec![0f32; x.len()] } else { vec![] };
+                let (dw, db) =
+                    dense::linear_backward(x, &self.params[w].value, &g, n, out, need_dx.then_some(dx.as_mut_slice()));
+                self.params[w].grad = dw;
+                self.params[b].grad = db;
+                dx
+            }
+            (Op::Dropout, _) => {
+                if let Saved::Mask(mask) = saved {
+                    for (v, m) in g.iter_mut().zip(mask) {
+                        *v *= m;
+                    }
+                }
+                g
+            }
+            (op, shape) => unreachable!("{op:?} on {shape:?}"),
+        }
+    }
+}
+
+fn c_of(s: Shape) -> usize {
+    match s {
+        Shape::Map([_, _, _, c]) => c,
+        Shape::Flat([_, f]) => f,
+    }
+}
+
+fn to_nhwc(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    assert_eq!(x.len(), n * c * h * w, "input of {n}x{c}x{h}x{w} expected");
+    if c == 1 {
+        return x.to_vec();
+    }
+    let mut out = vec![0f32; x.len()];
+    pool::nhwc_to_nchw(x, [n, h, w, c], &mut out, true);
+    out
+}

@@ -1,0 +1,115 @@
+//! CPU kernels for training and inference on NHWC activations: convolution as im2col + GEMM (forward
+//! and both gradients), BatchNorm fused with ReLU, max and adaptive average pooling, fully connected
+//! layers and the loss.
+//!
+//! They exist because burn-flex spends most of a small VGG's training step outside its GEMM (layout
+//! changes, per-op dispatch, a convolution backward built from transposed convolutions). Each kernel
+//! works on plain slices and is tested against the burn path, which stays the reference.
+//!
+//! Work is split over the batch into one contiguous chunk per thread; partial sums (weight
+//! gradients, batch statistics) are reduced in chunk order, so results do not depend on scheduling.
+
+pub mod conv;
+pub mod dense;
+pub mod norm;
+pub mod pool;
+
+use rayon::prelude::*;
+
+/// `c[m×n] (+)= a[m×k] · b[k×n]`, each matrix given by its row and column strides.
+///
+/// `parallel` lets the GEMM use the rayon pool; the per-chunk calls of the trunk kernels run on one
+/// thread each because the chunks already are parallel.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    [a_rs, a_cs]: [usize; 2],
+    b: &[f32],
+    [b_rs, b_cs]: [usize; 2],
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                c[r * ldc..r * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // The GEMM reads through raw pointers: these bounds make every access it can make valid.
+    assert!((m - 1) * a_rs + (k - 1) * a_cs < a.len(), "lhs out of bounds");
+    assert!((k - 1) * b_rs + (n - 1) * b_cs < b.len(), "rhs out of bounds");
+    assert!((m - 1) * ldc + n - 1 < c.len(), "dst out of bounds");
+    let par = if parallel && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every element the strides can address inside the slices, and
+    // `c` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Samples per chunk when `n` samples are split over the threads.
+pub fn chunk_samples(n: usize) -> usize {
+    n.div_ceil(rayon::current_num_threads().max(1)).max(1)
+}
+
+/// Per-channel sums over rows of a `[rows, c]` matrix, with `f` mapping (row values, accumulators);
+/// computed per chunk of rows in parallel and reduced in order.
+pub fn channel_sums<const K: usize>(
+    x: &[f32],
+    c: usize,
+    rows_per_chunk: usize,
+    f: impl Fn(&[f32], usize, &mut [[f64; K]]) + Sync,
+) -> Vec<[f64; K]> {
+    let parts: Vec<Vec<[f64; K]>> = x
+        .par_chunks(rows_per_chunk.max(1) * c)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut acc = vec![[0f64; K]; c];
+            f(chunk, i * rows_per_chunk, &mut acc);
+            acc
+        })
+        .collect();
+    let mut total = vec![[0f64; K]; c];
+    for p in parts {
+        for (t, v) in total.iter_mut().zip(p) {
+            for k in 0..K {
+                t[k] += v[k];
+            }
+        }
+    }
+    total
+}
