@@ -30,16 +30,70 @@ pub struct Prediction {
 
 /// The `k` largest entries of each row, as (index, value), largest first; ties keep index order.
 pub fn top_k(probs: &Tensor<2>, k: usize) -> Vec<Vec<(usize, f32)>> {
-    let [n, c] = probs.dims();
-    let v = crate::model::to_f32(probs.to_data());
-    (0..n)
-        .map(|i| {
-            let row = &v[i * c..(i + 1) * c];
+    let [_, c] = probs.dims();
+    top_k_rows(&crate::model::to_f32(probs.to_data()), c, k)
+}
+
+/// [`top_k`] of rows of `c` values.
+pub fn top_k_rows(v: &[f32], c: usize, k: usize) -> Vec<Vec<(usize, f32)>> {
+    v.chunks_exact(c.max(1))
+        .map(|row| {
             let mut idx: Vec<usize> = (0..c).collect();
             idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
             idx.into_iter().take(k.min(c)).map(|j| (j, row[j])).collect()
         })
         .collect()
+}
+
+/// Soft-max of each row of `c` logits.
+fn softmax_rows(v: &[f32], c: usize) -> Vec<f32> {
+    v.chunks_exact(c.max(1))
+        .flat_map(|row| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            let e: Vec<f64> = row.iter().map(|&x| (x as f64 - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            e.into_iter().map(move |x| (x / sum) as f32)
+        })
+        .collect()
+}
+
+/// Classifies image files one at a time under a test protocol of the paper (dense or multi-crop,
+/// several scales, flips), on the fast engine.
+#[allow(clippy::too_many_arguments)]
+pub fn classify_files_with(
+    engine: &crate::engine::Engine,
+    pre: &Preprocess,
+    views: &crate::protocol::Views,
+    labels: &[String],
+    paths: &[PathBuf],
+    k: usize,
+    on_done: &mut dyn FnMut(usize),
+) -> Vec<Result<Prediction, ImageError>> {
+    paths
+        .iter()
+        .map(|path| {
+            let img = crate::image::open(path)?;
+            let p = crate::protocol::posteriors(engine, &img, pre, views)?;
+            let p: Vec<f32> = p.into_iter().map(|v| v as f32).collect();
+            let top = top_k_rows(&p, p.len(), k).remove(0);
+            on_done(1);
+            Ok(prediction(path, top, labels))
+        })
+        .collect()
+}
+
+fn prediction(path: &Path, top: Vec<(usize, f32)>, labels: &[String]) -> Prediction {
+    Prediction {
+        image: path.display().to_string(),
+        top: top
+            .into_iter()
+            .map(|(index, prob)| Scored {
+                index,
+                label: labels.get(index).cloned().unwrap_or_else(|| format!("class {index}")),
+                prob,
+            })
+            .collect(),
+    }
 }
 
 /// Classifies image files, `batch` at a time; images of the same preprocessed size share a forward
@@ -55,6 +109,9 @@ pub fn classify_files(
     on_done: &mut dyn FnMut(usize),
 ) -> Vec<Result<Prediction, ImageError>> {
     let device = model.devices();
+    // The fast engine where it runs the model; burn otherwise.
+    let engine = crate::engine::Engine::new(model).ok();
+    let classes = model.config().num_classes;
     let mut out: Vec<Option<Result<Prediction, ImageError>>> = (0..paths.len()).map(|_| None).collect();
     let batch = batch.max(1);
     for chunk_start in (0..paths.len()).step_by(batch) {
@@ -78,20 +135,20 @@ pub fn classify_files(
             let (group, rest): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, t)| t.shape == shape);
             loaded = rest;
             let tensors: Vec<ImageTensor> = group.iter().map(|(_, t)| t.clone()).collect();
-            let x = ImageTensor::batch(&tensors, &device).expect("group shares one shape");
-            let probs = softmax(model.forward(x), 1);
-            for ((i, _), top) in group.iter().zip(top_k(&probs, k)) {
-                out[*i] = Some(Ok(Prediction {
-                    image: paths[*i].display().to_string(),
-                    top: top
-                        .into_iter()
-                        .map(|(index, prob)| Scored {
-                            index,
-                            label: labels.get(index).cloned().unwrap_or_else(|| format!("class {index}")),
-                            prob,
-                        })
-                        .collect(),
-                }));
+            let tops = match &engine {
+                Some(engine) => {
+                    let [c, h, w] = shape;
+                    let data: Vec<f32> = tensors.iter().flat_map(|t| t.data.iter().copied()).collect();
+                    let logits = engine.forward(&data, [tensors.len(), c, h, w]);
+                    top_k_rows(&softmax_rows(&logits, classes), classes, k)
+                }
+                None => {
+                    let x = ImageTensor::batch(&tensors, &device).expect("group shares one shape");
+                    top_k(&softmax(model.forward(x), 1), k)
+                }
+            };
+            for ((i, _), top) in group.iter().zip(tops) {
+                out[*i] = Some(Ok(prediction(&paths[*i], top, labels)));
             }
         }
         on_done(idx.len());

@@ -143,44 +143,64 @@ pub struct StepResult {
 pub struct Engine {
     config: VggConfig,
     ops: Vec<Op>,
+    /// Index of the first op of the classifier head.
+    head_start: usize,
     /// Parameters in torchvision's `state_dict` order.
     pub params: Vec<ParamBuf>,
     eps: f64,
     momentum: f64,
 }
 
-fn entry<'a>(sd: &'a StateDict, key: &str, shape: &[usize]) -> Result<&'a TensorEntry, EngineError> {
-    let e = sd.get(key).ok_or_else(|| EngineError::Weights(format!("missing {key}")))?;
+/// Moves a tensor out of `sd`, checking its shape.
+fn take(sd: &mut StateDict, key: &str, shape: &[usize]) -> Result<Vec<f32>, EngineError> {
+    let e = sd.remove(key).ok_or_else(|| EngineError::Weights(format!("missing {key}")))?;
     if e.shape != shape {
         return Err(EngineError::Weights(format!("{key}: shape {:?}, expected {shape:?}", e.shape)));
     }
-    Ok(e)
+    Ok(e.data)
 }
 
 impl Engine {
-    /// Takes `model`'s configuration and weights.
-    pub fn new(model: &Vgg) -> Result<Self, EngineError> {
-        Self::from_state_dict(model.config(), &model.state_dict())
-    }
-
-    /// Builds the network of `config` with the weights of `sd` (torchvision keys).
-    pub fn from_state_dict(config: &VggConfig, sd: &StateDict) -> Result<Self, EngineError> {
+    /// Whether the engine runs `config`: everything but local response normalisation and the
+    /// headless trunk.
+    pub fn supports(config: &VggConfig) -> Result<(), EngineError> {
         if matches!(config.head, Head::None) {
             return Err(EngineError::Unsupported("a network without a classifier".into()));
         }
+        if config.plan([224, 224]).layers.iter().any(|l| matches!(l.kind, LayerKind::Lrn)) {
+            return Err(EngineError::Unsupported("local response normalisation".into()));
+        }
+        Ok(())
+    }
+
+    /// Takes `model`'s configuration and weights.
+    pub fn new(model: &Vgg) -> Result<Self, EngineError> {
+        Self::supports(model.config())?;
+        Self::from_state_dict(model.config(), model.state_dict())
+    }
+
+    /// Builds the network of `config` with the weights of `sd` (torchvision keys), taking them over.
+    pub fn from_state_dict(config: &VggConfig, mut sd: StateDict) -> Result<Self, EngineError> {
+        Self::supports(config)?;
         let plan = config.plan([224, 224]);
         let mut ops = Vec::new();
         let mut params = Vec::new();
         let mut layers = plan.layers.iter().enumerate().peekable();
         let mut flat = false;
+        let mut head_start = usize::MAX;
         while let Some((i, layer)) = layers.next() {
+            if i == plan.trunk {
+                head_start = ops.len();
+            }
             let key = &layer.key;
             let mut add = |suffix: &str, shape: Vec<usize>, conv: Option<(usize, usize, usize)>| {
                 let k = format!("{key}.{suffix}");
-                let e = entry(sd, &k, &shape)?;
-                let p = ParamBuf::new(k, shape, vec![], conv);
-                let value = p.from_torch(&e.data);
-                params.push(ParamBuf { value, ..p });
+                let data = take(&mut sd, &k, &shape)?;
+                let value = match conv {
+                    Some((co, ci, k)) => conv::from_torch(&data, co, ci, k),
+                    None => data,
+                };
+                params.push(ParamBuf::new(k, shape, value, conv));
                 Ok::<usize, EngineError>(params.len() - 1)
             };
             match layer.kind {
@@ -192,8 +212,8 @@ impl Engine {
                 LayerKind::BatchNorm { channels } => {
                     let g = add("weight", vec![channels], None)?;
                     let b = add("bias", vec![channels], None)?;
-                    let mean = entry(sd, &format!("{key}.running_mean"), &[channels])?.data.clone();
-                    let var = entry(sd, &format!("{key}.running_var"), &[channels])?.data.clone();
+                    let mean = take(&mut sd, &format!("{key}.running_mean"), &[channels])?;
+                    let var = take(&mut sd, &format!("{key}.running_var"), &[channels])?;
                     let tracked = sd.get(&format!("{key}.num_batches_tracked")).map_or(0.0, |e| e.data[0]);
                     if !matches!(layers.next().map(|(_, l)| &l.kind), Some(LayerKind::Relu)) {
                         return Err(EngineError::Unsupported("a BatchNorm not followed by a ReLU".into()));
@@ -220,7 +240,7 @@ impl Engine {
                 }
             }
         }
-        Ok(Self { config: config.clone(), ops, params, eps: 1e-5, momentum: 0.1 })
+        Ok(Self { config: config.clone(), ops, head_start, params, eps: 1e-5, momentum: 0.1 })
     }
 
     /// The configuration.
@@ -250,16 +270,69 @@ impl Engine {
     }
 
     /// Evaluation-mode logits `[n, classes]` of `x`, `[n, c, h, w]` (NCHW, as everywhere else).
-    pub fn forward(&self, x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
-        let mut act = to_nhwc(x, [n, c, h, w]);
-        let mut shape = Shape::Map([n, h, w, c]);
+    pub fn forward(&self, x: &[f32], dims: [usize; 4]) -> Vec<f32> {
+        self.run_ops(0..self.ops.len(), to_nhwc(x, dims), Shape::Map(nhwc(dims))).0
+    }
+
+    fn run_ops(&self, range: std::ops::Range<usize>, mut act: Vec<f32>, mut shape: Shape) -> (Vec<f32>, Shape) {
         let mut rng = StdRng::seed_from_u64(0);
-        for op in &self.ops {
+        for op in &self.ops[range] {
             let (out, s, _) = self.op_forward(op, &act, shape, None, &mut rng);
             act = out;
             shape = s;
         }
-        act
+        (act, shape)
+    }
+
+    /// The paper's dense evaluation: the classifier applied as convolutions over the whole trunk map
+    /// (fc6 as a convolution with the head's pooled size as kernel, fc7 and fc8 as 1x1; a CIFAR head
+    /// at every position), class scores averaged over the positions. Returns logits `[n, classes]`.
+    /// A map smaller than the kernel falls back to [`Engine::forward`].
+    pub fn dense_forward(&self, x: &[f32], dims: [usize; 4]) -> Vec<f32> {
+        let (map, shape) = self.run_ops(0..self.head_start, to_nhwc(x, dims), Shape::Map(nhwc(dims)));
+        let Shape::Map([n, h, w, c]) = shape else { unreachable!("the trunk ends in a map") };
+        let [kh, kw] = match self.config.head {
+            Head::Imagenet { pool, .. } => pool,
+            _ => [1, 1],
+        };
+        let first_fc = (self.head_start..self.ops.len())
+            .find(|&i| matches!(self.ops[i], Op::Linear { .. }))
+            .expect("a head has a linear layer");
+        if h < kh || w < kw {
+            return self.forward(x, dims);
+        }
+        let (ph, pw) = (h - kh + 1, w - kw + 1);
+        let positions = ph * pw;
+        // Each position's receptive window, flattened in PyTorch's (c, y, x) order so that fc6's
+        // weights apply unchanged.
+        let f = c * kh * kw;
+        let mut rows = vec![0f32; n * positions * f];
+        for s in 0..n {
+            for py in 0..ph {
+                for px in 0..pw {
+                    let row = &mut rows[((s * ph + py) * pw + px) * f..][..f];
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let src = &map[((s * h + py + ky) * w + px + kx) * c..][..c];
+                            for (ch, v) in src.iter().enumerate() {
+                                row[(ch * kh + ky) * kw + kx] = *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let (scores, _) = self.run_ops(first_fc..self.ops.len(), rows, Shape::Flat([n * positions, f]));
+        let classes = self.config.num_classes;
+        let mut out = vec![0f32; n * classes];
+        for s in 0..n {
+            for p in 0..positions {
+                for k in 0..classes {
+                    out[s * classes + k] += scores[(s * positions + p) * classes + k] / positions as f32;
+                }
+            }
+        }
+        out
     }
 
     /// One training forward and backward on `x` (`[n, c, h, w]`): leaves each parameter's gradient
@@ -492,6 +565,10 @@ fn c_of(s: Shape) -> usize {
         Shape::Map([_, _, _, c]) => c,
         Shape::Flat([_, f]) => f,
     }
+}
+
+fn nhwc([n, c, h, w]: [usize; 4]) -> [usize; 4] {
+    [n, h, w, c]
 }
 
 fn to_nhwc(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {

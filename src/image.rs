@@ -321,6 +321,12 @@ pub struct ImageTensor {
 }
 
 impl ImageTensor {
+    /// Dimensions as a batch of one, `[1, C, H, W]`.
+    pub fn dims(&self) -> [usize; 4] {
+        let [c, h, w] = self.shape;
+        [1, c, h, w]
+    }
+
     /// As a batch of one, `[1, C, H, W]`.
     pub fn to_tensor(&self, device: &Device) -> Tensor<4> {
         let [c, h, w] = self.shape;

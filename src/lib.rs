@@ -31,7 +31,9 @@ pub mod kernels;
 pub mod labels;
 pub mod model;
 pub mod npy;
+pub mod plot;
 pub mod pretrained;
+pub mod protocol;
 pub mod train;
 pub mod weights;
 

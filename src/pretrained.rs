@@ -22,10 +22,17 @@ pub enum WeightsSpec {
     Random,
     /// The fixtures' deterministic weights ([`crate::formula`]), to check against torchvision.
     Formula,
+    /// The Fashion-MNIST model built into the binary ([`FASHION_MNIST`]): `fashion-mnist`.
+    FashionMnist,
 }
 
+/// VGG-11-BN at 0.375 width (CIFAR-style head, one input channel) trained from scratch on
+/// Fashion-MNIST by `vgg train` (command, curves and accuracy in BENCHMARKS.md), with its
+/// preprocessing recorded: the default weights of `vgg classify`, so that it works offline.
+pub const FASHION_MNIST: &[u8] = include_bytes!("../assets/fashion-mnist/vgg11_bn-x0.375-fashion-mnist.safetensors");
+
 impl WeightsSpec {
-    /// `torchvision:NAME`, `random`, or a path.
+    /// `torchvision:NAME`, `random`, `formula`, `fashion-mnist`, or a path.
     pub fn parse(s: &str) -> Self {
         if s.starts_with("torchvision:") {
             WeightsSpec::Named(s.to_string())
@@ -33,6 +40,8 @@ impl WeightsSpec {
             WeightsSpec::Random
         } else if s == "formula" {
             WeightsSpec::Formula
+        } else if s == "fashion-mnist" {
+            WeightsSpec::FashionMnist
         } else {
             WeightsSpec::File(PathBuf::from(s))
         }
@@ -144,27 +153,37 @@ pub fn load(
         WeightsSpec::File(path) => {
             let p = path.display().to_string();
             let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: p.clone(), err })?;
-            let (sd, recorded, recorded_pre) = if weights::safetensors::looks_like(&bytes) {
-                let (sd, meta) = weights::safetensors::read(&bytes, &p)?;
-                (sd, meta.config, meta.preprocess)
-            } else {
-                (weights::pth::read(&bytes, &p)?, None, None)
-            };
-            // A training checkpoint also holds the optimiser's buffers; they are not model weights.
-            let mut sd = sd;
-            sd.retain(|k, _| !k.starts_with("momentum_buffer."));
-            let config = match config.or(recorded) {
-                Some(c) => c,
-                None => weights::infer::infer_config(&sd).ok_or_else(|| LoadError::UnknownArch(p.clone()))?,
-            };
-            let mut model = Vgg::new(&config, device)?;
-            let report = model.load_state_dict(&sd, strict)?;
-            Ok(Loaded {
-                preprocess: recorded_pre.unwrap_or_else(|| default_preprocess(&config)),
-                model,
-                source: p,
-                report,
-            })
+            from_bytes(&bytes, p, config, strict, device)
+        }
+        WeightsSpec::FashionMnist => {
+            from_bytes(FASHION_MNIST, "the built-in Fashion-MNIST model".into(), config, strict, device)
         }
     }
+}
+
+/// A model from the bytes of a `.pth` or `.safetensors` file.
+fn from_bytes(
+    bytes: &[u8],
+    p: String,
+    config: Option<VggConfig>,
+    strict: Strict,
+    device: &Device,
+) -> Result<Loaded, LoadError> {
+    let (mut sd, recorded, recorded_pre) = if weights::safetensors::looks_like(bytes) {
+        let (sd, meta) = weights::safetensors::read(bytes, &p)?;
+        (sd, meta.config, meta.preprocess)
+    } else {
+        (weights::pth::read(bytes, &p)?, None, None)
+    };
+    // A training checkpoint also holds the optimiser's state; it is not model weights.
+    sd.retain(|k, _| {
+        !["momentum_buffer.", "exp_avg.", "exp_avg_sq."].iter().any(|pre| k.starts_with(pre)) && k != "adam_step"
+    });
+    let config = match config.or(recorded) {
+        Some(c) => c,
+        None => weights::infer::infer_config(&sd).ok_or_else(|| LoadError::UnknownArch(p.clone()))?,
+    };
+    let mut model = Vgg::new(&config, device)?;
+    let report = model.load_state_dict(&sd, strict)?;
+    Ok(Loaded { preprocess: recorded_pre.unwrap_or_else(|| default_preprocess(&config)), model, source: p, report })
 }

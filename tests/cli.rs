@@ -218,3 +218,116 @@ fn named_weights_offline_say_what_to_fetch_and_where() {
     assert!(err.contains("vgg16-397923af.pth") && err.contains(tmp("offline-cache").to_str().unwrap()), "{err}");
     assert!(!Path::new(&tmp("offline-cache").join("vgg16-397923af.pth")).exists());
 }
+
+#[test]
+fn classify_without_weights_uses_the_built_in_fashion_mnist_model() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 10, "one example per class");
+    let mut args = vec!["classify", "--json", "--top", "1"];
+    args.extend(files.iter().map(|p| p.to_str().unwrap()));
+    let o = vgg(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut right = 0;
+    for (line, file) in stdout(&o).lines().zip(&files) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        // Files are named <class index>-<name>.png.
+        let want: u64 = file.file_name().unwrap().to_str().unwrap()[..1].parse().unwrap();
+        right += usize::from(v["top"][0]["index"].as_u64() == Some(want));
+        assert_eq!(
+            v["top"][0]["label"].as_str().unwrap(),
+            vgg::labels::FASHION_MNIST[v["top"][0]["index"].as_u64().unwrap() as usize]
+        );
+    }
+    assert!(right >= 9, "{right} of 10 examples classified correctly");
+}
+
+#[test]
+fn bench_reports_one_json_object() {
+    for extra in [&[][..], &["--train"][..]] {
+        let mut args =
+            vec!["bench", "--arch", "vgg11_bn", "--width", "0.125", "--head", "cifar", "--num-classes", "10"];
+        args.extend(["--size", "32", "--batch", "2", "--iters", "2", "--warmup", "1", "--json"]);
+        args.extend(extra);
+        let o = vgg(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(v["arch"], "vgg11_bn");
+        assert_eq!(v["mode"], if extra.is_empty() { "infer" } else { "train" });
+        let (median, p90) = (v["median_s"].as_f64().unwrap(), v["p90_s"].as_f64().unwrap());
+        assert!(median > 0.0 && p90 >= median);
+        assert!((v["img_per_s"].as_f64().unwrap() - 2.0 / median).abs() < 1e-6 * (2.0 / median));
+        assert!(v["peak_rss_mb"].as_f64().unwrap() > 1.0);
+    }
+}
+
+#[test]
+fn dense_evaluation_averages_the_classifier_over_every_window() {
+    use burn::tensor::{Tensor, TensorData};
+    let (path, model) = small_model_file("dense");
+    let img_path = fixtures().join("images/chelsea.png");
+    let run = |img: &Path, flip: bool| -> Vec<f64> {
+        let mut args = vec!["classify", img.to_str().unwrap(), "--weights", path.to_str().unwrap()];
+        args.extend(["--protocol", "dense", "--scales", "240", "--json", "--top", "1000"]);
+        if flip {
+            args.push("--flip");
+        }
+        let o = vgg(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        let mut p = vec![0f64; 1000];
+        for t in v["top"].as_array().unwrap() {
+            p[t["index"].as_u64().unwrap() as usize] = t["prob"].as_f64().unwrap();
+        }
+        p
+    };
+    // Independently: the trunk's map of the image rescaled to a shorter side of 240, the classifier
+    // (burn's modules) applied to every 7x7 window of it, logits averaged, then soft-max.
+    let img = vgg::image::open(&img_path).unwrap();
+    let t = vgg::image::to_tensor(
+        &vgg::image::resize_shorter(&img, 240, vgg::image::Filter::Bilinear),
+        &vgg::image::Normalize::imagenet(),
+    );
+    let device = model.devices();
+    let fmap = model.features(Tensor::from_data(TensorData::new(t.data.clone(), t.dims()), &device));
+    let [_, c, h, w] = fmap.dims();
+    assert!(h > 7 || w > 7, "several windows: {h}x{w}");
+    let mut sum = vec![0f64; 1000];
+    let mut windows = 0;
+    for y in 0..=h - 7 {
+        for x in 0..=w - 7 {
+            let win = fmap.clone().slice([0..1, 0..c, y..y + 7, x..x + 7]).reshape([1, c * 49]);
+            let mut a = win;
+            for (i, fc) in model.fcs.iter().enumerate() {
+                a = fc.forward(a);
+                if i + 1 < model.fcs.len() {
+                    a = burn::tensor::activation::relu(a);
+                }
+            }
+            for (s, v) in sum.iter_mut().zip(values(a)) {
+                *s += v as f64;
+            }
+            windows += 1;
+        }
+    }
+    let logits: Vec<f64> = sum.iter().map(|s| s / windows as f64).collect();
+    let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+    let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+    let want: Vec<f64> = logits.iter().map(|l| (l - max).exp() / z).collect();
+    let got = run(&img_path, false);
+    let err = rel_err(&got.iter().map(|&v| v as f32).collect::<Vec<_>>(), &want);
+    assert!(err < 1e-4, "dense posteriors differ from the window-by-window computation: {err:e}");
+    // With --flip the posteriors average the image and its mirror, so a mirrored file gives the
+    // same answer (up to resampling rounding).
+    let mirrored = tmp("chelsea-mirrored.png");
+    image::imageops::flip_horizontal(&image::open(&img_path).unwrap().to_rgb8()).save(&mirrored).unwrap();
+    let (a, b) = (run(&img_path, true), run(&mirrored, true));
+    let err = rel_err(&a.iter().map(|&v| v as f32).collect::<Vec<_>>(), &b);
+    assert!(err < 1e-3, "flip-averaged posteriors of an image and its mirror: {err:e}");
+    assert!(rel_err(&got.iter().map(|&v| v as f32).collect::<Vec<_>>(), &a) > 1e-4, "--flip changes the answer");
+}

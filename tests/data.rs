@@ -106,7 +106,7 @@ fn batches_centre_shift_and_flip_images() {
     use vgg::train::fit::{PixelNorm, make_batch};
     // One 2x2 image with a single bright pixel at the top left.
     let ds = data::Dataset { images: vec![255, 0, 0, 0], labels: vec![3], shape: [1, 2, 2], classes: vec![] };
-    let norm = PixelNorm { mean: 0.0, std: 1.0 };
+    let norm = PixelNorm::gray(0.0, 1.0);
     let (x, y) = make_batch(&ds, &[0], 4, 0, norm, None);
     assert_eq!(y, vec![3]);
     let lit: Vec<usize> = x.iter().enumerate().filter(|(_, v)| **v > 0.5).map(|(i, _)| i).collect();
@@ -152,4 +152,48 @@ fn image_folders_split_by_class_and_resize() {
     let err = data::folder::image_folder(&root, 32, 0.2, 1).unwrap_err().to_string();
     assert!(err.contains("broken.png"), "{err}");
     std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn rgb_batches_normalise_per_channel_and_jitter_scale_and_lighting() {
+    use rand::SeedableRng;
+    use vgg::data::augment::CropAug;
+    use vgg::train::fit::{Augment, PixelNorm, make_batch_with};
+    // Two 8x8 RGB images of flat colours: channel means 0.25/0.5/0.75-ish, known exactly.
+    let mut images = vec![];
+    for rgb in [[0u8, 100, 200], [50, 150, 250]] {
+        for v in rgb {
+            images.extend(std::iter::repeat_n(v, 64));
+        }
+    }
+    let ds = data::Dataset { images, labels: vec![0, 1], shape: [3, 8, 8], classes: vec!["a".into(), "b".into()] };
+    let norm = PixelNorm::of(&ds);
+    for (c, want) in [25.0f32, 125.0, 225.0].iter().enumerate() {
+        assert!((norm.mean[c] - want / 255.0).abs() < 1e-6, "channel {c}: {}", norm.mean[c]);
+        assert!((norm.std[c] - 25.0 / 255.0).abs() < 1e-6);
+    }
+    let pca = norm.pca.expect("RGB datasets get principal components");
+    // All the variance lies along (1, 1, 1)/√3.
+    assert!(pca.eigval[1] < 1e-6 && (pca.eigvec[0][0].abs() - 1.0 / 3f32.sqrt()).abs() < 1e-4);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for crop in [CropAug::Shift, CropAug::ScaleJitter { smin: 8, smax: 16 }, CropAug::ResizedCrop { min_scale: 0.2 }] {
+        let aug = Augment { crop, shift: 0, lighting: 0.1 };
+        let mut offsets = vec![];
+        for _ in 0..50 {
+            let (x, _) = make_batch_with(&ds, &[0], 8, &aug, norm, Some(&mut rng));
+            // A flat image stays flat under any crop; lighting moves each channel by one offset.
+            for c in 0..3 {
+                let plane = &x[c * 64..(c + 1) * 64];
+                assert!(plane.iter().all(|v| (v - plane[0]).abs() < 1e-4), "{crop:?}");
+            }
+            let r = x[0] * norm.std[0] + norm.mean[0] - 0.0;
+            offsets.push(r);
+        }
+        let spread = offsets.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        assert!(spread > 1e-4, "{crop:?}: lighting noise is applied");
+        assert!(spread < 0.1, "{crop:?}: lighting noise is small ({spread})");
+    }
+    // Without rng (evaluation), no lighting: the first channel of image 0 is exactly 0/255 normalised.
+    let (x, _) = make_batch_with(&ds, &[0], 8, &Augment { crop: CropAug::Shift, shift: 0, lighting: 0.1 }, norm, None);
+    assert!((x[0] - (0.0 - norm.mean[0]) / norm.std[0]).abs() < 1e-6);
 }

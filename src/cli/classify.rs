@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use vgg::classify::classify_files;
+use vgg::classify::{classify_files, classify_files_with};
 use vgg::config::Head;
+use vgg::protocol::{Protocol, Views};
 
 use super::ModelArgs;
 
@@ -26,6 +27,20 @@ pub struct ClassifyArgs {
     /// A text file of class names, one per line (default: ImageNet's for 1000 classes).
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// The paper's test protocols: center (the weights' preprocessing), dense (the network applied
+    /// convolutionally to the whole image at each scale of --scales, scores averaged) or multicrop
+    /// (a --grid x --grid lattice of crops at each scale).
+    #[arg(long, default_value = "center")]
+    protocol: String,
+    /// Shorter sides Q for dense and multicrop, e.g. 256,384,512.
+    #[arg(long, default_value = "256,384,512")]
+    scales: String,
+    /// Crops per side for multicrop (the paper: 5).
+    #[arg(long, default_value_t = 5)]
+    grid: usize,
+    /// Also look at each image mirrored and average the posteriors.
+    #[arg(long)]
+    flip: bool,
     /// JSON Lines, one object per image.
     #[arg(long)]
     json: bool,
@@ -53,9 +68,33 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} images {per_sec} eta {eta}").expect("valid template"),
     );
-    let results = classify_files(&loaded.model, &loaded.preprocess, &labels, &a.images, a.top, a.batch, &mut |n| {
-        bar.inc(n as u64)
-    });
+    let scales = || -> Result<Vec<usize>> {
+        let v: Vec<usize> = a
+            .scales
+            .split(',')
+            .map(|s| s.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!("--scales takes sizes such as 256,384,512"))?;
+        if v.is_empty() || v.contains(&0) {
+            bail!("--scales takes positive sizes such as 256,384,512");
+        }
+        Ok(v)
+    };
+    let protocol = match a.protocol.as_str() {
+        "center" => Protocol::Center,
+        "dense" => Protocol::Dense { scales: scales()? },
+        "multicrop" | "multi-crop" => Protocol::MultiCrop { scales: scales()?, grid: a.grid.max(1) },
+        other => bail!("unknown protocol '{other}' (expected center, dense or multicrop)"),
+    };
+    let results = if protocol == Protocol::Center && !a.flip {
+        classify_files(&loaded.model, &loaded.preprocess, &labels, &a.images, a.top, a.batch, &mut |n| {
+            bar.inc(n as u64)
+        })
+    } else {
+        let engine = vgg::engine::Engine::new(&loaded.model)?;
+        let views = Views { protocol, flip: a.flip };
+        classify_files_with(&engine, &loaded.preprocess, &views, &labels, &a.images, a.top, &mut |n| bar.inc(n as u64))
+    };
     bar.finish_and_clear();
     let mut failed = 0;
     for r in results {

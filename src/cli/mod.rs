@@ -1,5 +1,6 @@
 //! One file per verb; this file holds the arguments they share.
 
+mod bench;
 mod classify;
 mod features;
 mod summary;
@@ -34,6 +35,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Top-1/top-5 accuracy, per-class accuracy and confusion matrix of weights on a test set.
     Eval(train::EvalArgs),
+    /// Draw a training run's loss and accuracy curves (PNG) from its metrics.jsonl.
+    Curves(train::CurvesArgs),
+    /// Latency and throughput of inference or of a training step (random weights).
+    Bench(bench::BenchArgs),
     /// List, locate or fetch torchvision's published weights.
     #[command(subcommand)]
     Weights(weights::WeightsCommand),
@@ -48,6 +53,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run_train(a),
         Command::Eval(a) => train::run_eval(a),
         Command::Weights(a) => weights::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Curves(a) => train::run_curves(a),
     }
 }
 
@@ -117,12 +124,15 @@ fn download_bar() -> ProgressBar {
     bar
 }
 
-/// Loads the model for `--weights`.
+/// Loads the model for `--weights`; without it (and without `--arch`), the built-in Fashion-MNIST
+/// model.
 fn load_model(arch: &ArchArgs, weights: Option<&str>, strict: bool) -> Result<Loaded> {
-    let Some(weights) = weights else {
-        bail!(
-            "--weights is required: a .pth or .safetensors file, torchvision:NAME (see `vgg weights list`), random or formula"
-        )
+    let weights = match weights {
+        Some(w) => w,
+        None if arch.arch.is_none() => "fashion-mnist",
+        None => bail!(
+            "--weights is required with --arch: a .pth or .safetensors file, torchvision:NAME (see `vgg weights list`), random or formula"
+        ),
     };
     load_weights(weights, arch.config()?, strict, &burn::tensor::Device::default())
 }
@@ -186,7 +196,8 @@ pub struct ModelArgs {
     arch: ArchArgs,
     #[command(flatten)]
     preprocess: PreprocessArgs,
-    /// A .pth or .safetensors file, torchvision:NAME, `random`, or `formula` (the fixtures' deterministic weights).
+    /// A .pth or .safetensors file, torchvision:NAME, `random`, `formula` (the fixtures' deterministic
+    /// weights) or `fashion-mnist` (the built-in model, the default without --arch).
     #[arg(long)]
     weights: Option<String>,
 }

@@ -89,7 +89,9 @@ pub struct TrainArgs {
     /// Peak learning rate.
     #[arg(long, default_value_t = 0.1)]
     lr: f64,
-    /// onecycle, cosine, constant, or step:N (divide by 10 every N epochs).
+    /// onecycle, cosine, constant, step:N (divide by 10 every N epochs), multistep:E1,E2,... (divide
+    /// by 10 at those epochs), or plateau:P (divide by 10 when test accuracy has not improved for P
+    /// epochs, as the paper did).
     #[arg(long, default_value = "onecycle")]
     schedule: String,
     /// Warm-up epochs (cosine).
@@ -119,6 +121,18 @@ pub struct TrainArgs {
     /// Turn off random crop and flip.
     #[arg(long)]
     no_augment: bool,
+    /// Crop augmentation: shift (pad and shift, CIFAR style), jitter:SMIN,SMAX (the paper's scale
+    /// jittering: shorter side rescaled to S in [SMIN, SMAX], then a random crop of the canvas), or
+    /// rrc:MIN_SCALE (torchvision's RandomResizedCrop, e.g. rrc:0.08).
+    #[arg(long, default_value = "shift")]
+    crop: String,
+    /// Side of the square the network sees (default: the images' side, at least 32; 28x28
+    /// Fashion-MNIST is centred on 32x32). Smaller than the images with --crop jitter or rrc.
+    #[arg(long)]
+    canvas: Option<usize>,
+    /// PCA lighting noise of RGB images, as AlexNet and the paper (0.1); 0 turns it off.
+    #[arg(long, default_value_t = 0.0)]
+    lighting: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Start from these weights (torchvision:NAME or a file), loaded non-strictly: a head of another
@@ -148,6 +162,16 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         "cosine" => Schedule::Cosine,
         "constant" => Schedule::Constant,
         s if s.starts_with("step:") => Schedule::Step { step: s[5..].parse().context("step:N needs a number")? },
+        s if s.starts_with("multistep:") => Schedule::MultiStep {
+            milestones: s[10..]
+                .split(',')
+                .map(|v| v.trim().parse())
+                .collect::<Result<_, _>>()
+                .context("multistep:E1,E2,... needs epoch numbers")?,
+        },
+        s if s.starts_with("plateau:") => {
+            Schedule::Plateau { patience: s[8..].parse().context("plateau:P needs a patience in epochs")? }
+        }
         other => bail!("unknown schedule '{other}'"),
     };
     let sgd = SgdConfig { momentum: a.momentum, weight_decay: a.weight_decay, nesterov: a.nesterov };
@@ -161,6 +185,28 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         "burn" => true,
         other => bail!("unknown engine '{other}' (expected fast or burn)"),
     };
+    let crop = match a.crop.as_str() {
+        "shift" => vgg::data::augment::CropAug::Shift,
+        s if s.starts_with("jitter:") => {
+            let v: Vec<usize> = s[7..]
+                .split(',')
+                .map(|x| x.trim().parse())
+                .collect::<Result<_, _>>()
+                .context("jitter:SMIN,SMAX needs two sizes")?;
+            match v.as_slice() {
+                [lo, hi] if lo <= hi && *lo > 0 => vgg::data::augment::CropAug::ScaleJitter { smin: *lo, smax: *hi },
+                _ => bail!("jitter:SMIN,SMAX needs two sizes with SMIN <= SMAX"),
+            }
+        }
+        s if s.starts_with("rrc:") => {
+            let min_scale: f64 = s[4..].parse().context("rrc:MIN_SCALE needs a number")?;
+            if !(0.0..=1.0).contains(&min_scale) {
+                bail!("rrc:MIN_SCALE must be between 0 and 1");
+            }
+            vgg::data::augment::CropAug::ResizedCrop { min_scale }
+        }
+        other => bail!("unknown crop '{other}' (expected shift, jitter:SMIN,SMAX or rrc:MIN_SCALE)"),
+    };
     let fit_config = FitConfig {
         epochs: a.epochs,
         batch_size: a.batch.max(1),
@@ -170,13 +216,15 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         sgd,
         label_smoothing: a.label_smoothing,
         augment: !a.no_augment,
-        canvas: 32.max(train.shape[1]),
+        canvas: a.canvas.unwrap_or(32.max(train.shape[1])),
         shift: a.shift.unwrap_or(if train.shape[1] < 32 { (32 - train.shape[1]) / 2 } else { 4 }),
         seed: a.seed,
         freeze: a.freeze.clone(),
         optimizer,
         clip_grad_norm: a.clip_grad,
         burn_reference,
+        crop,
+        lighting: a.lighting,
     };
     let device = burn::tensor::Device::default().autodiff();
     device.seed(a.seed);
@@ -215,7 +263,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             if a.json {
                 println!("{}", serde_json::to_string(m).expect("metrics serialise"));
             } else {
-                bar.println(format!(
+                let line = format!(
                     "epoch {:>3}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} img/s, {:.0} s",
                     m.epoch,
                     m.train_loss,
@@ -224,7 +272,13 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
                     m.test_acc * 100.0,
                     m.images_per_s,
                     m.seconds
-                ));
+                );
+                // A hidden bar (output not a terminal) would swallow the line.
+                if bar.is_hidden() {
+                    println!("{line}");
+                } else {
+                    bar.println(line);
+                }
             }
             ControlFlow::Continue(())
         }
@@ -250,6 +304,13 @@ pub struct EvalArgs {
     data: DataArgs,
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// Also classify each image's horizontal mirror and average the two probability vectors (the
+    /// paper's test-time flip).
+    #[arg(long)]
+    flip: bool,
+    /// Write the confusion matrix as a PNG heatmap.
+    #[arg(long)]
+    confusion_png: Option<PathBuf>,
     /// One JSON object.
     #[arg(long)]
     json: bool,
@@ -260,15 +321,21 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     let device = burn::tensor::Device::default();
     let (model, pre) = fit::load_for_eval(&a.weights, &device)?;
     let norm = match pre.normalize {
-        vgg::image::Normalize::Gray { mean, std } => fit::PixelNorm { mean, std },
-        vgg::image::Normalize::MeanStd { mean, std } => fit::PixelNorm { mean: mean[0], std: std[0] },
+        vgg::image::Normalize::Gray { mean, std } => fit::PixelNorm::gray(mean, std),
+        vgg::image::Normalize::MeanStd { mean, std } => fit::PixelNorm { mean, std, pca: None },
         vgg::image::Normalize::Caffe => bail!("caffe-normalised weights cannot be evaluated on this dataset"),
     };
     let canvas = pre.crop.map(|c| c[0]).unwrap_or(test.shape[1]);
     let bar = ProgressBar::new(test.len() as u64);
     bar.set_style(ProgressStyle::with_template("[{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("template"));
-    let ev = fit::evaluate(&model, &test, canvas, norm, a.batch, &mut |n| bar.inc(n as u64));
+    let ev = fit::evaluate_tta(&model, &test, canvas, norm, a.batch, a.flip, &mut |n| bar.inc(n as u64));
     bar.finish_and_clear();
+    if let Some(path) = &a.confusion_png {
+        let title = format!("{}: top-1 {:.2}%", a.weights.display(), ev.acc * 100.0);
+        vgg::plot::confusion(&ev.confusion, &test.classes, &title)
+            .save(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let per_class: Vec<f64> = ev
         .confusion
         .iter()
@@ -277,14 +344,15 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         .collect();
     if a.json {
         let out = serde_json::json!({
-            "weights": a.weights.display().to_string(), "images": test.len(),
+            "weights": a.weights.display().to_string(), "images": test.len(), "flip": a.flip,
             "top1": ev.acc, "top5": ev.acc5, "loss": ev.loss,
             "per_class": per_class, "confusion": ev.confusion, "classes": test.classes,
         });
         println!("{out}");
         return Ok(());
     }
-    println!("{}: {} test images", a.weights.display(), test.len());
+    let how = if a.flip { ", each averaged with its mirror image" } else { "" };
+    println!("{}: {} test images{how}", a.weights.display(), test.len());
     println!("top-1 {:.2}%  top-5 {:.2}%  loss {:.4}", ev.acc * 100.0, ev.acc5 * 100.0, ev.loss);
     println!("\n{:<14} {:>8}", "class", "accuracy");
     for (name, acc) in test.classes.iter().zip(&per_class) {
@@ -294,5 +362,33 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     for row in &ev.confusion {
         println!("{}", row.iter().map(|v| format!("{v:>5}")).collect::<String>());
     }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct CurvesArgs {
+    /// A run directory written by `vgg train` (its metrics.jsonl).
+    run: PathBuf,
+    /// Where to write the PNG (default: RUN/curves.png).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Draws a run's loss and accuracy curves from its metrics.jsonl.
+pub fn run_curves(a: CurvesArgs) -> Result<()> {
+    let path = a.run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut rows = vec![];
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let m: fit::EpochMetrics =
+            serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        rows.push((m.epoch, m.train_loss, m.train_acc, m.test_loss, m.test_acc));
+    }
+    let best = rows.iter().map(|r| r.4).fold(0.0, f64::max);
+    let out = a.out.unwrap_or_else(|| a.run.join("curves.png"));
+    vgg::plot::training_curves(&rows, &format!("best test accuracy {:.2}%", best * 100.0))
+        .save(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{}", out.display());
     Ok(())
 }

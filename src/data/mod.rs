@@ -1,6 +1,7 @@
 //! Datasets held in memory as 8-bit images: Fashion-MNIST (IDX), with the batching and
 //! augmentation the training loop needs.
 
+pub mod augment;
 pub mod cifar;
 pub mod folder;
 pub mod idx;

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::{chunk_samples, sgemm};
+use super::sgemm;
 
 /// Shape of a convolution over a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,18 +35,21 @@ impl ConvShape {
         self.h * self.w
     }
 
-    /// How the batch is split: (samples per chunk, samples per im2col block, whether the GEMM itself
-    /// runs on all threads). Large maps give each thread its own chunk of samples; small ones (the
-    /// 4x4 and 2x2 maps of a 32x32 input) leave too few rows per thread to amortise streaming the
-    /// weights, so the whole batch goes through one parallel GEMM.
-    fn split(&self) -> (usize, usize, bool) {
-        let per = chunk_samples(self.n);
-        let block = 2048usize.div_ceil(self.hw()).max(1);
-        if per * self.hw() >= 1024 || rayon::current_num_threads() == 1 {
-            (per, block.min(per), false)
-        } else {
-            (self.n, block.min(self.n), true)
-        }
+    /// Output rows per im2col block: a few megabytes of patches, at least 512 rows so that the
+    /// weights are streamed for enough rows.
+    fn block_rows(&self) -> usize {
+        ((1usize << 21) / self.kdim().max(1)).clamp(512, 2048)
+    }
+
+    /// How the n·h·w output rows are split: (rows per thread, whether the GEMM itself runs on all
+    /// threads). Each thread takes a contiguous range of rows; when that leaves fewer than 256 rows
+    /// per thread (the 4x4 and 2x2 maps of small inputs), streaming the weights dominates, so one
+    /// range goes through a parallel GEMM instead.
+    fn split(&self) -> (usize, bool) {
+        let total = self.n * self.hw();
+        let threads = rayon::current_num_threads().max(1);
+        let per = total.div_ceil(threads).max(1);
+        if per >= 256 || threads == 1 { (per, false) } else { (total.max(1), true) }
     }
 }
 
@@ -80,60 +83,43 @@ pub fn to_torch(w: &[f32], co: usize, ci: usize, k: usize) -> Vec<f32> {
     out
 }
 
-/// Patches of `s` samples `[s, h, w, ci]` into `p`, `[s·h·w, k·k·ci]` (zeros outside the image).
-fn im2col(x: &[f32], s: usize, sh: &ConvShape, p: &mut [f32]) {
-    let (h, w, ci, k) = (sh.h, sh.w, sh.ci, sh.k);
-    let pad = k / 2;
-    let kd = sh.kdim();
-    for si in 0..s {
-        let xs = &x[si * h * w * ci..(si + 1) * h * w * ci];
-        for y in 0..h {
-            for xx in 0..w {
-                let row = &mut p[((si * h + y) * w + xx) * kd..][..kd];
-                for ky in 0..k {
-                    let iy = y as isize + ky as isize - pad as isize;
-                    for kx in 0..k {
-                        let ix = xx as isize + kx as isize - pad as isize;
-                        let dst = &mut row[(ky * k + kx) * ci..][..ci];
-                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                            dst.fill(0.0);
-                        } else {
-                            dst.copy_from_slice(&xs[(iy as usize * w + ix as usize) * ci..][..ci]);
-                        }
-                    }
+/// The weights of the input-gradient convolution: kernel rotated by 180° and channels swapped,
+/// `[(ky, kx, co), ci]`, so that dX = conv(dZ) with them.
+fn flipped(wk: &[f32], ci: usize, co: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; wk.len()];
+    for ky in 0..k {
+        for kx in 0..k {
+            let src = ((k - 1 - ky) * k + (k - 1 - kx)) * ci;
+            for i in 0..ci {
+                for o in 0..co {
+                    out[((ky * k + kx) * co + o) * ci + i] = wk[(src + i) * co + o];
                 }
             }
         }
     }
+    out
 }
 
-/// Adds patch gradients `dp` (`[s·h·w, k·k·ci]`) back onto the input gradient `dx` (`[s, h, w, ci]`).
-fn col2im(dp: &[f32], s: usize, sh: &ConvShape, dx: &mut [f32]) {
+/// Patches of output rows `r0..r0 + rows` (rows run over samples, then y, then x) of the batch `x`,
+/// `[n, h, w, ci]`, into `p`, `[rows, k·k·ci]` (zeros outside the image).
+fn im2col(x: &[f32], sh: &ConvShape, r0: usize, rows: usize, p: &mut [f32]) {
     let (h, w, ci, k) = (sh.h, sh.w, sh.ci, sh.k);
-    let pad = k / 2;
+    let pad = (k / 2) as isize;
     let kd = sh.kdim();
-    dx[..s * h * w * ci].fill(0.0);
-    for si in 0..s {
-        let dxs = &mut dx[si * h * w * ci..(si + 1) * h * w * ci];
-        for y in 0..h {
-            for xx in 0..w {
-                let row = &dp[((si * h + y) * w + xx) * kd..][..kd];
-                for ky in 0..k {
-                    let iy = y as isize + ky as isize - pad as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..k {
-                        let ix = xx as isize + kx as isize - pad as isize;
-                        if ix < 0 || ix >= w as isize {
-                            continue;
-                        }
-                        let src = &row[(ky * k + kx) * ci..][..ci];
-                        let dst = &mut dxs[(iy as usize * w + ix as usize) * ci..][..ci];
-                        for (d, v) in dst.iter_mut().zip(src) {
-                            *d += v;
-                        }
-                    }
+    for (j, row) in p[..rows * kd].chunks_exact_mut(kd).enumerate() {
+        let r = r0 + j;
+        let (s, pix) = (r / (h * w), r % (h * w));
+        let (y, xx) = (pix / w, pix % w);
+        let xs = &x[s * h * w * ci..(s + 1) * h * w * ci];
+        for ky in 0..k {
+            let iy = y as isize + ky as isize - pad;
+            for kx in 0..k {
+                let ix = xx as isize + kx as isize - pad;
+                let dst = &mut row[(ky * k + kx) * ci..][..ci];
+                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                    dst.fill(0.0);
+                } else {
+                    dst.copy_from_slice(&xs[(iy as usize * w + ix as usize) * ci..][..ci]);
                 }
             }
         }
@@ -142,91 +128,72 @@ fn col2im(dp: &[f32], s: usize, sh: &ConvShape, dx: &mut [f32]) {
 
 /// `out = conv(x, w) + bias`; `x` is `[n, h, w, ci]`, `out` `[n, h, w, co]`.
 pub fn forward(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
-    let (in_len, out_len, kd) = (sh.hw() * sh.ci, sh.hw() * sh.co, sh.kdim());
-    assert_eq!(x.len(), sh.n * in_len);
-    assert_eq!(out.len(), sh.n * out_len);
-    assert_eq!(wk.len(), kd * sh.co);
-    let (per, block, par) = sh.split();
-    out.par_chunks_mut(per * out_len).zip(x.par_chunks(per * in_len)).for_each(|(o, xi)| {
-        let samples = xi.len() / in_len;
-        let bs = block.min(samples);
-        let mut p = if sh.k == 1 { vec![] } else { vec![0f32; bs * sh.hw() * kd] };
-        for b0 in (0..samples).step_by(bs) {
-            let s = bs.min(samples - b0);
-            let rows = s * sh.hw();
-            let xb = &xi[b0 * in_len..(b0 + s) * in_len];
-            let ob = &mut o[b0 * out_len..(b0 + s) * out_len];
-            for r in ob.chunks_exact_mut(sh.co) {
+    let (kd, co) = (sh.kdim(), sh.co);
+    assert_eq!(x.len(), sh.n * sh.hw() * sh.ci);
+    assert_eq!(out.len(), sh.n * sh.hw() * co);
+    assert_eq!(wk.len(), kd * co);
+    let (per, par) = sh.split();
+    let block = sh.block_rows();
+    out.par_chunks_mut(per * co).enumerate().for_each(|(t, o)| {
+        let rows_here = o.len() / co;
+        let mut p = if sh.k == 1 { vec![] } else { vec![0f32; block.min(rows_here) * kd] };
+        for b0 in (0..rows_here).step_by(block) {
+            let rows = block.min(rows_here - b0);
+            let r0 = t * per + b0;
+            let ob = &mut o[b0 * co..(b0 + rows) * co];
+            for r in ob.chunks_exact_mut(co) {
                 r.copy_from_slice(bias);
             }
             let pm: &[f32] = if sh.k == 1 {
-                xb
+                &x[r0 * kd..(r0 + rows) * kd]
             } else {
-                im2col(xb, s, sh, &mut p);
+                im2col(x, sh, r0, rows, &mut p);
                 &p[..rows * kd]
             };
-            sgemm(rows, sh.co, kd, pm, [kd, 1], wk, [sh.co, 1], ob, sh.co, true, par);
+            sgemm(rows, co, kd, pm, [kd, 1], wk, [co, 1], ob, co, true, par);
         }
     });
 }
 
 /// Gradients of [`forward`]: returns (dW `[(ky,kx,ci), co]`, dbias `[co]`) and, when `dx` is given,
-/// writes the input gradient into it.
+/// writes the input gradient into it (as a convolution of `dz` with the rotated kernel, so that
+/// every thread writes only its own rows).
 pub fn backward(x: &[f32], wk: &[f32], dz: &[f32], sh: &ConvShape, dx: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
-    let (in_len, out_len, kd, co) = (sh.hw() * sh.ci, sh.hw() * sh.co, sh.kdim(), sh.co);
-    assert_eq!(x.len(), sh.n * in_len);
-    assert_eq!(dz.len(), sh.n * out_len);
-    let (per, block, par) = sh.split();
-    let work = |xi: &[f32], dzi: &[f32], mut dxi: Option<&mut [f32]>| {
-        let samples = xi.len() / in_len;
-        let bs = block.min(samples);
-        let mut dw = vec![0f32; kd * co];
-        let mut db = vec![0f64; co];
-        let mut p = if sh.k == 1 { vec![] } else { vec![0f32; bs * sh.hw() * kd] };
-        let mut dp = if sh.k == 1 || dxi.is_none() { vec![] } else { vec![0f32; bs * sh.hw() * kd] };
-        for b0 in (0..samples).step_by(bs) {
-            let s = bs.min(samples - b0);
-            let rows = s * sh.hw();
-            let xb = &xi[b0 * in_len..(b0 + s) * in_len];
-            let dzb = &dzi[b0 * out_len..(b0 + s) * out_len];
-            for r in dzb.chunks_exact(co) {
-                for (a, v) in db.iter_mut().zip(r) {
-                    *a += *v as f64;
+    let (kd, co) = (sh.kdim(), sh.co);
+    let total = sh.n * sh.hw();
+    assert_eq!(x.len(), total * sh.ci);
+    assert_eq!(dz.len(), total * co);
+    let (per, par) = sh.split();
+    let block = sh.block_rows();
+    let parts: Vec<(Vec<f32>, Vec<f64>)> = dz
+        .par_chunks(per * co)
+        .enumerate()
+        .map(|(t, dzi)| {
+            let rows_here = dzi.len() / co;
+            let mut dw = vec![0f32; kd * co];
+            let mut db = vec![0f64; co];
+            let mut p = if sh.k == 1 { vec![] } else { vec![0f32; block.min(rows_here) * kd] };
+            for b0 in (0..rows_here).step_by(block) {
+                let rows = block.min(rows_here - b0);
+                let r0 = t * per + b0;
+                let dzb = &dzi[b0 * co..(b0 + rows) * co];
+                for r in dzb.chunks_exact(co) {
+                    for (a, v) in db.iter_mut().zip(r) {
+                        *a += *v as f64;
+                    }
                 }
-            }
-            let pm: &[f32] = if sh.k == 1 {
-                xb
-            } else {
-                im2col(xb, s, sh, &mut p);
-                &p[..rows * kd]
-            };
-            // dW += Pᵀ · dZ
-            sgemm(kd, co, rows, pm, [1, kd], dzb, [co, 1], &mut dw, co, true, par);
-            if let Some(dxi) = dxi.as_deref_mut() {
-                let dxb = &mut dxi[b0 * in_len..(b0 + s) * in_len];
-                if sh.k == 1 {
-                    sgemm(rows, kd, co, dzb, [co, 1], wk, [1, co], dxb, kd, false, par);
+                let pm: &[f32] = if sh.k == 1 {
+                    &x[r0 * kd..(r0 + rows) * kd]
                 } else {
-                    // dP = dZ · Wᵀ, then each patch row goes back where it was read from.
-                    sgemm(rows, kd, co, dzb, [co, 1], wk, [1, co], &mut dp, kd, false, par);
-                    col2im(&dp[..rows * kd], s, sh, dxb);
-                }
+                    im2col(x, sh, r0, rows, &mut p);
+                    &p[..rows * kd]
+                };
+                // dW += Pᵀ · dZ
+                sgemm(kd, co, rows, pm, [1, kd], dzb, [co, 1], &mut dw, co, true, par);
             }
-        }
-        (dw, db)
-    };
-    let parts: Vec<(Vec<f32>, Vec<f64>)> = match dx {
-        Some(dx) => {
-            assert_eq!(dx.len(), sh.n * in_len);
-            dx.par_chunks_mut(per * in_len)
-                .zip(x.par_chunks(per * in_len).zip(dz.par_chunks(per * out_len)))
-                .map(|(dxi, (xi, dzi))| work(xi, dzi, Some(dxi)))
-                .collect()
-        }
-        None => {
-            x.par_chunks(per * in_len).zip(dz.par_chunks(per * out_len)).map(|(xi, dzi)| work(xi, dzi, None)).collect()
-        }
-    };
+            (dw, db)
+        })
+        .collect();
     let mut dw = vec![0f32; kd * co];
     let mut db = vec![0f64; co];
     for (pw, pb) in parts {
@@ -236,6 +203,11 @@ pub fn backward(x: &[f32], wk: &[f32], dz: &[f32], sh: &ConvShape, dx: Option<&m
         for (a, v) in db.iter_mut().zip(pb) {
             *a += v;
         }
+    }
+    if let Some(dx) = dx {
+        let wf = flipped(wk, sh.ci, co, sh.k);
+        let back = ConvShape { ci: co, co: sh.ci, ..*sh };
+        forward(dz, &wf, &vec![0.0; sh.ci], &back, dx);
     }
     (dw, db.into_iter().map(|v| v as f32).collect())
 }
@@ -290,6 +262,8 @@ mod tests {
             ConvShape { n: 5, h: 7, w: 6, ci: 3, co: 4, k: 3 },
             ConvShape { n: 3, h: 2, w: 2, ci: 5, co: 2, k: 3 },
             ConvShape { n: 4, h: 3, w: 5, ci: 4, co: 3, k: 1 },
+            // One image of more rows than a block, split between threads mid-image.
+            ConvShape { n: 1, h: 50, w: 47, ci: 2, co: 3, k: 3 },
         ] {
             let x = data(sh.n * sh.h * sh.w * sh.ci, 1);
             let w = data(sh.co * sh.kdim(), 2);

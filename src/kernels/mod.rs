@@ -6,8 +6,9 @@
 //! changes, per-op dispatch, a convolution backward built from transposed convolutions). Each kernel
 //! works on plain slices and is tested against the burn path, which stays the reference.
 //!
-//! Work is split over the batch into one contiguous chunk per thread; partial sums (weight
-//! gradients, batch statistics) are reduced in chunk order, so results do not depend on scheduling.
+//! Work is split into one contiguous range of rows (pixels of the batch) per thread; partial sums
+//! (weight gradients, batch statistics) are reduced in range order, so results do not depend on
+//! scheduling.
 
 pub mod conv;
 pub mod dense;
@@ -79,11 +80,6 @@ pub fn sgemm(
             par,
         );
     }
-}
-
-/// Samples per chunk when `n` samples are split over the threads.
-pub fn chunk_samples(n: usize) -> usize {
-    n.div_ceil(rayon::current_num_threads().max(1)).max(1)
 }
 
 /// Per-channel sums over rows of a `[rows, c]` matrix, with `f` mapping (row values, accumulators);

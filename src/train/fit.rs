@@ -16,13 +16,14 @@ use super::cross_entropy;
 use super::optim::{OptimizerConfig, OptimizerState, clip_grad_norm};
 use super::sgd::{SgdConfig, SgdState};
 use crate::data::Dataset;
+use crate::data::augment::{self, CropAug, Pca};
 use crate::engine::Engine;
 use crate::model::Vgg;
 use crate::weights::safetensors::{self as st, Meta};
 use crate::weights::{self, Dtype, StateDict, Strict, WeightsError};
 
 /// How the learning rate moves over training.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// The peak rate throughout.
@@ -37,6 +38,36 @@ pub enum Schedule {
         /// Epochs between divisions.
         step: usize,
     },
+    /// Divide by 10 at each of these epochs (`MultiStepLR`).
+    MultiStep {
+        /// Epochs (0-based counts of finished epochs) at which the rate drops.
+        milestones: Vec<usize>,
+    },
+    /// Divide by 10 when the test accuracy has not improved for `patience` epochs, as the paper
+    /// did with its validation accuracy (`ReduceLROnPlateau(mode="max", threshold=1e-4)`).
+    Plateau {
+        /// Epochs without improvement tolerated.
+        patience: usize,
+    },
+}
+
+/// How many times `ReduceLROnPlateau(mode="max", factor, patience, threshold=1e-4 relative)` has cut
+/// the rate after the accuracies of `history`.
+pub fn plateau_cuts(accuracies: &[f64], patience: usize) -> i32 {
+    let (mut best, mut bad, mut cuts) = (f64::NEG_INFINITY, 0usize, 0);
+    for &a in accuracies {
+        if a > best * (1.0 + 1e-4) || best == f64::NEG_INFINITY {
+            best = a;
+            bad = 0;
+        } else {
+            bad += 1;
+        }
+        if bad > patience {
+            cuts += 1;
+            bad = 0;
+        }
+    }
+    cuts
 }
 
 /// Everything that defines a run (saved in its checkpoints).
@@ -77,6 +108,12 @@ pub struct FitConfig {
     /// Train through burn's autodiff (the reference path) instead of the fast CPU engine.
     #[serde(default)]
     pub burn_reference: bool,
+    /// How training images are cropped (with `augment`).
+    #[serde(default)]
+    pub crop: CropAug,
+    /// PCA lighting noise (RGB datasets; 0.1 in AlexNet and the paper).
+    #[serde(default)]
+    pub lighting: f64,
 }
 
 /// The parameter keys frozen by [`FitConfig::freeze`].
@@ -105,11 +142,11 @@ impl FitConfig {
         self.optimizer.unwrap_or(OptimizerConfig::Sgd(self.sgd))
     }
 
-    /// The learning rate at `step` of `total`.
-    pub fn lr_at(&self, step: usize, total: usize, steps_per_epoch: usize) -> f64 {
+    /// The learning rate at `step` of `total`, after the epochs of `history`.
+    pub fn lr_at(&self, step: usize, total: usize, steps_per_epoch: usize, history: &[EpochMetrics]) -> f64 {
         let t = step as f64 / total.max(1) as f64;
         let cos = |a: f64, b: f64, p: f64| b + (a - b) * (1.0 + (std::f64::consts::PI * p).cos()) / 2.0;
-        match self.schedule {
+        match &self.schedule {
             Schedule::Constant => self.lr,
             Schedule::Cosine => {
                 let warm = (self.warmup_epochs * steps_per_epoch as f64) as usize;
@@ -125,7 +162,15 @@ impl FitConfig {
                 let up = 0.3;
                 if t < up { cos(start, self.lr, t / up) } else { cos(self.lr, end, (t - up) / (1.0 - up)) }
             }
-            Schedule::Step { step: s } => self.lr * 0.1f64.powi((step / steps_per_epoch / s.max(1)) as i32),
+            Schedule::Step { step: s } => self.lr * 0.1f64.powi((step / steps_per_epoch / s.max(&1)) as i32),
+            Schedule::MultiStep { milestones } => {
+                let epoch = step / steps_per_epoch.max(1);
+                self.lr * 0.1f64.powi(milestones.iter().filter(|&&m| epoch >= m).count() as i32)
+            }
+            Schedule::Plateau { patience } => {
+                let acc: Vec<f64> = history.iter().map(|m| m.test_acc).collect();
+                self.lr * 0.1f64.powi(plateau_cuts(&acc, *patience))
+            }
         }
     }
 }
@@ -174,23 +219,58 @@ pub struct EpochMetrics {
     pub seconds: f64,
 }
 
-/// Per-channel normalisation of 8-bit pixels.
+/// Per-channel normalisation of 8-bit pixels, and the principal components of RGB datasets (for
+/// lighting noise).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PixelNorm {
-    /// Mean of v/255.
-    pub mean: f32,
-    /// Standard deviation of v/255.
-    pub std: f32,
+    /// Mean of v/255, per channel (a gray image uses the first).
+    pub mean: [f32; 3],
+    /// Standard deviation of v/255, per channel.
+    pub std: [f32; 3],
+    /// Principal components of the RGB values.
+    #[serde(default)]
+    pub pca: Option<Pca>,
 }
 
 impl PixelNorm {
-    /// Mean and standard deviation over a whole dataset.
-    pub fn of(ds: &Dataset) -> Self {
-        let n = ds.images.len() as f64;
-        let mean = ds.images.iter().map(|&v| v as f64 / 255.0).sum::<f64>() / n;
-        let var = ds.images.iter().map(|&v| (v as f64 / 255.0 - mean).powi(2)).sum::<f64>() / n;
-        Self { mean: mean as f32, std: var.sqrt() as f32 }
+    /// One mean and standard deviation for every channel.
+    pub fn gray(mean: f32, std: f32) -> Self {
+        Self { mean: [mean; 3], std: [std; 3], pca: None }
     }
+
+    /// Means and standard deviations of each channel over a whole dataset (and, for RGB, its
+    /// principal components, from at most about 2000 images).
+    pub fn of(ds: &Dataset) -> Self {
+        let [c, h, w] = ds.shape;
+        let hw = h * w;
+        let mut out = Self::gray(0.0, 1.0);
+        for ch in 0..c.min(3) {
+            let values = || ds.images.chunks_exact(c * hw).flat_map(move |img| &img[ch * hw..(ch + 1) * hw]);
+            let n = (ds.len() * hw).max(1) as f64;
+            let mean = values().map(|&v| v as f64 / 255.0).sum::<f64>() / n;
+            let var = values().map(|&v| (v as f64 / 255.0 - mean).powi(2)).sum::<f64>() / n;
+            out.mean[ch] = mean as f32;
+            out.std[ch] = (var.sqrt() as f32).max(1e-6);
+        }
+        if c == 1 {
+            out = Self::gray(out.mean[0], out.std[0]);
+        }
+        if c == 3 {
+            out.pca = Some(Pca::of(&ds.images, hw, ds.len().div_ceil(2000)));
+        }
+        out
+    }
+}
+
+/// The augmentation of a training batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Augment {
+    /// How images are cropped.
+    pub crop: CropAug,
+    /// Largest shift of [`CropAug::Shift`].
+    pub shift: usize,
+    /// Standard deviation of PCA lighting noise (0: none; AlexNet and the paper: 0.1).
+    pub lighting: f64,
 }
 
 /// Places images centred on the canvas, normalised. With `rng`, each is shifted by up to `shift`
@@ -202,11 +282,52 @@ pub fn make_batch(
     canvas: usize,
     shift: usize,
     norm: PixelNorm,
+    rng: Option<&mut StdRng>,
+) -> (Vec<f32>, Vec<usize>) {
+    make_batch_with(ds, idx, canvas, &Augment { crop: CropAug::Shift, shift, lighting: 0.0 }, norm, rng)
+}
+
+/// [`make_batch`] with any augmentation (applied only when `rng` is given).
+pub fn make_batch_with(
+    ds: &Dataset,
+    idx: &[usize],
+    canvas: usize,
+    aug: &Augment,
+    norm: PixelNorm,
     mut rng: Option<&mut StdRng>,
 ) -> (Vec<f32>, Vec<usize>) {
     let [c, h, w] = ds.shape;
-    let bg = (0.0 - norm.mean) / norm.std;
-    let mut x = vec![bg; idx.len() * c * canvas * canvas];
+    let labels = idx.iter().map(|&i| ds.labels[i] as usize).collect();
+    let plane = canvas * canvas;
+    if let (Some(r), CropAug::ScaleJitter { .. } | CropAug::ResizedCrop { .. }) = (rng.as_deref_mut(), aug.crop) {
+        let mut x = vec![0f32; idx.len() * c * plane];
+        for (b, &i) in idx.iter().enumerate() {
+            let bx = match aug.crop {
+                CropAug::ScaleJitter { smin, smax } => augment::scale_jitter_box(h, w, canvas, smin, smax, r),
+                CropAug::ResizedCrop { min_scale } => augment::resized_crop_box(h, w, min_scale, r),
+                CropAug::Shift => unreachable!(),
+            };
+            let flip = r.random_bool(0.5);
+            let out = &mut x[b * c * plane..(b + 1) * c * plane];
+            augment::sample_box(ds.image(i), ds.shape, bx, canvas, flip, out);
+            let light = lighting(c, aug, &norm, r);
+            for ch in 0..c {
+                let k = ch.min(2);
+                for v in &mut out[ch * plane..(ch + 1) * plane] {
+                    *v = (*v + light[k] - norm.mean[k]) / norm.std[k];
+                }
+            }
+        }
+        return (x, labels);
+    }
+    let shift = aug.shift;
+    let mut x = vec![0f32; idx.len() * c * plane];
+    for b in 0..idx.len() {
+        for ch in 0..c {
+            let k = ch.min(2);
+            x[(b * c + ch) * plane..(b * c + ch + 1) * plane].fill((0.0 - norm.mean[k]) / norm.std[k]);
+        }
+    }
     let (cy, cx) = ((canvas as isize - h as isize) / 2, (canvas as isize - w as isize) / 2);
     let s = shift as isize;
     for (b, &i) in idx.iter().enumerate() {
@@ -220,7 +341,12 @@ pub fn make_batch(
         };
         let (oy, ox) = (cy + dy, cx + dx);
         let img = ds.image(i);
+        let light = match rng.as_deref_mut() {
+            Some(r) => lighting(c, aug, &norm, r),
+            None => [0.0; 3],
+        };
         for ch in 0..c {
+            let (mean, std) = (norm.mean[ch.min(2)] - light[ch.min(2)], norm.std[ch.min(2)]);
             for y in 0..h {
                 let ty = oy + y as isize;
                 if ty < 0 || ty >= canvas as isize {
@@ -233,12 +359,20 @@ pub fn make_batch(
                     }
                     let src = if flip { w - 1 - xx } else { xx };
                     let v = img[(ch * h + y) * w + src] as f32 / 255.0;
-                    x[((b * c + ch) * canvas + ty as usize) * canvas + tx as usize] = (v - norm.mean) / norm.std;
+                    x[((b * c + ch) * canvas + ty as usize) * canvas + tx as usize] = (v - mean) / std;
                 }
             }
         }
     }
-    (x, idx.iter().map(|&i| ds.labels[i] as usize).collect())
+    (x, labels)
+}
+
+/// The lighting offset of one image (zero unless RGB with lighting noise asked for).
+fn lighting(c: usize, aug: &Augment, norm: &PixelNorm, rng: &mut StdRng) -> [f32; 3] {
+    match (c, aug.lighting > 0.0, norm.pca) {
+        (3, true, Some(pca)) => pca.offset(aug.lighting, rng),
+        _ => [0.0; 3],
+    }
 }
 
 /// The data order of an epoch: a permutation that depends only on the seed and the epoch.
@@ -270,38 +404,63 @@ pub fn evaluate(
     batch: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Evaluation {
-    match Engine::new(model) {
-        Ok(engine) => evaluate_with(
-            &|x, dims| engine.forward(&x, dims),
-            model.config().num_classes,
-            ds,
-            canvas,
-            norm,
-            batch,
-            progress,
-        ),
-        Err(_) => evaluate_burn(model, ds, canvas, norm, batch, progress),
-    }
+    evaluate_tta(model, ds, canvas, norm, batch, false, progress)
 }
 
-/// [`evaluate`] through burn's forward (the reference path).
-pub fn evaluate_burn(
+/// [`evaluate`], optionally averaging the class probabilities of each image and its horizontal
+/// mirror (the flip half of the paper's test-time protocol).
+pub fn evaluate_tta(
     model: &Vgg,
     ds: &Dataset,
     canvas: usize,
     norm: PixelNorm,
     batch: usize,
+    flip: bool,
     progress: &mut dyn FnMut(usize),
 ) -> Evaluation {
-    let model = model.valid();
-    let device = model.devices();
-    let forward = |x: Vec<f32>, dims: [usize; 4]| {
-        crate::model::to_f32(model.forward(Tensor::<4>::from_data(TensorData::new(x, dims), &device)).into_data())
-    };
-    evaluate_with(&forward, model.config().num_classes, ds, canvas, norm, batch, progress)
+    let classes = model.config().num_classes;
+    match Engine::new(model) {
+        Ok(engine) => {
+            evaluate_with(&|x, dims| engine.forward(&x, dims), classes, ds, canvas, norm, batch, flip, progress)
+        }
+        Err(_) => {
+            let model = model.valid();
+            let device = model.devices();
+            let forward = |x: Vec<f32>, dims: [usize; 4]| {
+                crate::model::to_f32(
+                    model.forward(Tensor::<4>::from_data(TensorData::new(x, dims), &device)).into_data(),
+                )
+            };
+            evaluate_with(&forward, classes, ds, canvas, norm, batch, flip, progress)
+        }
+    }
 }
 
-/// [`evaluate`] with any function from an NCHW batch to its logits.
+/// Mirrors an NCHW batch left to right.
+pub fn flip_horizontal(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (o, i) in out.chunks_exact_mut(w).zip(x.chunks_exact(w)).take(n * c * h) {
+        for (a, b) in o.iter_mut().zip(i.iter().rev()) {
+            *a = *b;
+        }
+    }
+    out
+}
+
+fn softmax_rows(logits: &[f32], classes: usize) -> Vec<f64> {
+    let mut p = Vec::with_capacity(logits.len());
+    for row in logits.chunks_exact(classes) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let e: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        p.extend(e.iter().map(|v| v / sum));
+    }
+    p
+}
+
+/// [`evaluate`] with any function from an NCHW batch to its logits. The loss is the mean negative
+/// log of the (averaged) probability of the true class.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_with(
     forward: &dyn Fn(Vec<f32>, [usize; 4]) -> Vec<f32>,
     classes: usize,
@@ -309,6 +468,7 @@ pub fn evaluate_with(
     canvas: usize,
     norm: PixelNorm,
     batch: usize,
+    flip: bool,
     progress: &mut dyn FnMut(usize),
 ) -> Evaluation {
     let k = ds.classes.len().max(classes);
@@ -317,11 +477,15 @@ pub fn evaluate_with(
     let [c, _, _] = ds.shape;
     let order: Vec<usize> = (0..ds.len()).collect();
     for chunk in order.chunks(batch.max(1)) {
+        let dims = [chunk.len(), c, canvas, canvas];
         let (x, labels) = make_batch(ds, chunk, canvas, 0, norm, None);
-        let logits = forward(x, [chunk.len(), c, canvas, canvas]);
-        let (l, _, _) = crate::kernels::dense::cross_entropy(&logits, &labels, classes, 0.0);
-        loss += l * chunk.len() as f64;
-        for (row, &label) in logits.chunks_exact(classes).zip(&labels) {
+        let mut probs = softmax_rows(&forward(x.clone(), dims), classes);
+        if flip {
+            let mirrored = softmax_rows(&forward(flip_horizontal(&x, dims), dims), classes);
+            probs.iter_mut().zip(mirrored).for_each(|(p, q)| *p = (*p + q) / 2.0);
+        }
+        for (row, &label) in probs.chunks_exact(classes).zip(&labels) {
+            loss -= row[label].max(f64::MIN_POSITIVE).ln();
             let mut idx: Vec<usize> = (0..classes).collect();
             // Stable: equal scores keep class order, as argmax does.
             idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
@@ -374,9 +538,9 @@ impl RunDir {
 fn preprocess_for(ds: &Dataset, fit: &FitConfig, norm: PixelNorm) -> crate::image::Preprocess {
     use crate::image::{Filter, Normalize, Preprocess};
     let normalize = if ds.shape[0] == 1 {
-        Normalize::Gray { mean: norm.mean, std: norm.std }
+        Normalize::Gray { mean: norm.mean[0], std: norm.std[0] }
     } else {
-        Normalize::MeanStd { mean: [norm.mean; 3], std: [norm.std; 3] }
+        Normalize::MeanStd { mean: norm.mean, std: norm.std }
     };
     // Files are scaled to the training images' size, then padded to the canvas as in training.
     Preprocess { resize: Some(ds.shape[1]), crop: Some([fit.canvas, fit.canvas]), filter: Filter::Bilinear, normalize }
@@ -497,7 +661,8 @@ pub fn fit(
             s.spawn(move || {
                 for (b, chunk) in order.chunks(fit.batch_size).enumerate() {
                     let mut rng = StdRng::seed_from_u64(batch_seed(b));
-                    let batch = make_batch(train, chunk, fit.canvas, fit.shift, norm, fit.augment.then_some(&mut rng));
+                    let aug = Augment { crop: fit.crop, shift: fit.shift, lighting: fit.lighting };
+                    let batch = make_batch_with(train, chunk, fit.canvas, &aug, norm, fit.augment.then_some(&mut rng));
                     if tx.send(batch).is_err() {
                         return;
                     }
@@ -508,7 +673,7 @@ pub fn fit(
             for (b, (x, labels)) in rx.iter().enumerate() {
                 let n = labels.len();
                 let dims = [n, c, fit.canvas, fit.canvas];
-                lr = fit.lr_at((epoch - 1) * steps_per_epoch + b, total, steps_per_epoch);
+                lr = fit.lr_at((epoch - 1) * steps_per_epoch + b, total, steps_per_epoch, &state.history);
                 let (loss_v, hits) = match &mut runner {
                     Runner::Engine(engine, opt) => {
                         // Dropout's draws depend on the batch alone, so a resumed run repeats them.
@@ -561,11 +726,22 @@ pub fn fit(
                     fit.canvas,
                     norm,
                     256,
+                    false,
                     &mut |_| {},
                 );
                 (ev, opt.to_state_dict(engine, &opt_cfg))
             }
-            Runner::Burn(sgd) => (evaluate_burn(&model, test, fit.canvas, norm, 256, &mut |_| {}), sgd.to_state_dict()),
+            Runner::Burn(sgd) => {
+                let ev = {
+                    let model = model.valid();
+                    let forward = |x: Vec<f32>, dims: [usize; 4]| {
+                        let x = Tensor::<4>::from_data(TensorData::new(x, dims), &model.devices());
+                        crate::model::to_f32(model.forward(x).into_data())
+                    };
+                    evaluate_with(&forward, model.config().num_classes, test, fit.canvas, norm, 256, false, &mut |_| {})
+                };
+                (ev, sgd.to_state_dict())
+            }
         };
         let m = EpochMetrics {
             epoch,
@@ -588,11 +764,24 @@ pub fn fit(
         let lines: String =
             state.history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
         st::write_atomic(&dir.metrics(), lines.as_bytes())?;
+        write_pictures(dir, &state, &ev, test);
         if events(Event::EpochEnd(&m)).is_break() {
             break;
         }
     }
     Ok((model, state))
+}
+
+/// `curves.png` (loss and accuracy per epoch) and `confusion.png` (of the epoch just evaluated).
+/// Pictures are a convenience: failing to write one does not stop training.
+fn write_pictures(dir: &RunDir, state: &TrainState, ev: &Evaluation, test: &Dataset) {
+    let rows: Vec<_> =
+        state.history.iter().map(|m| (m.epoch, m.train_loss, m.train_acc, m.test_loss, m.test_acc)).collect();
+    let title = format!("best test accuracy {:.2}%", state.best_acc * 100.0);
+    let _ = crate::plot::training_curves(&rows, &title).save(&dir.0.join("curves.png"));
+    let epoch = state.history.last().map_or(0, |m| m.epoch);
+    let title = format!("epoch {epoch}: test accuracy {:.2}%", ev.acc * 100.0);
+    let _ = crate::plot::confusion(&ev.confusion, &test.classes, &title).save(&dir.0.join("confusion.png"));
 }
 
 /// Who runs the steps: the fast engine with its optimizer, or burn's autodiff with PyTorch's SGD.

@@ -1,0 +1,168 @@
+//! `vgg bench`: latency and throughput of inference or of a training step, on random weights.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use vgg::config::Head;
+use vgg::engine::Engine;
+use vgg::train::optim::{OptimizerConfig, OptimizerState};
+use vgg::train::sgd::SgdConfig;
+use vgg::{Vgg, VggConfig};
+
+use super::ArchArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    arch: ArchArgs,
+    /// Images per run.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Input side (square).
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// Time a training step (forward, cross-entropy, backward, SGD with momentum) instead of
+    /// inference. Without --arch this is the CIFAR-style VGG-16-BN of the peer benchmark.
+    #[arg(long)]
+    train: bool,
+    /// Timed runs.
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// fast (this crate's CPU kernels) or burn (burn-flex through burn's modules and autodiff).
+    #[arg(long, default_value = "fast")]
+    engine: String,
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Peak resident set size of this process, in MiB.
+fn peak_rss_mb() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u.ru_maxrss as f64 / 1024.0
+    }
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let config = match a.arch.config()? {
+        Some(c) => c,
+        None if a.train => VggConfig::from_arch("vgg16_bn")?.with_head(Head::cifar()).with_num_classes(10),
+        None => VggConfig::from_arch("vgg16")?,
+    };
+    let size = if a.train && a.arch.config()?.is_none() && a.size == 224 { 32 } else { a.size };
+    if a.batch == 0 || a.iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    let fast = match a.engine.as_str() {
+        "fast" => true,
+        "burn" => false,
+        other => bail!("unknown engine '{other}' (expected fast or burn)"),
+    };
+    let dims = [a.batch, config.in_channels, size, size];
+    let model_device = if a.train && !fast { burn::tensor::Device::default().autodiff() } else { Default::default() };
+    let model = Vgg::new(&config, &model_device)?;
+    model.check_input(dims)?;
+    let mut rng = 0x2545f4914f6cdd1du64;
+    let x: Vec<f32> = (0..dims.iter().product::<usize>())
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let labels: Vec<usize> = (0..a.batch).map(|i| i % config.num_classes.max(1)).collect();
+    let sgd = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
+    let mut run: Box<dyn FnMut()> = match (fast, a.train) {
+        (true, false) => {
+            let engine = Engine::new(&model)?;
+            // Only the engine's copy of the weights stays in memory.
+            drop(model);
+            Box::new(move || {
+                std::hint::black_box(engine.forward(&x, dims));
+            })
+        }
+        (true, true) => {
+            let mut engine = Engine::new(&model)?;
+            drop(model);
+            let mut opt = OptimizerState::default();
+            let cfg = OptimizerConfig::Sgd(sgd);
+            Box::new(move || {
+                engine.train_step(&x, dims, &labels, 0.0, 0, &|_| false);
+                opt.step(&mut engine, &cfg, 0.01, &|_| false);
+            })
+        }
+        (false, false) => {
+            let device = model_device.clone();
+            Box::new(move || {
+                let t = burn::tensor::Tensor::<4>::from_data(burn::tensor::TensorData::new(x.clone(), dims), &device);
+                std::hint::black_box(vgg::model::to_f32(model.forward(t).into_data()));
+            })
+        }
+        (false, true) => {
+            let device = model_device.clone();
+            let mut model = model;
+            let mut state = vgg::train::sgd::SgdState::default();
+            Box::new(move || {
+                let t = burn::tensor::Tensor::<4>::from_data(burn::tensor::TensorData::new(x.clone(), dims), &device);
+                let loss = vgg::train::cross_entropy(model.forward_train(t), &labels, 0.0);
+                let grads = loss.backward();
+                model.sgd_step(&grads, &mut state, &sgd, 0.01, &|_| false);
+            })
+        }
+    };
+    for _ in 0..a.warmup {
+        run();
+    }
+    let mut times: Vec<f64> = (0..a.iters)
+        .map(|_| {
+            let t = Instant::now();
+            run();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let p90 = times[((times.len() as f64 * 0.9).ceil() as usize).clamp(1, times.len()) - 1];
+    let macs = config.plan([size, size]).layers.iter().map(|l| l.macs).sum::<u64>() as f64;
+    // A training step is about three passes: forward, input gradients and weight gradients.
+    let flops = 2.0 * macs * a.batch as f64 * if a.train { 3.0 } else { 1.0 };
+    let out = serde_json::json!({
+        "arch": config.arch_name(),
+        "batch": a.batch,
+        "size": size,
+        "mode": if a.train { "train" } else { "infer" },
+        "engine": a.engine,
+        "threads": rayon::current_num_threads(),
+        "median_s": median,
+        "p90_s": p90,
+        "img_per_s": a.batch as f64 / median,
+        "gflops": flops / median / 1e9,
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!(
+            "{} {} batch {} at {size}x{size} ({} engine, {} threads): median {:.4} s, p90 {:.4} s, {:.2} img/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
+            config.arch_name(),
+            if a.train { "training step" } else { "inference" },
+            a.batch,
+            a.engine,
+            rayon::current_num_threads(),
+            median,
+            p90,
+            a.batch as f64 / median,
+            flops / median / 1e9,
+            peak_rss_mb()
+        );
+    }
+    Ok(())
+}
