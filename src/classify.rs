@@ -47,14 +47,7 @@ pub fn top_k_rows(v: &[f32], c: usize, k: usize) -> Vec<Vec<(usize, f32)>> {
 
 /// Soft-max of each row of `c` logits.
 fn softmax_rows(v: &[f32], c: usize) -> Vec<f32> {
-    v.chunks_exact(c.max(1))
-        .flat_map(|row| {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-            let e: Vec<f64> = row.iter().map(|&x| (x as f64 - max).exp()).collect();
-            let sum: f64 = e.iter().sum();
-            e.into_iter().map(move |x| (x / sum) as f32)
-        })
-        .collect()
+    v.chunks_exact(c.max(1)).flat_map(crate::kernels::dense::softmax).map(|p| p as f32).collect()
 }
 
 /// Classifies image files one at a time under a test protocol of the paper (dense or multi-crop,

@@ -6,6 +6,7 @@
 
 use crate::engine::Engine;
 use crate::image::{self, Preprocess, Rgb8};
+use crate::kernels::dense::softmax;
 
 /// How an image is looked at.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,13 +46,6 @@ fn mirror(img: &Rgb8) -> Rgb8 {
     Rgb8 { width: img.width, height: img.height, data }
 }
 
-fn softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let e: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.into_iter().map(|v| v / sum).collect()
-}
-
 /// Top-left corners of a `grid`-per-side lattice of `crop` windows evenly spread over `len`.
 fn lattice(len: usize, crop: usize, grid: usize) -> Vec<usize> {
     let room = len.saturating_sub(crop);
@@ -63,6 +57,23 @@ fn lattice(len: usize, crop: usize, grid: usize) -> Vec<usize> {
 
 /// The class posteriors of `img`: the average of the soft-max of every view.
 pub fn posteriors(engine: &Engine, img: &Rgb8, pre: &Preprocess, views: &Views) -> Result<Vec<f64>, image::ImageError> {
+    let min = crate::config::VggConfig::MIN_INPUT;
+    let too_small = |what: &str, v: usize| {
+        Err(image::ImageError::Invalid(format!("{what} {v} is smaller than the {min} pixels five max-pools need")))
+    };
+    match &views.protocol {
+        Protocol::Dense { scales } | Protocol::MultiCrop { scales, .. } => {
+            if let Some(&q) = scales.iter().find(|&&q| q < min) {
+                return too_small("scale", q);
+            }
+        }
+        Protocol::Center => {}
+    }
+    if let (Protocol::MultiCrop { .. }, Some([h, w])) = (&views.protocol, pre.crop)
+        && h.min(w) < min
+    {
+        return too_small("crop", h.min(w));
+    }
     let images = if views.flip { vec![img.clone(), mirror(img)] } else { vec![img.clone()] };
     let mut sum: Vec<f64> = vec![];
     let mut count = 0usize;
@@ -77,6 +88,9 @@ pub fn posteriors(engine: &Engine, img: &Rgb8, pre: &Preprocess, views: &Views) 
         match &views.protocol {
             Protocol::Center => {
                 let t = pre.apply(im)?;
+                if t.shape[1].min(t.shape[2]) < min {
+                    return too_small("preprocessed side", t.shape[1].min(t.shape[2]));
+                }
                 add(softmax(&engine.forward(&t.data, t.dims())));
             }
             Protocol::Dense { scales } => {

@@ -331,3 +331,23 @@ fn dense_evaluation_averages_the_classifier_over_every_window() {
     assert!(err < 1e-3, "flip-averaged posteriors of an image and its mirror: {err:e}");
     assert!(rel_err(&got.iter().map(|&v| v as f32).collect::<Vec<_>>(), &a) > 1e-4, "--flip changes the answer");
 }
+
+#[test]
+fn protocols_refuse_scales_too_small_for_the_network() {
+    let good = fixtures().join("images/chelsea.png");
+    for args in [
+        vec!["--protocol", "dense", "--scales", "16"],
+        vec!["--protocol", "multicrop", "--scales", "256,8"],
+        vec!["--protocol", "center", "--flip", "--resize", "20", "--crop", "0"],
+        vec!["--protocol", "sideways"],
+        vec!["--protocol", "dense", "--scales", "a,b"],
+    ] {
+        let mut all =
+            vec!["classify", good.to_str().unwrap(), "--arch", "vgg11", "--width", "0.125", "--weights", "random"];
+        all.extend(args.iter());
+        let o = vgg(&all);
+        assert!(!o.status.success(), "{args:?}");
+        let err = stderr(&o);
+        assert!(err.contains("error") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -69,6 +69,14 @@ pub fn cross_entropy(logits: &[f32], labels: &[usize], classes: usize, smoothing
     (loss / n as f64, grad, hits)
 }
 
+/// Soft-max of one row of logits, in f64.
+pub fn softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let e: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / sum).collect()
+}
+
 /// Multiplies `x` by a dropout mask: each element kept with probability `1 − p` and scaled by
 /// `1/(1 − p)`, as PyTorch does in training. Returns the mask (the factor per element).
 pub fn dropout(x: &mut [f32], p: f64, rng: &mut impl rand::Rng) -> Vec<f32> {

@@ -436,6 +436,12 @@ pub fn evaluate_tta(
     }
 }
 
+/// Logits of an NCHW batch through burn's forward (the reference path).
+fn burn_logits(model: &Vgg, x: Vec<f32>, dims: [usize; 4]) -> Vec<f32> {
+    let x = Tensor::<4>::from_data(TensorData::new(x, dims), &model.devices());
+    crate::model::to_f32(model.forward(x).into_data())
+}
+
 /// Mirrors an NCHW batch left to right.
 pub fn flip_horizontal(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
@@ -448,14 +454,7 @@ pub fn flip_horizontal(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
 }
 
 fn softmax_rows(logits: &[f32], classes: usize) -> Vec<f64> {
-    let mut p = Vec::with_capacity(logits.len());
-    for row in logits.chunks_exact(classes) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-        let e: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
-        let sum: f64 = e.iter().sum();
-        p.extend(e.iter().map(|v| v / sum));
-    }
-    p
+    logits.chunks_exact(classes).flat_map(crate::kernels::dense::softmax).collect()
 }
 
 /// [`evaluate`] with any function from an NCHW batch to its logits. The loss is the mean negative
@@ -734,10 +733,7 @@ pub fn fit(
             Runner::Burn(sgd) => {
                 let ev = {
                     let model = model.valid();
-                    let forward = |x: Vec<f32>, dims: [usize; 4]| {
-                        let x = Tensor::<4>::from_data(TensorData::new(x, dims), &model.devices());
-                        crate::model::to_f32(model.forward(x).into_data())
-                    };
+                    let forward = |x, dims| burn_logits(&model, x, dims);
                     evaluate_with(&forward, model.config().num_classes, test, fit.canvas, norm, 256, false, &mut |_| {})
                 };
                 (ev, sgd.to_state_dict())
