@@ -212,6 +212,32 @@ pub fn confusion(m: &[Vec<usize>], names: &[String], title: &str) -> Canvas {
     c
 }
 
+/// The first `count` channels of a feature map `[c, h, w]` as a grid of gray tiles, each channel
+/// stretched to its own range (a constant channel is mid-gray), magnified by whole pixels to at
+/// least 48 pixels a side.
+pub fn feature_grid(map: &[f32], [c, h, w]: [usize; 3], count: usize) -> Canvas {
+    let n = count.clamp(1, c.max(1));
+    let cols = (n as f64).sqrt().ceil() as usize;
+    let rows = n.div_ceil(cols);
+    let zoom = 48usize.div_ceil(h.max(w).max(1)).max(1);
+    let (th, tw, gap) = (h * zoom, w * zoom, 2usize);
+    let mut canvas = Canvas::new((cols * (tw + gap) + gap) as u32, (rows * (th + gap) + gap) as u32);
+    for ch in 0..n {
+        let plane = &map[ch * h * w..(ch + 1) * h * w];
+        let (lo, hi) = plane.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let (x0, y0) = (gap + (ch % cols) * (tw + gap), gap + (ch / cols) * (th + gap));
+        for y in 0..th {
+            for x in 0..tw {
+                let v = plane[(y / zoom) * w + x / zoom];
+                let g = if hi > lo { ((v - lo) / (hi - lo) * 255.0).round() as u8 } else { 128 };
+                let i = (((y0 + y) * canvas.w as usize) + x0 + x) * 3;
+                canvas.rgb[i..i + 3].copy_from_slice(&[g, g, g]);
+            }
+        }
+    }
+    canvas
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -351,3 +351,34 @@ fn protocols_refuse_scales_too_small_for_the_network() {
         assert!(err.contains("error") && !err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn feature_grids_tile_the_first_channels_each_stretched_to_its_range() {
+    let (path, model) = small_model_file("grid");
+    let img = fixtures().join("images/chelsea.png");
+    let out = tmp("grid.png");
+    let o = vgg(&["features", img.to_str().unwrap(), "--weights", path.to_str().unwrap(), "--grid", "relu3_1"]
+        .into_iter()
+        .chain(["--channels", "10", "--out", out.to_str().unwrap()])
+        .collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    // relu3_1 of a 224x224 input is 56x56 (magnified once): 10 tiles on a 4-column grid, 3 rows.
+    let png = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(png.dimensions(), (4 * 58 + 2, 3 * 58 + 2));
+    let acts = vgg::features::extract(
+        &model,
+        vgg::image::Preprocess::imagenet().load(&img).unwrap().to_tensor(&model.devices()),
+        &["relu3_1"],
+    )
+    .unwrap();
+    let plane = &acts["relu3_1"].data[..56 * 56];
+    // Tile 0: its brightest and darkest pixels sit where channel 0 is largest and smallest.
+    let (imax, imin) = (0..plane.len())
+        .fold((0, 0), |(a, b), i| (if plane[i] > plane[a] { i } else { a }, if plane[i] < plane[b] { i } else { b }));
+    let px = |i: usize| png.get_pixel(2 + (i % 56) as u32, 2 + (i / 56) as u32)[0];
+    if plane[imax] > plane[imin] {
+        assert_eq!((px(imax), px(imin)), (255, 0));
+    }
+    // Tiles past the tenth are left white.
+    assert_eq!(png.get_pixel(2 + 3 * 58 + 10, 2 + 2 * 58 + 10)[0], 255);
+}

@@ -17,9 +17,16 @@ pub struct FeaturesArgs {
     model: ModelArgs,
     /// Comma-separated layer names (paper names such as conv1_1, relu4_2, pool5, fc7, or
     /// torchvision keys such as features.3).
-    #[arg(long, required = true, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', required_unless_present = "grid")]
     layers: Vec<String>,
-    /// Output safetensors file.
+    /// Draw the first --channels channels of this layer's activation as a grid of tiles; --out is
+    /// then a PNG.
+    #[arg(long)]
+    grid: Option<String>,
+    /// Channels in the grid.
+    #[arg(long, default_value_t = 64)]
+    channels: usize,
+    /// Output file: safetensors (the activations), or a PNG with --grid.
     #[arg(long)]
     out: PathBuf,
     /// Print a JSON object describing what was written.
@@ -33,6 +40,25 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     let img = loaded.preprocess.load(&a.image)?;
     let [c, h, w] = img.shape;
     model.check_input([1, c, h, w])?;
+    if let Some(layer) = &a.grid {
+        let acts = vgg::features::extract(model, img.to_tensor(&model.devices()), &[layer.as_str()])?;
+        let t = &acts[layer.as_str()];
+        let [c, h, w] = match t.shape.as_slice() {
+            [_, c, h, w] => [*c, *h, *w],
+            [_, f] => [*f, 1, 1],
+            s => bail!("{layer} has shape {s:?}, not a feature map"),
+        };
+        vgg::plot::feature_grid(&t.data, [c, h, w], a.channels)
+            .save(&a.out)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", a.out.display()))?;
+        println!(
+            "{} {layer} ({c}x{h}x{w}, first {} channels) -> {}",
+            a.image.display(),
+            a.channels.min(c),
+            a.out.display()
+        );
+        return Ok(());
+    }
     let names: Vec<&str> = a.layers.iter().map(String::as_str).collect();
     if names.is_empty() {
         bail!("--layers is empty");
