@@ -277,7 +277,7 @@ impl Engine {
     fn run_ops(&self, range: std::ops::Range<usize>, mut act: Vec<f32>, mut shape: Shape) -> (Vec<f32>, Shape) {
         let mut rng = StdRng::seed_from_u64(0);
         for op in &self.ops[range] {
-            let (out, s, _) = self.op_forward(op, &act, shape, None, &mut rng);
+            let (out, s, _) = self.op_forward(op, &act, shape, false, &mut rng);
             act = out;
             shape = s;
         }
@@ -353,11 +353,9 @@ impl Engine {
         let mut shapes = vec![Shape::Map([n, h, w, c])];
         let mut saved = Vec::with_capacity(self.ops.len());
         for i in 0..self.ops.len() {
-            let op = self.ops[i].clone();
-            let mut stats = None;
-            let (out, shape, s) = self.op_forward(&op, &acts[i], shapes[i], Some(&mut stats), &mut rng);
-            if let (Op::BnRelu { .. }, Some((mean, var))) = (&op, stats) {
-                self.update_running(i, &mean, &var, shapes[i].len() / c_of(shapes[i]));
+            let (out, shape, s) = self.op_forward(&self.ops[i], &acts[i], shapes[i], true, &mut rng);
+            if let Saved::Stats { mean, var, .. } = &s {
+                self.update_running(i, mean, var, shapes[i].len() / c_of(shapes[i]));
             }
             acts.push(out);
             shapes.push(shape);
@@ -398,18 +396,9 @@ impl Engine {
         r.tracked += 1.0;
     }
 
-    /// Runs one op. `stats` is `Some` in training: BatchNorm then uses (and returns through it) the
-    /// batch statistics, and dropout is applied.
-    #[allow(clippy::type_complexity)]
-    fn op_forward(
-        &self,
-        op: &Op,
-        x: &[f32],
-        shape: Shape,
-        stats: Option<&mut Option<(Vec<f64>, Vec<f64>)>>,
-        rng: &mut StdRng,
-    ) -> (Vec<f32>, Shape, Saved) {
-        let train = stats.is_some();
+    /// Runs one op. In training, BatchNorm uses the batch statistics (returned in [`Saved::Stats`])
+    /// and dropout is applied.
+    fn op_forward(&self, op: &Op, x: &[f32], shape: Shape, train: bool, rng: &mut StdRng) -> (Vec<f32>, Shape, Saved) {
         match (op, shape) {
             (&Op::Conv { w, b, ci, co, k }, Shape::Map([n, h, wd, c])) => {
                 debug_assert_eq!(c, ci);
@@ -421,11 +410,10 @@ impl Engine {
             (Op::BnRelu { g, b, running }, Shape::Map([_, _, _, c])) => {
                 let (gamma, beta) = (&self.params[*g].value, &self.params[*b].value);
                 let mut out = vec![0f32; x.len()];
-                if let Some(stats) = stats {
+                if train {
                     let (mean, var) = norm::batch_stats(x, c);
                     let affine = norm::Affine::new(&mean, &var, gamma, beta, self.eps);
                     norm::affine_relu(x, &affine, &mut out);
-                    *stats = Some((mean.clone(), var.clone()));
                     (out, shape, Saved::Stats { mean, var, affine })
                 } else {
                     let mean: Vec<f64> = running.mean.iter().map(|&v| v as f64).collect();
