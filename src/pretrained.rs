@@ -176,9 +176,7 @@ fn from_bytes(
         (weights::pth::read(bytes, &p)?, None, None)
     };
     // A training checkpoint also holds the optimiser's state; it is not model weights.
-    sd.retain(|k, _| {
-        !["momentum_buffer.", "exp_avg.", "exp_avg_sq."].iter().any(|pre| k.starts_with(pre)) && k != "adam_step"
-    });
+    sd.retain(|k, _| !weights::is_optimizer_key(k));
     let config = match config.or(recorded) {
         Some(c) => c,
         None => weights::infer::infer_config(&sd).ok_or_else(|| LoadError::UnknownArch(p.clone()))?,

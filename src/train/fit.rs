@@ -564,18 +564,13 @@ fn save_last(
     Ok(())
 }
 
-/// Keys of optimizer state in a checkpoint (PyTorch's names for them).
-fn is_optimizer_key(k: &str) -> bool {
-    ["momentum_buffer.", "exp_avg.", "exp_avg_sq."].iter().any(|p| k.starts_with(p)) || k == "adam_step"
-}
-
 /// Reads a resumable checkpoint into the model; returns the optimizer state (as tensors keyed like
 /// PyTorch's) and the run state.
 pub fn load_last(path: &Path, model: &mut Vgg) -> Result<(StateDict, TrainState), TrainError> {
     let p = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: p.clone(), err })?;
     let (sd, _) = st::read(&bytes, &p)?;
-    let (optimizer, weights): (StateDict, StateDict) = sd.into_iter().partition(|(k, _)| is_optimizer_key(k));
+    let (optimizer, weights): (StateDict, StateDict) = sd.into_iter().partition(|(k, _)| weights::is_optimizer_key(k));
     model.load_state_dict(&weights, Strict::Yes)?;
     let state: TrainState = st::read_meta(&bytes, &p, STATE_KEY)?
         .ok_or_else(|| TrainError::Checkpoint(format!("{p} is weights only, not a training checkpoint")))?;
