@@ -1,4 +1,5 @@
-//! Times training steps of the fast engine on random data: `cargo run --release --example step_profile -- vgg11_bn 0.5 128 1`
+//! Times training steps of the fast engine on random data:
+//! `cargo run --release --example step_profile -- ARCH WIDTH BATCH IN_CHANNELS STEPS` (defaults vgg11_bn 0.5 128 1 6)
 use std::time::Instant;
 
 use vgg::config::Head;
@@ -11,6 +12,7 @@ fn main() {
     let width: f64 = args.get(2).map_or(0.5, |s| s.parse().unwrap());
     let batch: usize = args.get(3).map_or(128, |s| s.parse().unwrap());
     let cin: usize = args.get(4).map_or(1, |s| s.parse().unwrap());
+    let steps: u64 = args.get(5).map_or(6, |s| s.parse().unwrap());
     let config = VggConfig::from_arch(arch)
         .unwrap()
         .with_width(width)
@@ -23,7 +25,7 @@ fn main() {
     let x: Vec<f32> = (0..batch * cin * 32 * 32).map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5).collect();
     let labels: Vec<usize> = (0..batch).map(|i| i % 10).collect();
     let mut times = vec![];
-    for i in 0..6 {
+    for i in 0..steps {
         let t = Instant::now();
         let r = engine.train_step(&x, [batch, cin, 32, 32], &labels, 0.0, i, &|_| false);
         times.push(t.elapsed().as_secs_f64());

@@ -125,6 +125,43 @@ fn batches_centre_shift_and_flip_images() {
 }
 
 #[test]
+fn random_erasing_blanks_one_rectangle_of_torchvisions_size_range() {
+    use rand::SeedableRng;
+    use vgg::data::augment::CropAug;
+    use vgg::train::fit::{Augment, PixelNorm, make_batch_with};
+    let ds = data::Dataset { images: vec![255; 32 * 32], labels: vec![0], shape: [1, 32, 32], classes: vec![] };
+    let norm = PixelNorm::gray(0.0, 1.0);
+    let aug = |erase| Augment { crop: CropAug::Shift, shift: 0, lighting: 0.0, erase };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut erased = 0;
+    for _ in 0..400 {
+        let (x, _) = make_batch_with(&ds, &[0], 32, &aug(0.5), norm, Some(&mut rng));
+        let zeros: Vec<(usize, usize)> =
+            x.iter().enumerate().filter(|(_, v)| **v == 0.0).map(|(i, _)| (i / 32, i % 32)).collect();
+        if zeros.is_empty() {
+            continue;
+        }
+        erased += 1;
+        // One solid rectangle: its bounding box is all zeros.
+        let (y0, y1) = (zeros.iter().map(|p| p.0).min().unwrap(), zeros.iter().map(|p| p.0).max().unwrap());
+        let (x0, x1) = (zeros.iter().map(|p| p.1).min().unwrap(), zeros.iter().map(|p| p.1).max().unwrap());
+        let (h, w) = (y1 - y0 + 1, x1 - x0 + 1);
+        assert_eq!(zeros.len(), h * w, "not a rectangle");
+        assert!(h < 32 && w < 32);
+        // 2–33% of the area and aspect 0.3–3.3, up to the rounding of each side.
+        let share = (h * w) as f64 / 1024.0;
+        assert!((0.01..=0.37).contains(&share), "{h}x{w}");
+        let aspect = h as f64 / w as f64;
+        assert!((0.2..=5.0).contains(&aspect), "{h}x{w}");
+    }
+    assert!((150..=250).contains(&erased), "p = 0.5 erased {erased} of 400");
+    // Always on: only the rare image whose ten tries all fail is left whole.
+    let always =
+        (0..400).filter(|_| make_batch_with(&ds, &[0], 32, &aug(1.0), norm, Some(&mut rng)).0.contains(&0.0)).count();
+    assert!(always >= 390, "p = 1 erased {always} of 400");
+}
+
+#[test]
 fn image_folders_split_by_class_and_resize() {
     let root = std::env::temp_dir().join(format!("vgg-folder-{}", std::process::id()));
     for (class, rgb) in [("blue", [0u8, 0, 255]), ("red", [255u8, 0, 0])] {
@@ -177,7 +214,7 @@ fn rgb_batches_normalise_per_channel_and_jitter_scale_and_lighting() {
     assert!(pca.eigval[1] < 1e-6 && (pca.eigvec[0][0].abs() - 1.0 / 3f32.sqrt()).abs() < 1e-4);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for crop in [CropAug::Shift, CropAug::ScaleJitter { smin: 8, smax: 16 }, CropAug::ResizedCrop { min_scale: 0.2 }] {
-        let aug = Augment { crop, shift: 0, lighting: 0.1 };
+        let aug = Augment { crop, shift: 0, lighting: 0.1, erase: 0.0 };
         let mut offsets = vec![];
         for _ in 0..50 {
             let (x, _) = make_batch_with(&ds, &[0], 8, &aug, norm, Some(&mut rng));
@@ -194,6 +231,13 @@ fn rgb_batches_normalise_per_channel_and_jitter_scale_and_lighting() {
         assert!(spread < 0.1, "{crop:?}: lighting noise is small ({spread})");
     }
     // Without rng (evaluation), no lighting: the first channel of image 0 is exactly 0/255 normalised.
-    let (x, _) = make_batch_with(&ds, &[0], 8, &Augment { crop: CropAug::Shift, shift: 0, lighting: 0.1 }, norm, None);
+    let (x, _) = make_batch_with(
+        &ds,
+        &[0],
+        8,
+        &Augment { crop: CropAug::Shift, shift: 0, lighting: 0.1, erase: 0.0 },
+        norm,
+        None,
+    );
     assert!((x[0] - (0.0 - norm.mean[0]) / norm.std[0]).abs() < 1e-6);
 }

@@ -133,6 +133,10 @@ pub struct TrainArgs {
     /// PCA lighting noise of RGB images, as AlexNet and the paper (0.1); 0 turns it off.
     #[arg(long, default_value_t = 0.0)]
     lighting: f64,
+    /// Random erasing probability (torchvision's RandomErasing: area 2–33%, aspect 0.3–3.3, erased to
+    /// the mean); 0 turns it off.
+    #[arg(long, default_value_t = 0.0)]
+    erase: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Start from these weights (torchvision:NAME or a file), loaded non-strictly: a head of another
@@ -225,6 +229,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         burn_reference,
         crop,
         lighting: a.lighting,
+        erase: a.erase,
     };
     let device = burn::tensor::Device::default().autodiff();
     device.seed(a.seed);

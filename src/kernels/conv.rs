@@ -4,9 +4,35 @@
 //! the im2col matrix is nine contiguous channel runs copied from the input. [`to_torch`] and
 //! [`from_torch`] convert to and from PyTorch's `[cout, cin, k, k]`.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::sgemm;
+
+thread_local! {
+    /// Each worker thread's im2col buffer, kept between calls: allocating and zeroing a fresh one
+    /// per call cost ~3% of a training step.
+    static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a patch buffer of at least `len` floats (contents unspecified; im2col overwrites
+/// what it uses). The buffer is taken out of the thread's slot for the call, so a nested use (a
+/// parallel GEMM can run another job on this thread while it waits) gets its own.
+fn with_patches<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = PATCHES.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    PATCHES.with(|p| {
+        let mut slot = p.borrow_mut();
+        if slot.len() < buf.len() {
+            *slot = buf;
+        }
+    });
+    r
+}
 
 /// Shape of a convolution over a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,25 +162,27 @@ pub fn forward(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f
     let block = sh.block_rows();
     out.par_chunks_mut(per * co).enumerate().for_each(|(t, o)| {
         let rows_here = o.len() / co;
-        let mut p = if sh.k == 1 { vec![] } else { vec![0f32; block.min(rows_here) * kd] };
-        for b0 in (0..rows_here).step_by(block) {
-            let rows = block.min(rows_here - b0);
-            let r0 = t * per + b0;
-            let ob = &mut o[b0 * co..(b0 + rows) * co];
-            let pm: &[f32] = if sh.k == 1 {
-                &x[r0 * kd..(r0 + rows) * kd]
-            } else {
-                im2col(x, sh, r0, rows, &mut p);
-                &p[..rows * kd]
-            };
-            sgemm(rows, co, kd, pm, [kd, 1], wk, [co, 1], ob, co, false, par);
-            // The bias after the product: one pass, instead of a small copy per row before it.
-            for r in ob.chunks_exact_mut(co) {
-                for (v, b) in r.iter_mut().zip(bias) {
-                    *v += b;
+        let need = if sh.k == 1 { 0 } else { block.min(rows_here) * kd };
+        with_patches(need, |p| {
+            for b0 in (0..rows_here).step_by(block) {
+                let rows = block.min(rows_here - b0);
+                let r0 = t * per + b0;
+                let ob = &mut o[b0 * co..(b0 + rows) * co];
+                let pm: &[f32] = if sh.k == 1 {
+                    &x[r0 * kd..(r0 + rows) * kd]
+                } else {
+                    im2col(x, sh, r0, rows, p);
+                    &p[..rows * kd]
+                };
+                sgemm(rows, co, kd, pm, [kd, 1], wk, [co, 1], ob, co, false, par);
+                // The bias after the product: one pass, instead of a small copy per row before it.
+                for r in ob.chunks_exact_mut(co) {
+                    for (v, b) in r.iter_mut().zip(bias) {
+                        *v += b;
+                    }
                 }
             }
-        }
+        });
     });
 }
 
@@ -175,25 +203,27 @@ pub fn backward(x: &[f32], wk: &[f32], dz: &[f32], sh: &ConvShape, dx: Option<&m
             let rows_here = dzi.len() / co;
             let mut dw = vec![0f32; kd * co];
             let mut db = vec![0f64; co];
-            let mut p = if sh.k == 1 { vec![] } else { vec![0f32; block.min(rows_here) * kd] };
-            for b0 in (0..rows_here).step_by(block) {
-                let rows = block.min(rows_here - b0);
-                let r0 = t * per + b0;
-                let dzb = &dzi[b0 * co..(b0 + rows) * co];
-                for r in dzb.chunks_exact(co) {
-                    for (a, v) in db.iter_mut().zip(r) {
-                        *a += *v as f64;
+            let need = if sh.k == 1 { 0 } else { block.min(rows_here) * kd };
+            with_patches(need, |p| {
+                for b0 in (0..rows_here).step_by(block) {
+                    let rows = block.min(rows_here - b0);
+                    let r0 = t * per + b0;
+                    let dzb = &dzi[b0 * co..(b0 + rows) * co];
+                    for r in dzb.chunks_exact(co) {
+                        for (a, v) in db.iter_mut().zip(r) {
+                            *a += *v as f64;
+                        }
                     }
+                    let pm: &[f32] = if sh.k == 1 {
+                        &x[r0 * kd..(r0 + rows) * kd]
+                    } else {
+                        im2col(x, sh, r0, rows, p);
+                        &p[..rows * kd]
+                    };
+                    // dW += Pᵀ · dZ
+                    sgemm(kd, co, rows, pm, [1, kd], dzb, [co, 1], &mut dw, co, true, par);
                 }
-                let pm: &[f32] = if sh.k == 1 {
-                    &x[r0 * kd..(r0 + rows) * kd]
-                } else {
-                    im2col(x, sh, r0, rows, &mut p);
-                    &p[..rows * kd]
-                };
-                // dW += Pᵀ · dZ
-                sgemm(kd, co, rows, pm, [1, kd], dzb, [co, 1], &mut dw, co, true, par);
-            }
+            });
             (dw, db)
         })
         .collect();

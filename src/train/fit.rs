@@ -114,6 +114,9 @@ pub struct FitConfig {
     /// PCA lighting noise (RGB datasets; 0.1 in AlexNet and the paper).
     #[serde(default)]
     pub lighting: f64,
+    /// Probability of random erasing of a training image (torchvision's RandomErasing; 0: off).
+    #[serde(default)]
+    pub erase: f64,
 }
 
 /// The parameter keys frozen by [`FitConfig::freeze`].
@@ -271,6 +274,8 @@ pub struct Augment {
     pub shift: usize,
     /// Standard deviation of PCA lighting noise (0: none; AlexNet and the paper: 0.1).
     pub lighting: f64,
+    /// Probability of random erasing ([`augment::erase_box`]; 0: none).
+    pub erase: f64,
 }
 
 /// Places images centred on the canvas, normalised. With `rng`, each is shifted by up to `shift`
@@ -284,7 +289,7 @@ pub fn make_batch(
     norm: PixelNorm,
     rng: Option<&mut StdRng>,
 ) -> (Vec<f32>, Vec<usize>) {
-    make_batch_with(ds, idx, canvas, &Augment { crop: CropAug::Shift, shift, lighting: 0.0 }, norm, rng)
+    make_batch_with(ds, idx, canvas, &Augment { crop: CropAug::Shift, shift, lighting: 0.0, erase: 0.0 }, norm, rng)
 }
 
 /// [`make_batch`] with any augmentation (applied only when `rng` is given).
@@ -317,6 +322,7 @@ pub fn make_batch_with(
                     *v = (*v + light[k] - norm.mean[k]) / norm.std[k];
                 }
             }
+            erase(out, c, canvas, aug.erase, r);
         }
         return (x, labels);
     }
@@ -363,8 +369,27 @@ pub fn make_batch_with(
                 }
             }
         }
+        if let Some(r) = rng.as_deref_mut() {
+            erase(&mut x[b * c * plane..(b + 1) * c * plane], c, canvas, aug.erase, r);
+        }
     }
     (x, labels)
+}
+
+/// Random erasing of one normalised image (`[c, canvas, canvas]`): the rectangle is set to 0, the
+/// dataset mean, as torchvision's RandomErasing after Normalize. Draws nothing when `p` is 0, so
+/// runs without erasing keep their random streams.
+fn erase(img: &mut [f32], c: usize, canvas: usize, p: f64, rng: &mut StdRng) {
+    if p <= 0.0 {
+        return;
+    }
+    if let Some([top, left, eh, ew]) = augment::erase_box(canvas, canvas, p, rng) {
+        for ch in 0..c {
+            for y in top..top + eh {
+                img[(ch * canvas + y) * canvas + left..][..ew].fill(0.0);
+            }
+        }
+    }
 }
 
 /// The lighting offset of one image (zero unless RGB with lighting noise asked for).
@@ -655,7 +680,7 @@ pub fn fit(
             s.spawn(move || {
                 for (b, chunk) in order.chunks(fit.batch_size).enumerate() {
                     let mut rng = StdRng::seed_from_u64(batch_seed(b));
-                    let aug = Augment { crop: fit.crop, shift: fit.shift, lighting: fit.lighting };
+                    let aug = Augment { crop: fit.crop, shift: fit.shift, lighting: fit.lighting, erase: fit.erase };
                     let batch = make_batch_with(train, chunk, fit.canvas, &aug, norm, fit.augment.then_some(&mut rng));
                     if tx.send(batch).is_err() {
                         return;
