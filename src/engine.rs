@@ -91,6 +91,8 @@ enum Op {
     },
     Relu,
     MaxPool,
+    /// 2x2/2 average pooling in place of max-pooling (Gatys et al.'s option for style transfer).
+    AvgPool2,
     AvgPool {
         out: [usize; 2],
     },
@@ -124,7 +126,13 @@ impl Shape {
 /// What a training forward keeps for the backward pass of one op.
 enum Saved {
     None,
-    Stats { mean: Vec<f64>, var: Vec<f64>, affine: norm::Affine },
+    Stats {
+        mean: Vec<f64>,
+        var: Vec<f64>,
+        affine: norm::Affine,
+    },
+    /// Evaluation-mode BatchNorm: the affine map of the running statistics.
+    Eval(norm::Affine),
     Arg(Vec<u8>),
     Mask(Vec<f32>),
 }
@@ -147,6 +155,9 @@ pub struct Engine {
     head_start: usize,
     /// Parameters in torchvision's `state_dict` order.
     pub params: Vec<ParamBuf>,
+    /// The paper's name of each op's output (`conv1_1`, `relu1_1` for a fused BatchNorm and ReLU,
+    /// `pool1`, `fc6`, ...).
+    names: Vec<String>,
     eps: f64,
     momentum: f64,
 }
@@ -180,9 +191,24 @@ impl Engine {
     }
 
     /// Builds the network of `config` with the weights of `sd` (torchvision keys), taking them over.
-    pub fn from_state_dict(config: &VggConfig, mut sd: StateDict) -> Result<Self, EngineError> {
+    pub fn from_state_dict(config: &VggConfig, sd: StateDict) -> Result<Self, EngineError> {
         Self::supports(config)?;
+        Self::build(config, sd)
+    }
+
+    /// Like [`Engine::from_state_dict`], but also for a trunk without a classifier
+    /// ([`Head::None`]): for features, explanations and style transfer, whose callers read
+    /// activations by name instead of logits. Keys of a head the configuration lacks are ignored.
+    pub fn from_state_dict_any_head(config: &VggConfig, sd: StateDict) -> Result<Self, EngineError> {
+        Self::build(config, sd)
+    }
+
+    fn build(config: &VggConfig, mut sd: StateDict) -> Result<Self, EngineError> {
+        if config.plan([224, 224]).layers.iter().any(|l| matches!(l.kind, LayerKind::Lrn)) {
+            return Err(EngineError::Unsupported("local response normalisation".into()));
+        }
         let plan = config.plan([224, 224]);
+        let mut names = Vec::new();
         let mut ops = Vec::new();
         let mut params = Vec::new();
         let mut layers = plan.layers.iter().enumerate().peekable();
@@ -215,10 +241,13 @@ impl Engine {
                     let mean = take(&mut sd, &format!("{key}.running_mean"), &[channels])?;
                     let var = take(&mut sd, &format!("{key}.running_var"), &[channels])?;
                     let tracked = sd.get(&format!("{key}.num_batches_tracked")).map_or(0.0, |e| e.data[0]);
-                    if !matches!(layers.next().map(|(_, l)| &l.kind), Some(LayerKind::Relu)) {
-                        return Err(EngineError::Unsupported("a BatchNorm not followed by a ReLU".into()));
-                    }
+                    let relu = match layers.next() {
+                        Some((_, l)) if matches!(l.kind, LayerKind::Relu) => l.name.clone(),
+                        _ => return Err(EngineError::Unsupported("a BatchNorm not followed by a ReLU".into())),
+                    };
                     ops.push(Op::BnRelu { g, b, running: Running { key: key.clone(), mean, var, tracked } });
+                    names.push(relu);
+                    continue;
                 }
                 LayerKind::Relu => ops.push(Op::Relu),
                 LayerKind::MaxPool => ops.push(Op::MaxPool),
@@ -229,9 +258,11 @@ impl Engine {
                     // The CIFAR head averages whatever map is left to 1x1 (see `Vgg::run`).
                     if i == plan.trunk && matches!(config.head, Head::Cifar { .. }) {
                         ops.push(Op::AvgPool { out: [1, 1] });
+                        names.push("avgpool".into());
                     }
                     if !flat {
                         ops.push(Op::Flatten);
+                        names.push("flatten".into());
                         flat = true;
                     }
                     let w = add("weight", vec![out, inp], None)?;
@@ -239,8 +270,10 @@ impl Engine {
                     ops.push(Op::Linear { w, b, inp, out });
                 }
             }
+            names.push(layer.name.clone());
         }
-        Ok(Self { config: config.clone(), ops, head_start, params, eps: 1e-5, momentum: 0.1 })
+        let head_start = head_start.min(ops.len());
+        Ok(Self { config: config.clone(), ops, head_start, params, names, eps: 1e-5, momentum: 0.1 })
     }
 
     /// The configuration.
@@ -420,7 +453,7 @@ impl Engine {
                     let var: Vec<f64> = running.var.iter().map(|&v| v as f64).collect();
                     let affine = norm::Affine::new(&mean, &var, gamma, beta, self.eps);
                     norm::affine_relu(x, &affine, &mut out);
-                    (out, shape, Saved::None)
+                    (out, shape, Saved::Eval(affine))
                 }
             }
             (Op::Relu, _) => {
@@ -434,6 +467,12 @@ impl Engine {
                 let mut arg = vec![0u8; out.len()];
                 pool::max2_forward(x, [n, h, w, c], &mut out, &mut arg);
                 (out, Shape::Map(os), Saved::Arg(arg))
+            }
+            (Op::AvgPool2, Shape::Map([n, h, w, c])) => {
+                let os = [n, h / 2, w / 2, c];
+                let mut out = vec![0f32; os.iter().product()];
+                pool::avg2_forward(x, [n, h, w, c], &mut out);
+                (out, Shape::Map(os), Saved::None)
             }
             (&Op::AvgPool { out: [oh, ow] }, Shape::Map([n, h, w, c])) => {
                 if [h, w] == [oh, ow] {
@@ -500,33 +539,6 @@ impl Engine {
                 self.params[*b].grad = dbeta;
                 g
             }
-            (Op::Relu, _) => {
-                // The forward output is relu(x): positive exactly where x is.
-                norm::relu_backward(x, &mut g);
-                g
-            }
-            (Op::MaxPool, Shape::Map(s)) => {
-                let Saved::Arg(arg) = saved else { unreachable!("max-pool saved its arguments") };
-                let mut dx = vec![0f32; x.len()];
-                pool::max2_backward(&g, arg, s, &mut dx);
-                dx
-            }
-            (&Op::AvgPool { out }, Shape::Map(s)) => {
-                if [s[1], s[2]] == out {
-                    return g;
-                }
-                let mut dx = vec![0f32; x.len()];
-                pool::adaptive_avg_backward(&g, s, out, &mut dx);
-                dx
-            }
-            (Op::Flatten, Shape::Map([n, h, w, c])) => {
-                if h * w == 1 {
-                    return g;
-                }
-                let mut dx = vec![0f32; x.len()];
-                pool::nhwc_to_nchw(&g, [n, h, w, c], &mut dx, true);
-                dx
-            }
             (&Op::Linear { w, b, out, .. }, Shape::Flat([n, _])) => {
                 let mut dx = if need_dx { vec![0f32; x.len()] } else { vec![] };
                 let (dw, db) =
@@ -535,16 +547,226 @@ impl Engine {
                 self.params[b].grad = db;
                 dx
             }
-            (Op::Dropout, _) => {
-                if let Saved::Mask(mask) = saved {
-                    for (v, m) in g.iter_mut().zip(mask) {
-                        *v *= m;
+            (op, _) => passive_backward(op, x, shape, saved, g),
+        }
+    }
+}
+
+/// An evaluation-mode forward pass that keeps every activation, for gradients with respect to
+/// activations and the input ([`Engine::trace`], [`Engine::gradient`]).
+pub struct Trace {
+    acts: Vec<Vec<f32>>,
+    shapes: Vec<Shape>,
+    saved: Vec<Saved>,
+}
+
+impl Trace {
+    /// How many activations it holds (the input and each op's output run).
+    pub fn len(&self) -> usize {
+        self.acts.len()
+    }
+
+    /// Whether it holds nothing (never: the input is always there).
+    pub fn is_empty(&self) -> bool {
+        self.acts.is_empty()
+    }
+
+    /// Activation `i` (0: the input) in PyTorch's layout: `[n, c, h, w]` or `[n, f]`.
+    pub fn activation(&self, i: usize) -> (Vec<f32>, Vec<usize>) {
+        match self.shapes[i] {
+            Shape::Map([n, h, w, c]) => {
+                let mut out = vec![0f32; self.acts[i].len()];
+                pool::nhwc_to_nchw(&self.acts[i], [n, h, w, c], &mut out, false);
+                (out, vec![n, c, h, w])
+            }
+            Shape::Flat([n, f]) => (self.acts[i].clone(), vec![n, f]),
+        }
+    }
+
+    /// Whether activation `i` is a spatial map (not a vector of the head).
+    pub fn is_map(&self, i: usize) -> bool {
+        matches!(self.shapes[i], Shape::Map(_))
+    }
+
+    /// Activation `i` as the engine holds it: NHWC maps, and the dims `[n, h, w, c]` (`[n, 1, 1, f]`
+    /// for vectors).
+    pub fn activation_nhwc(&self, i: usize) -> (&[f32], [usize; 4]) {
+        let dims = match self.shapes[i] {
+            Shape::Map(s) => s,
+            Shape::Flat([n, f]) => [n, 1, 1, f],
+        };
+        (&self.acts[i], dims)
+    }
+}
+
+impl Engine {
+    /// The names of the activations a [`Trace`] holds, by index: `input`, then each op's output
+    /// (`conv1_1`, `relu1_1`, `pool1`, ..., `fc8`). With BatchNorm, `bnX_Y` is fused into `reluX_Y`
+    /// and not available on its own.
+    pub fn activation_names(&self) -> Vec<&str> {
+        std::iter::once("input").chain(self.names.iter().map(String::as_str)).collect()
+    }
+
+    /// Index in a [`Trace`] of the activation called `name` (a paper name, or `logits` for the last).
+    pub fn activation_index(&self, name: &str) -> Result<usize, EngineError> {
+        if name == "logits" && self.head_start < self.ops.len() {
+            return Ok(self.ops.len());
+        }
+        if let Some(i) = self.names.iter().position(|n| n == name) {
+            return Ok(i + 1);
+        }
+        let hint = if name.starts_with("bn") {
+            " (a BatchNorm's output is fused with its ReLU here: ask for the relu)"
+        } else {
+            ""
+        };
+        Err(EngineError::Unsupported(format!(
+            "a layer named '{name}'{hint}; the layers are: {}",
+            self.names.join(", ")
+        )))
+    }
+
+    /// The last ReLU of the trunk (`relu5_3` of VGG-16): where Grad-CAM looks by default.
+    pub fn last_trunk_relu(&self) -> Option<&str> {
+        self.names[..self.head_start].iter().rev().find(|n| n.starts_with("relu")).map(String::as_str)
+    }
+
+    /// Replaces every max-pooling with 2x2 average pooling (Gatys et al. found it gives slightly
+    /// smoother style transfer results).
+    pub fn use_average_pooling(&mut self) {
+        for op in &mut self.ops {
+            if matches!(op, Op::MaxPool) {
+                *op = Op::AvgPool2;
+            }
+        }
+    }
+
+    /// Evaluation-mode forward of `x` (`[n, c, h, w]`) up to activation `upto` (see
+    /// [`Engine::activation_index`]), keeping everything [`Engine::gradient`] needs.
+    pub fn trace(&self, x: &[f32], dims: [usize; 4], upto: usize) -> Trace {
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut acts = vec![to_nhwc(x, dims)];
+        let mut shapes = vec![Shape::Map(nhwc(dims))];
+        let mut saved = Vec::new();
+        for op in &self.ops[..upto.min(self.ops.len())] {
+            let (out, shape, s) =
+                self.op_forward(op, acts.last().expect("input"), *shapes.last().expect("input"), false, &mut rng);
+            acts.push(out);
+            shapes.push(shape);
+            saved.push(s);
+        }
+        Trace { acts, shapes, saved }
+    }
+
+    /// Evaluation-mode forward from activation `i` of `trace`'s shape, replaced by `act` (NHWC, as
+    /// [`Trace::activation_nhwc`] holds it), to the network's output: what-if experiments on an
+    /// intermediate map (and a finite-difference check of [`Engine::gradient`]).
+    pub fn forward_from(&self, trace: &Trace, i: usize, act: Vec<f32>) -> Vec<f32> {
+        assert_eq!(act.len(), trace.acts[i].len(), "activation {i} has another size");
+        self.run_ops(i..self.ops.len(), act, trace.shapes[i]).0
+    }
+
+    /// Gradient of a scalar with respect to activation `down_to` of `trace`, given the scalar's
+    /// gradients with respect to later activations: `seeds` pairs an activation index with a
+    /// gradient in the engine's NHWC layout (as [`Trace::activation_nhwc`] holds them); several seeds
+    /// add up (a style loss over several layers). Returns NHWC, like the seeds. Parameters get no
+    /// gradients (evaluation mode: BatchNorm uses its running statistics).
+    pub fn gradient(&self, trace: &Trace, seeds: Vec<(usize, Vec<f32>)>, down_to: usize) -> Vec<f32> {
+        let top = seeds.iter().map(|(i, _)| *i).max().unwrap_or(down_to).max(down_to);
+        assert!(top < trace.acts.len(), "seed beyond the trace");
+        let mut seeds = seeds;
+        let mut g = vec![0f32; trace.acts[top].len()];
+        for i in (down_to..=top).rev() {
+            for (j, s) in seeds.iter_mut().filter(|(j, _)| *j == i) {
+                let _ = j;
+                assert_eq!(s.len(), g.len(), "seed for activation {i} of the wrong size");
+                for (a, b) in g.iter_mut().zip(s.iter()) {
+                    *a += b;
+                }
+            }
+            if i == down_to {
+                break;
+            }
+            g = self.input_backward(i - 1, &trace.acts[i - 1], trace.shapes[i - 1], &trace.saved[i - 1], g);
+        }
+        g
+    }
+
+    /// Backward of op `i` to its input only.
+    fn input_backward(&self, i: usize, x: &[f32], shape: Shape, saved: &Saved, mut g: Vec<f32>) -> Vec<f32> {
+        match (&self.ops[i], shape) {
+            (&Op::Conv { w, ci, co, k, .. }, Shape::Map([n, h, wd, _])) => {
+                let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
+                let mut dx = vec![0f32; x.len()];
+                conv::backward_input(&self.params[w].value, &g, &sh, &mut dx);
+                dx
+            }
+            (Op::BnRelu { .. }, _) => {
+                let Saved::Eval(a) = saved else { unreachable!("an evaluation trace keeps BatchNorm's affine map") };
+                let c = a.scale.len();
+                for (gr, zr) in g.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                    for ch in 0..c {
+                        let on = (zr[ch] - a.mean[ch]) * a.scale[ch] + a.shift[ch] > 0.0;
+                        gr[ch] = if on { gr[ch] * a.scale[ch] } else { 0.0 };
                     }
                 }
                 g
             }
-            (op, shape) => unreachable!("{op:?} on {shape:?}"),
+            (&Op::Linear { w, inp, out, .. }, Shape::Flat([n, _])) => {
+                let mut dx = vec![0f32; n * inp];
+                dense::linear_backward_input(&self.params[w].value, &g, n, out, &mut dx);
+                dx
+            }
+            (Op::Dropout, _) => g,
+            (op, _) => passive_backward(op, x, shape, saved, g),
         }
+    }
+}
+
+/// Backward of an op without parameters (ReLU, pooling, flatten, dropout) to its input.
+fn passive_backward(op: &Op, x: &[f32], shape: Shape, saved: &Saved, mut g: Vec<f32>) -> Vec<f32> {
+    match (op, shape) {
+        (Op::Relu, _) => {
+            // The forward output is relu(x): positive exactly where x is.
+            norm::relu_backward(x, &mut g);
+            g
+        }
+        (Op::MaxPool, Shape::Map(s)) => {
+            let Saved::Arg(arg) = saved else { unreachable!("max-pool saved its arguments") };
+            let mut dx = vec![0f32; x.len()];
+            pool::max2_backward(&g, arg, s, &mut dx);
+            dx
+        }
+        (Op::AvgPool2, Shape::Map(s)) => {
+            let mut dx = vec![0f32; x.len()];
+            pool::avg2_backward(&g, s, &mut dx);
+            dx
+        }
+        (&Op::AvgPool { out }, Shape::Map(s)) => {
+            if [s[1], s[2]] == out {
+                return g;
+            }
+            let mut dx = vec![0f32; x.len()];
+            pool::adaptive_avg_backward(&g, s, out, &mut dx);
+            dx
+        }
+        (Op::Flatten, Shape::Map([n, h, w, c])) => {
+            if h * w == 1 {
+                return g;
+            }
+            let mut dx = vec![0f32; x.len()];
+            pool::nhwc_to_nchw(&g, [n, h, w, c], &mut dx, true);
+            dx
+        }
+        (Op::Dropout, _) => {
+            if let Saved::Mask(mask) = saved {
+                for (v, m) in g.iter_mut().zip(mask) {
+                    *v *= m;
+                }
+            }
+            g
+        }
+        (op, shape) => unreachable!("{op:?} on {shape:?}"),
     }
 }
 

@@ -289,6 +289,11 @@ impl Preprocess {
 
     /// Applies the pipeline to a decoded image.
     pub fn apply(&self, img: &Rgb8) -> Result<ImageTensor, ImageError> {
+        Ok(to_tensor(&self.geometry(img)?, &self.normalize))
+    }
+
+    /// The resize and crop alone: the picture the network sees, as 8-bit RGB (for overlays).
+    pub fn geometry(&self, img: &Rgb8) -> Result<Rgb8, ImageError> {
         if img.width == 0 || img.height == 0 {
             return Err(ImageError::Invalid("empty image".into()));
         }
@@ -302,7 +307,7 @@ impl Preprocess {
             Some([h, w]) => center_crop(&resized, h, w),
             None => resized,
         };
-        Ok(to_tensor(&cropped, &self.normalize))
+        Ok(cropped)
     }
 
     /// Reads, decodes and preprocesses a file.

@@ -24,6 +24,7 @@ pub mod classify;
 pub mod config;
 pub mod data;
 pub mod engine;
+pub mod explain;
 pub mod features;
 pub mod formula;
 pub mod image;
@@ -34,6 +35,7 @@ pub mod npy;
 pub mod plot;
 pub mod pretrained;
 pub mod protocol;
+pub mod style;
 pub mod train;
 pub mod weights;
 

@@ -52,18 +52,7 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     if matches!(config.head, Head::None) {
         bail!("{} has no classifier head (features-only weights); use `vgg features`", config.arch_name());
     }
-    let labels: Vec<String> = match &a.labels {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        None if config.num_classes == 1000 => vgg::labels::imagenet().iter().map(|s| s.to_string()).collect(),
-        None if config.num_classes == 10 && config.in_channels == 1 => {
-            vgg::labels::FASHION_MNIST.iter().map(|s| s.to_string()).collect()
-        }
-        None => (0..config.num_classes).map(|i| format!("class {i}")).collect(),
-    };
+    let labels = super::class_names(&config, a.labels.as_deref())?;
     let bar = if a.images.len() > 1 { ProgressBar::new(a.images.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} images {per_sec} eta {eta}").expect("valid template"),

@@ -2,7 +2,9 @@
 
 mod bench;
 mod classify;
+mod explain;
 mod features;
+mod style;
 mod summary;
 mod train;
 mod weights;
@@ -31,6 +33,10 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Save the activations of named layers (conv1_1, relu4_2, pool5, fc7, ...) to safetensors.
     Features(features::FeaturesArgs),
+    /// Grad-CAM or saliency maps: which pixels drove a class, as PNG overlays.
+    Explain(explain::ExplainArgs),
+    /// Neural style transfer (Gatys et al.): CONTENT painted in the style of STYLE.
+    Style(style::StyleArgs),
     /// Train a VGG (Fashion-MNIST, CIFAR-10/100), checkpointing every epoch.
     Train(train::TrainArgs),
     /// Top-1/top-5 accuracy, per-class accuracy and confusion matrix of weights on a test set.
@@ -50,6 +56,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Summary(a) => summary::run(a),
         Command::Classify(a) => classify::run(a),
         Command::Features(a) => features::run(a),
+        Command::Explain(a) => explain::run(a),
+        Command::Style(a) => style::run(a),
         Command::Train(a) => train::run_train(a),
         Command::Eval(a) => train::run_eval(a),
         Command::Weights(a) => weights::run(a),
@@ -172,6 +180,23 @@ fn load_weights(
         }
     }
     Ok(loaded)
+}
+
+/// Class names: from a text file (one per line), else ImageNet's for 1000 classes, Fashion-MNIST's
+/// for a 10-class gray model, else `class N`.
+fn class_names(config: &VggConfig, file: Option<&std::path::Path>) -> Result<Vec<String>> {
+    Ok(match file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        None if config.num_classes == 1000 => vgg::labels::imagenet().iter().map(|s| s.to_string()).collect(),
+        None if config.num_classes == 10 && config.in_channels == 1 => {
+            vgg::labels::FASHION_MNIST.iter().map(|s| s.to_string()).collect()
+        }
+        None => (0..config.num_classes).map(|i| format!("class {i}")).collect(),
+    })
 }
 
 /// Parses `224`, `224x224` or `200x300` (height x width).

@@ -238,11 +238,16 @@ pub fn backward(x: &[f32], wk: &[f32], dz: &[f32], sh: &ConvShape, dx: Option<&m
         }
     }
     if let Some(dx) = dx {
-        let wf = flipped(wk, sh.ci, co, sh.k);
-        let back = ConvShape { ci: co, co: sh.ci, ..*sh };
-        forward(dz, &wf, &vec![0.0; sh.ci], &back, dx);
+        backward_input(wk, dz, sh, dx);
     }
     (dw, db.into_iter().map(|v| v as f32).collect())
+}
+
+/// The input gradient of [`forward`] alone: `dx = conv(dz, rotated kernel)`.
+pub fn backward_input(wk: &[f32], dz: &[f32], sh: &ConvShape, dx: &mut [f32]) {
+    let wf = flipped(wk, sh.ci, sh.co, sh.k);
+    let back = ConvShape { ci: sh.co, co: sh.ci, ..*sh };
+    forward(dz, &wf, &vec![0.0; sh.ci], &back, dx);
 }
 
 #[cfg(test)]

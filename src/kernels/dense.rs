@@ -42,6 +42,12 @@ pub fn linear_backward(
     (dw, db.into_iter().map(|v| v as f32).collect())
 }
 
+/// The input gradient of [`linear_forward`] alone: `dx = dy·W`.
+pub fn linear_backward_input(w: &[f32], dy: &[f32], n: usize, out: usize, dx: &mut [f32]) {
+    let inp = w.len() / out;
+    sgemm(n, inp, out, dy, [out, 1], w, [inp, 1], dx, inp, false, parallel(out, inp));
+}
+
 /// Mean cross-entropy of `logits` `[n, classes]` against `labels`, with PyTorch's label smoothing
 /// (target `(1−ε)·onehot + ε/classes`). Returns the loss, the gradient of the logits and the
 /// number of correct top-1 predictions.

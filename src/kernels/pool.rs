@@ -1,4 +1,4 @@
-//! 2x2/2 max-pooling and adaptive average pooling on NHWC activations, and the (c, h, w) flatten
+//! 2x2/2 max- and average pooling, adaptive average pooling on NHWC activations, and the (c, h, w) flatten
 //! order PyTorch's classifier expects.
 
 use rayon::prelude::*;
@@ -50,6 +50,48 @@ pub fn max2_backward(dout: &[f32], arg: &[u8], [n, h, w, c]: [usize; 4], dx: &mu
                     let q = a[orow + ch] as usize;
                     let (iy, ix) = (2 * y + q / 2, 2 * xx + q % 2);
                     d[(iy * w + ix) * c + ch] = g[orow + ch];
+                }
+            }
+        }
+    });
+}
+
+/// `[n, h, w, c]` → `[n, h/2, w/2, c]`, each output the mean of its 2x2 window (PyTorch's
+/// `AvgPool2d(2, 2)`: a last odd row or column is dropped).
+pub fn avg2_forward(x: &[f32], [n, h, w, c]: [usize; 4], out: &mut [f32]) {
+    let (oh, ow) = (h / 2, w / 2);
+    assert_eq!(x.len(), n * h * w * c);
+    assert_eq!(out.len(), n * oh * ow * c);
+    let (ilen, olen) = (h * w * c, oh * ow * c);
+    out.par_chunks_mut(olen).zip(x.par_chunks(ilen)).for_each(|(o, xs)| {
+        for y in 0..oh {
+            for xx in 0..ow {
+                let base = [(2 * y, 2 * xx), (2 * y, 2 * xx + 1), (2 * y + 1, 2 * xx), (2 * y + 1, 2 * xx + 1)]
+                    .map(|(iy, ix)| (iy * w + ix) * c);
+                let orow = (y * ow + xx) * c;
+                for ch in 0..c {
+                    o[orow + ch] = 0.25 * (xs[base[0] + ch] + xs[base[1] + ch] + xs[base[2] + ch] + xs[base[3] + ch]);
+                }
+            }
+        }
+    });
+}
+
+/// Backward of [`avg2_forward`]: a quarter of each output gradient to each of its four inputs.
+pub fn avg2_backward(dout: &[f32], [n, h, w, c]: [usize; 4], dx: &mut [f32]) {
+    let (oh, ow) = (h / 2, w / 2);
+    let (ilen, olen) = (h * w * c, oh * ow * c);
+    assert_eq!(dx.len(), n * ilen);
+    dx.par_chunks_mut(ilen).zip(dout.par_chunks(olen)).for_each(|(d, g)| {
+        d.fill(0.0);
+        for y in 0..oh {
+            for xx in 0..ow {
+                let orow = (y * ow + xx) * c;
+                for (iy, ix) in [(2 * y, 2 * xx), (2 * y, 2 * xx + 1), (2 * y + 1, 2 * xx), (2 * y + 1, 2 * xx + 1)] {
+                    let drow = (iy * w + ix) * c;
+                    for ch in 0..c {
+                        d[drow + ch] = 0.25 * g[orow + ch];
+                    }
                 }
             }
         }
