@@ -25,6 +25,7 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod explain;
+pub mod export;
 pub mod features;
 pub mod formula;
 pub mod image;

@@ -238,9 +238,45 @@ pub fn feature_grid(map: &[f32], [c, h, w]: [usize; 3], count: usize) -> Canvas 
     canvas
 }
 
+/// RGB pictures (`[h, w, 3]` bytes, all of one size) side by side in rows of `cols`, each with a
+/// caption under it.
+pub fn image_sheet(tiles: &[(Vec<u8>, String)], [h, w]: [usize; 2], cols: usize) -> Canvas {
+    let cols = cols.clamp(1, tiles.len().max(1));
+    let rows = tiles.len().div_ceil(cols);
+    let (gap, caption) = (6usize, 14usize);
+    let mut canvas = Canvas::new((cols * (w + gap) + gap) as u32, (rows * (h + caption + gap) + gap) as u32);
+    for (k, (rgb, text)) in tiles.iter().enumerate() {
+        assert_eq!(rgb.len(), h * w * 3, "tiles of one size");
+        let (x0, y0) = (gap + (k % cols) * (w + gap), gap + (k / cols) * (h + caption + gap));
+        for y in 0..h {
+            let dst = ((y0 + y) * canvas.w as usize + x0) * 3;
+            canvas.rgb[dst..dst + w * 3].copy_from_slice(&rgb[y * w * 3..(y + 1) * w * 3]);
+        }
+        let mid = (x0 + w / 2) as i32;
+        canvas.text(text, mid, (y0 + h + 11) as i32, Alignment::Center, false, Rgb888::BLACK);
+    }
+    canvas
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sheets_place_tiles_in_rows_with_captions() {
+        let red = vec![255u8, 0, 0].repeat(4 * 5);
+        let blue = vec![0u8, 0, 255].repeat(4 * 5);
+        let c = image_sheet(&[(red, "a".into()), (blue.clone(), "b".into()), (blue, "c".into())], [4, 5], 2);
+        assert_eq!((c.w, c.h), (2 * (5 + 6) + 6, 2 * (4 + 14 + 6) + 6));
+        let px = |x: usize, y: usize| {
+            let i = (y * c.w as usize + x) * 3;
+            [c.rgb[i], c.rgb[i + 1], c.rgb[i + 2]]
+        };
+        assert_eq!(px(6, 6), [255, 0, 0]);
+        assert_eq!(px(6 + 11, 6), [0, 0, 255]);
+        assert_eq!(px(6, 6 + 24), [0, 0, 255], "the third tile starts the second row");
+        assert_eq!(px(5, 6), [255, 255, 255]);
+    }
 
     #[test]
     fn ticks_are_round_and_cover_the_range() {

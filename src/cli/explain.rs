@@ -39,6 +39,12 @@ pub struct ExplainArgs {
     /// Class names, one per line (default: ImageNet's, or Fashion-MNIST's for the built-in model).
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Also draw every overlay, captioned with its class and probability, on one PNG sheet.
+    #[arg(long)]
+    sheet: Option<PathBuf>,
+    /// Overlays per row of the sheet.
+    #[arg(long, default_value_t = 5)]
+    sheet_columns: usize,
     /// One JSON object per image.
     #[arg(long)]
     json: bool,
@@ -87,6 +93,8 @@ pub fn run(a: ExplainArgs) -> Result<()> {
             }
         }
     }
+    let mut sheet: Vec<(Vec<u8>, String)> = Vec::new();
+    let mut sheet_size = None;
     let mut i = 0;
     while i < items.len() {
         // A batch of consecutive images of one shape.
@@ -108,7 +116,8 @@ pub fn run(a: ExplainArgs) -> Result<()> {
                 a.out.join(format!("{stem}-{method_name}.png"))
             };
             let (scaled, size) = display(view, &e.map, e.size);
-            write_png(&png, &overlay(&scaled.0, &scaled.1), size)?;
+            let picture = overlay(&scaled.0, &scaled.1);
+            write_png(&png, &picture, size)?;
             let raw = if a.raw {
                 let p = png.with_extension("npy");
                 std::fs::write(&p, vgg::npy::to_bytes(&e.size, &e.map))
@@ -118,6 +127,9 @@ pub fn run(a: ExplainArgs) -> Result<()> {
                 None
             };
             let label = labels.get(e.class).cloned().unwrap_or_else(|| format!("class {}", e.class));
+            if a.sheet.is_some() && *sheet_size.get_or_insert(size) == size {
+                sheet.push((picture, format!("{label} {:.0}%", e.probability * 100.0)));
+            }
             if a.json {
                 let mut o = serde_json::json!({
                     "image": path.display().to_string(),
@@ -147,6 +159,14 @@ pub fn run(a: ExplainArgs) -> Result<()> {
             }
         }
         i = j;
+    }
+    if let (Some(path), Some(size)) = (&a.sheet, sheet_size) {
+        vgg::plot::image_sheet(&sheet, size, a.sheet_columns)
+            .save(path)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        if sheet.len() < items.len() {
+            eprintln!("note: the sheet holds the {} overlays of the first image's size", sheet.len());
+        }
     }
     if failed > 0 {
         bail!("{failed} of {} images could not be read", a.images.len());

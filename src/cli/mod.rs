@@ -3,6 +3,7 @@
 mod bench;
 mod classify;
 mod explain;
+mod export;
 mod features;
 mod style;
 mod summary;
@@ -35,6 +36,8 @@ enum Command {
     Features(features::FeaturesArgs),
     /// Grad-CAM or saliency maps: which pixels drove a class, as PNG overlays.
     Explain(explain::ExplainArgs),
+    /// Write the model as ONNX or safetensors (torchvision or paper keys, f32/f16/bf16).
+    Export(export::ExportArgs),
     /// Neural style transfer (Gatys et al.): CONTENT painted in the style of STYLE.
     Style(style::StyleArgs),
     /// Train a VGG (Fashion-MNIST, CIFAR-10/100), checkpointing every epoch.
@@ -58,6 +61,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Features(a) => features::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Style(a) => style::run(a),
+        Command::Export(a) => export::run(a),
         Command::Train(a) => train::run_train(a),
         Command::Eval(a) => train::run_eval(a),
         Command::Weights(a) => weights::run(a),
