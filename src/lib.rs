@@ -18,7 +18,9 @@
 //!
 //! Layout, in dependency order: [`config`] (Table 1 and the layer plan) → [`model`] (burn modules)
 //! → [`weights`] (keys, `.pth`, safetensors, the torchvision registry) and [`image`]
-//! (preprocessing) → [`classify`] and [`features`] (what the CLI verbs call).
+//! (preprocessing) → [`kernels`] and [`engine`] (the fast CPU path, training and gradients) →
+//! [`classify`], [`features`], [`explain`] (Grad-CAM, saliency), [`style`] (style transfer),
+//! [`train`] and [`export`] (ONNX, safetensors): what the CLI verbs call.
 
 pub mod classify;
 pub mod config;
