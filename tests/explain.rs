@@ -133,15 +133,7 @@ fn grad_cam_finds_the_object_on_a_wide_canvas() {
     // The built-in Fashion-MNIST model sees a trouser on the left half of a 32x64 canvas (the CIFAR
     // head averages any map); the right half is background. The map of "Trouser" must lie on the
     // left.
-    let loaded = vgg::pretrained::load(
-        &vgg::pretrained::WeightsSpec::FashionMnist,
-        None,
-        Strict::Yes,
-        &vgg::weights::registry::Fetcher::from_env(),
-        &Device::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let loaded = builtin_model();
     let engine = Engine::new(&loaded.model).unwrap();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist/1-trouser.png");
     let img = loaded.preprocess.load(&path).unwrap();

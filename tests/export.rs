@@ -164,15 +164,7 @@ fn the_export_command_writes_onnx_and_says_what() {
     let bytes = std::fs::read(&out).unwrap();
     assert_eq!(v["bytes"], bytes.len());
     // The built-in model in tract classifies a trouser as a trouser.
-    let loaded = vgg::pretrained::load(
-        &vgg::pretrained::WeightsSpec::FashionMnist,
-        None,
-        Strict::Yes,
-        &vgg::weights::registry::Fetcher::from_env(),
-        &Device::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let loaded = builtin_model();
     let img = loaded
         .preprocess
         .load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist/1-trouser.png"))

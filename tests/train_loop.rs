@@ -238,15 +238,7 @@ fn step_multistep_and_plateau_schedules_follow_pytorch() {
 /// images through the same evaluation as `vgg eval`, beats the published Keras VGG16 result (93.5%).
 #[test]
 fn the_built_in_fashion_mnist_model_beats_the_published_keras_vgg16() {
-    let loaded = vgg::pretrained::load(
-        &vgg::pretrained::WeightsSpec::FashionMnist,
-        None,
-        vgg::weights::Strict::Yes,
-        &vgg::weights::registry::Fetcher::from_env(),
-        &Device::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let loaded = common::builtin_model();
     let (_, test) = vgg::data::fashion_mnist(None).expect("dataset-fashion-mnist (installed by .ci/run)");
     let norm = match loaded.preprocess.normalize {
         vgg::image::Normalize::Gray { mean, std } => fit::PixelNorm::gray(mean, std),

@@ -3,6 +3,12 @@
 
 use rayon::prelude::*;
 
+/// Offsets in one image's `[h, w, c]` map of the four inputs of 2x2 window (`y`, `x`), in (dy, dx)
+/// order.
+fn window(y: usize, x: usize, w: usize, c: usize) -> [usize; 4] {
+    [(2 * y, 2 * x), (2 * y, 2 * x + 1), (2 * y + 1, 2 * x), (2 * y + 1, 2 * x + 1)].map(|(iy, ix)| (iy * w + ix) * c)
+}
+
 /// `[n, h, w, c]` → `[n, h/2, w/2, c]` (floor, as PyTorch); `arg` records which of the four
 /// inputs won (0..4 in (dy, dx) order; the first of equal values, as PyTorch).
 pub fn max2_forward(x: &[f32], [n, h, w, c]: [usize; 4], out: &mut [f32], arg: &mut [u8]) {
@@ -14,8 +20,7 @@ pub fn max2_forward(x: &[f32], [n, h, w, c]: [usize; 4], out: &mut [f32], arg: &
     out.par_chunks_mut(olen).zip(arg.par_chunks_mut(olen)).zip(x.par_chunks(ilen)).for_each(|((o, a), xs)| {
         for y in 0..oh {
             for xx in 0..ow {
-                let base = [(2 * y, 2 * xx), (2 * y, 2 * xx + 1), (2 * y + 1, 2 * xx), (2 * y + 1, 2 * xx + 1)]
-                    .map(|(iy, ix)| (iy * w + ix) * c);
+                let base = window(y, xx, w, c);
                 let orow = (y * ow + xx) * c;
                 for ch in 0..c {
                     let mut best = xs[base[0] + ch];
@@ -66,8 +71,7 @@ pub fn avg2_forward(x: &[f32], [n, h, w, c]: [usize; 4], out: &mut [f32]) {
     out.par_chunks_mut(olen).zip(x.par_chunks(ilen)).for_each(|(o, xs)| {
         for y in 0..oh {
             for xx in 0..ow {
-                let base = [(2 * y, 2 * xx), (2 * y, 2 * xx + 1), (2 * y + 1, 2 * xx), (2 * y + 1, 2 * xx + 1)]
-                    .map(|(iy, ix)| (iy * w + ix) * c);
+                let base = window(y, xx, w, c);
                 let orow = (y * ow + xx) * c;
                 for ch in 0..c {
                     o[orow + ch] = 0.25 * (xs[base[0] + ch] + xs[base[1] + ch] + xs[base[2] + ch] + xs[base[3] + ch]);
@@ -87,8 +91,7 @@ pub fn avg2_backward(dout: &[f32], [n, h, w, c]: [usize; 4], dx: &mut [f32]) {
         for y in 0..oh {
             for xx in 0..ow {
                 let orow = (y * ow + xx) * c;
-                for (iy, ix) in [(2 * y, 2 * xx), (2 * y, 2 * xx + 1), (2 * y + 1, 2 * xx), (2 * y + 1, 2 * xx + 1)] {
-                    let drow = (iy * w + ix) * c;
+                for drow in window(y, xx, w, c) {
                     for ch in 0..c {
                         d[drow + ch] = 0.25 * g[orow + ch];
                     }

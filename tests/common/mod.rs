@@ -48,3 +48,16 @@ pub fn argsort_desc(v: &[f64]) -> Vec<usize> {
     idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
     idx
 }
+
+/// The model built into the binary (`--weights fashion-mnist`) and its preprocessing.
+pub fn builtin_model() -> vgg::pretrained::Loaded {
+    vgg::pretrained::load(
+        &vgg::pretrained::WeightsSpec::FashionMnist,
+        None,
+        vgg::weights::Strict::Yes,
+        &vgg::weights::registry::Fetcher::from_env(),
+        &burn::tensor::Device::default(),
+        &mut |_, _| {},
+    )
+    .unwrap()
+}
