@@ -13,6 +13,8 @@ fn main() {
     let batch: usize = args.get(3).map_or(128, |s| s.parse().unwrap());
     let cin: usize = args.get(4).map_or(1, |s| s.parse().unwrap());
     let steps: u64 = args.get(5).map_or(6, |s| s.parse().unwrap());
+    // A sixth argument "im2col" turns Winograd off, for A/B runs.
+    vgg::kernels::set_winograd(args.get(6).map(String::as_str) != Some("im2col"));
     let config = VggConfig::from_arch(arch)
         .unwrap()
         .with_width(width)

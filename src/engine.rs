@@ -8,10 +8,13 @@
 //! What it does not run (local response normalisation, the headless trunk) is refused by
 //! [`Engine::new`], and the callers fall back to burn.
 
+use std::sync::{Arc, OnceLock};
+
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::config::{Head, LayerKind, VggConfig};
+use crate::kernels::packed::PackedB;
 use crate::kernels::{conv, dense, norm, pool};
 use crate::model::Vgg;
 use crate::weights::{StateDict, TensorEntry};
@@ -64,6 +67,14 @@ impl ParamBuf {
     }
 }
 
+/// A convolution's transformed filters for the forward and input-gradient passes (filled on first
+/// use; `Arc` so that cloning an op or an engine shares instead of copying them).
+#[derive(Debug, Default)]
+struct ConvCache {
+    forward: OnceLock<Vec<PackedB>>,
+    input_grad: OnceLock<Vec<PackedB>>,
+}
+
 /// BatchNorm buffers.
 #[derive(Debug, Clone)]
 struct Running {
@@ -82,6 +93,8 @@ enum Op {
         ci: usize,
         co: usize,
         k: usize,
+        /// Winograd-transformed filters of the current weights, replaced when they change.
+        cache: Arc<ConvCache>,
     },
     /// BatchNorm followed by ReLU: γ and β indices, and the running statistics.
     BnRelu {
@@ -154,7 +167,7 @@ pub struct Engine {
     /// Index of the first op of the classifier head.
     head_start: usize,
     /// Parameters in torchvision's `state_dict` order.
-    pub params: Vec<ParamBuf>,
+    params: Vec<ParamBuf>,
     /// The paper's name of each op's output (`conv1_1`, `relu1_1` for a fused BatchNorm and ReLU,
     /// `pool1`, `fc6`, ...).
     names: Vec<String>,
@@ -233,7 +246,7 @@ impl Engine {
                 LayerKind::Conv { in_channels: ci, out_channels: co, kernel: k } => {
                     let w = add("weight", vec![co, ci, k, k], Some((co, ci, k)))?;
                     let b = add("bias", vec![co], None)?;
-                    ops.push(Op::Conv { w, b, ci, co, k });
+                    ops.push(Op::Conv { w, b, ci, co, k, cache: Arc::default() });
                 }
                 LayerKind::BatchNorm { channels } => {
                     let g = add("weight", vec![channels], None)?;
@@ -276,6 +289,22 @@ impl Engine {
         Ok(Self { config: config.clone(), ops, head_start, params, names, eps: 1e-5, momentum: 0.1 })
     }
 
+    /// Parameters in torchvision's `state_dict` order, in the engine's layout, with their gradients.
+    pub fn params(&self) -> &[ParamBuf] {
+        &self.params
+    }
+
+    /// Mutable parameters (for optimizers); drops the cached transformed filters, which the next
+    /// pass recomputes from the new values.
+    pub fn params_mut(&mut self) -> &mut [ParamBuf] {
+        for op in &mut self.ops {
+            if let Op::Conv { cache, .. } = op {
+                *cache = Arc::default();
+            }
+        }
+        &mut self.params
+    }
+
     /// The configuration.
     pub fn config(&self) -> &VggConfig {
         &self.config
@@ -307,11 +336,39 @@ impl Engine {
         self.run_ops(0..self.ops.len(), to_nhwc(x, dims), Shape::Map(nhwc(dims))).0
     }
 
+    /// Evaluation-mode forward of `x` that times each op: (output name, seconds), in order. The
+    /// per-layer view of `vgg bench --layers`.
+    pub fn profile(&self, x: &[f32], dims: [usize; 4]) -> Vec<(String, f64)> {
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut act = to_nhwc(x, dims);
+        let mut shape = Shape::Map(nhwc(dims));
+        let mut times = Vec::with_capacity(self.ops.len());
+        for (op, name) in self.ops.iter().zip(&self.names) {
+            let t = std::time::Instant::now();
+            let (out, s, _) = self.op_forward(op, &act, shape, false, &mut rng);
+            times.push((name.clone(), t.elapsed().as_secs_f64()));
+            act = out;
+            shape = s;
+        }
+        times
+    }
+
     fn run_ops(&self, range: std::ops::Range<usize>, mut act: Vec<f32>, mut shape: Shape) -> (Vec<f32>, Shape) {
         let mut rng = StdRng::seed_from_u64(0);
+        // Each op writes into the buffer its input's input had (the largest maps are tens of
+        // megabytes: fresh allocations cost page faults and zeroing every layer).
+        let mut spare = Vec::new();
         for op in &self.ops[range] {
-            let (out, s, _) = self.op_forward(op, &act, shape, false, &mut rng);
-            act = out;
+            match op {
+                Op::Relu => {
+                    norm::relu_inplace(&mut act);
+                    continue;
+                }
+                Op::Dropout => continue,
+                _ => {}
+            }
+            let (out, s, _) = self.op_forward_into(op, &act, shape, false, &mut rng, &mut spare);
+            spare = std::mem::replace(&mut act, out);
             shape = s;
         }
         (act, shape)
@@ -432,17 +489,44 @@ impl Engine {
     /// Runs one op. In training, BatchNorm uses the batch statistics (returned in [`Saved::Stats`])
     /// and dropout is applied.
     fn op_forward(&self, op: &Op, x: &[f32], shape: Shape, train: bool, rng: &mut StdRng) -> (Vec<f32>, Shape, Saved) {
+        self.op_forward_into(op, x, shape, train, rng, &mut Vec::new())
+    }
+
+    /// [`Engine::op_forward`] writing its output into `spare`'s allocation where it has one.
+    fn op_forward_into(
+        &self,
+        op: &Op,
+        x: &[f32],
+        shape: Shape,
+        train: bool,
+        rng: &mut StdRng,
+        spare: &mut Vec<f32>,
+    ) -> (Vec<f32>, Shape, Saved) {
+        let mut buffer = |len: usize| {
+            let mut v = std::mem::take(spare);
+            v.clear();
+            v.resize(len, 0.0);
+            v
+        };
         match (op, shape) {
-            (&Op::Conv { w, b, ci, co, k }, Shape::Map([n, h, wd, c])) => {
+            (&Op::Conv { w, b, ci, co, k, ref cache }, Shape::Map([n, h, wd, c])) => {
                 debug_assert_eq!(c, ci);
                 let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
-                let mut out = vec![0f32; n * h * wd * co];
-                conv::forward(x, &self.params[w].value, &self.params[b].value, &sh, &mut out);
+                let mut out = buffer(n * h * wd * co);
+                let (wk, bias) = (&self.params[w].value, &self.params[b].value);
+                if train {
+                    // Winograd's rounding error (~3e-6 relative, 30x direct f32's) is amplified by
+                    // train-mode BatchNorm over small batches past the fixture tolerances; the input
+                    // gradients and evaluation stay within them and take the Winograd path.
+                    conv::forward_im2col(x, wk, bias, &sh, &mut out);
+                } else {
+                    conv::forward_cached(x, wk, &cache.forward, bias, &sh, &mut out);
+                }
                 (out, Shape::Map([n, h, wd, co]), Saved::None)
             }
             (Op::BnRelu { g, b, running }, Shape::Map([_, _, _, c])) => {
                 let (gamma, beta) = (&self.params[*g].value, &self.params[*b].value);
-                let mut out = vec![0f32; x.len()];
+                let mut out = buffer(x.len());
                 if train {
                     let (mean, var) = norm::batch_stats(x, c);
                     let affine = norm::Affine::new(&mean, &var, gamma, beta, self.eps);
@@ -457,20 +541,20 @@ impl Engine {
                 }
             }
             (Op::Relu, _) => {
-                let mut out = vec![0f32; x.len()];
+                let mut out = buffer(x.len());
                 norm::relu(x, &mut out);
                 (out, shape, Saved::None)
             }
             (Op::MaxPool, Shape::Map([n, h, w, c])) => {
                 let os = [n, h / 2, w / 2, c];
-                let mut out = vec![0f32; os.iter().product()];
+                let mut out = buffer(os.iter().product());
                 let mut arg = vec![0u8; out.len()];
                 pool::max2_forward(x, [n, h, w, c], &mut out, &mut arg);
                 (out, Shape::Map(os), Saved::Arg(arg))
             }
             (Op::AvgPool2, Shape::Map([n, h, w, c])) => {
                 let os = [n, h / 2, w / 2, c];
-                let mut out = vec![0f32; os.iter().product()];
+                let mut out = buffer(os.iter().product());
                 pool::avg2_forward(x, [n, h, w, c], &mut out);
                 (out, Shape::Map(os), Saved::None)
             }
@@ -478,12 +562,12 @@ impl Engine {
                 if [h, w] == [oh, ow] {
                     return (x.to_vec(), shape, Saved::None);
                 }
-                let mut out = vec![0f32; n * oh * ow * c];
+                let mut out = buffer(n * oh * ow * c);
                 pool::adaptive_avg_forward(x, [n, h, w, c], [oh, ow], &mut out);
                 (out, Shape::Map([n, oh, ow, c]), Saved::None)
             }
             (Op::Flatten, Shape::Map([n, h, w, c])) => {
-                let mut out = vec![0f32; x.len()];
+                let mut out = buffer(x.len());
                 if h * w == 1 {
                     out.copy_from_slice(x);
                 } else {
@@ -493,7 +577,7 @@ impl Engine {
             }
             (&Op::Linear { w, b, inp, out }, Shape::Flat([n, f])) => {
                 assert_eq!(f, inp, "the head expects {inp} features, got {f}");
-                let mut y = vec![0f32; n * out];
+                let mut y = buffer(n * out);
                 dense::linear_forward(x, &self.params[w].value, &self.params[b].value, n, &mut y);
                 (y, Shape::Flat([n, out]), Saved::None)
             }
@@ -523,10 +607,12 @@ impl Engine {
     ) -> Vec<f32> {
         let op = self.ops[i].clone();
         match (&op, shape) {
-            (&Op::Conv { w, b, ci, co, k }, Shape::Map([n, h, wd, _])) => {
+            (&Op::Conv { w, b, ci, co, k, ref cache }, Shape::Map([n, h, wd, _])) => {
                 let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
                 let mut dx = if need_dx { vec![0f32; x.len()] } else { vec![] };
-                let (dw, db) = conv::backward(x, &self.params[w].value, &g, &sh, need_dx.then_some(dx.as_mut_slice()));
+                let wk = &self.params[w].value;
+                let (dw, db) =
+                    conv::backward_cached(x, wk, &cache.input_grad, &g, &sh, need_dx.then_some(dx.as_mut_slice()));
                 self.params[w].grad = dw;
                 self.params[b].grad = db;
                 dx
@@ -695,10 +781,10 @@ impl Engine {
     /// Backward of op `i` to its input only.
     fn input_backward(&self, i: usize, x: &[f32], shape: Shape, saved: &Saved, mut g: Vec<f32>) -> Vec<f32> {
         match (&self.ops[i], shape) {
-            (&Op::Conv { w, ci, co, k, .. }, Shape::Map([n, h, wd, _])) => {
+            (&Op::Conv { w, ci, co, k, ref cache, .. }, Shape::Map([n, h, wd, _])) => {
                 let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
                 let mut dx = vec![0f32; x.len()];
-                conv::backward_input(&self.params[w].value, &g, &sh, &mut dx);
+                conv::backward_input_cached(&self.params[w].value, &cache.input_grad, &g, &sh, &mut dx);
                 dx
             }
             (Op::BnRelu { .. }, _) => {

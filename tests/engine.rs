@@ -64,7 +64,7 @@ fn loss_gradients_and_sgd_steps_match_pytorch() {
     println!("loss {} vs {want}", r.loss);
     assert!(((r.loss - want) / want).abs() < 1e-5);
     let grad = |key: &str| {
-        let p = engine.params.iter().find(|p| p.key == key).unwrap_or_else(|| panic!("no {key}"));
+        let p = engine.params().iter().find(|p| p.key == key).unwrap_or_else(|| panic!("no {key}"));
         p.to_torch(&p.grad)
     };
     for key in ["features.0.weight", "features.1.weight", "classifier.2.weight", "classifier.2.bias"] {
@@ -75,7 +75,7 @@ fn loss_gradients_and_sgd_steps_match_pytorch() {
         assert!(err < tol, "{key}: {err}");
     }
     let norms = manifest["train"]["grad_l2"].as_object().unwrap();
-    assert_eq!(norms.len(), engine.params.len());
+    assert_eq!(norms.len(), engine.params().len());
     let mut worst = 0f64;
     for (key, want) in norms {
         let want = want.as_f64().unwrap();
@@ -190,7 +190,7 @@ fn training_gradients_agree_with_burn_on_other_layouts() {
         println!("{}: loss {} vs burn {want_loss}", config.arch_name(), r.loss);
         assert!(((r.loss - want_loss) / want_loss).abs() < 1e-5);
         for (key, g) in want {
-            let p = engine.params.iter().find(|p| p.key == key).unwrap();
+            let p = engine.params().iter().find(|p| p.key == key).unwrap();
             let got = p.to_torch(&p.grad);
             let norm = g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
             let diff = got.iter().zip(&g).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
@@ -213,9 +213,9 @@ fn adamw_first_step_and_gradient_clipping_follow_pytorch() {
     let x: Vec<f32> = s("engine:adamw", 2 * 32 * 32).iter().map(|&v| v as f32).collect();
     let mut engine = Engine::new(&m).unwrap();
     engine.train_step(&x, [2, 1, 32, 32], &[0, 2], 0.0, 1, &|_| false);
-    let before = engine.params.clone();
+    let before = engine.params().to_vec();
     // clip_grad_norm_: the returned norm is the global one, and afterwards it is max_norm.
-    let global = |e: &Engine| e.params.iter().flat_map(|p| &p.grad).map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
+    let global = |e: &Engine| e.params().iter().flat_map(|p| &p.grad).map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
     let total = global(&engine);
     assert!((clip_grad_norm(&mut engine, total / 2.0, &|_| false) - total).abs() < 1e-9 * total.max(1.0));
     assert!((global(&engine) - total / 2.0).abs() < 1e-4 * total);
@@ -223,9 +223,9 @@ fn adamw_first_step_and_gradient_clipping_follow_pytorch() {
     let (lr, wd, eps) = (0.01, 0.05, 1e-8);
     let cfg = OptimizerConfig::AdamW { beta1: 0.9, beta2: 0.999, eps, weight_decay: wd };
     let frozen = |k: &str| k.starts_with("features.0.");
-    let grads: Vec<Vec<f32>> = engine.params.iter().map(|p| p.grad.clone()).collect();
+    let grads: Vec<Vec<f32>> = engine.params().iter().map(|p| p.grad.clone()).collect();
     OptimizerState::default().step(&mut engine, &cfg, lr, &frozen);
-    for ((p, old), g) in engine.params.iter().zip(&before).zip(&grads) {
+    for ((p, old), g) in engine.params().iter().zip(&before).zip(&grads) {
         for ((new, old), g) in p.value.iter().zip(&old.value).zip(g) {
             let want = if frozen(&p.key) {
                 *old as f64
@@ -235,4 +235,23 @@ fn adamw_first_step_and_gradient_clipping_follow_pytorch() {
             assert!((*new as f64 - want).abs() < 1e-6, "{}: {new} vs {want}", p.key);
         }
     }
+}
+
+/// The engine caches Winograd-transformed filters; changing the weights through `params_mut` (as
+/// the optimizers do) must drop them, so that the next forward sees the new weights.
+#[test]
+fn changed_weights_reach_the_next_forward() {
+    let config = fixture_config();
+    let mut engine = Engine::new(&with_formula(&config)).unwrap();
+    let x = input("cifar_train", [8, 3, 32, 32]);
+    let before = engine.forward(&x, [8, 3, 32, 32]);
+    // features.8 is conv3_1 (64 → 128 channels on 8x8 maps: a Winograd layer).
+    let p = engine.params_mut().iter_mut().find(|p| p.key == "features.8.weight").unwrap();
+    p.value.iter_mut().for_each(|v| *v *= -1.5);
+    let after = engine.forward(&x, [8, 3, 32, 32]);
+    let fresh = Engine::from_state_dict(&config, engine.state_dict()).unwrap().forward(&x, [8, 3, 32, 32]);
+    let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let stale = rel_err(&after, &f64s(&fresh));
+    assert!(stale < 1e-6, "stale filters: {stale:e}");
+    assert!(rel_err(&after, &f64s(&before)) > 1e-2, "the change should move the logits");
 }

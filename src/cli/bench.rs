@@ -32,9 +32,14 @@ pub struct BenchArgs {
     /// Untimed runs first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// fast (this crate's CPU kernels) or burn (burn-flex through burn's modules and autodiff).
+    /// fast (this crate's CPU kernels), im2col (the same without Winograd: every convolution as
+    /// im2col + GEMM) or burn (burn-flex through burn's modules and autodiff).
     #[arg(long, default_value = "fast")]
     engine: String,
+    /// Also time each layer of the fast engine's inference (median over the timed runs), printed
+    /// as a table, or as `"layers"` with --json.
+    #[arg(long)]
+    layers: bool,
     /// One JSON object.
     #[arg(long)]
     json: bool,
@@ -62,8 +67,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let fast = match a.engine.as_str() {
         "fast" => true,
+        "im2col" => {
+            vgg::kernels::set_winograd(false);
+            true
+        }
         "burn" => false,
-        other => bail!("unknown engine '{other}' (expected fast or burn)"),
+        other => bail!("unknown engine '{other}' (expected fast, im2col or burn)"),
     };
     let dims = [a.batch, config.in_channels, size, size];
     let model_device = if a.train && !fast { burn::tensor::Device::default().autodiff() } else { Default::default() };
@@ -80,11 +89,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .collect();
     let labels: Vec<usize> = (0..a.batch).map(|i| i % config.num_classes.max(1)).collect();
     let sgd = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
+    if a.layers && !(fast && !a.train) {
+        bail!("--layers times the fast engine's inference (not --train or --engine burn)");
+    }
+    let mut layer_times: Vec<(String, f64)> = Vec::new();
     let mut run: Box<dyn FnMut()> = match (fast, a.train) {
         (true, false) => {
             let engine = Engine::new(&model)?;
             // Only the engine's copy of the weights stays in memory.
             drop(model);
+            if a.layers {
+                let runs: Vec<Vec<(String, f64)>> =
+                    (0..a.warmup + a.iters).map(|_| engine.profile(&x, dims)).skip(a.warmup).collect();
+                layer_times = runs[0]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, _))| {
+                        let mut t: Vec<f64> = runs.iter().map(|r| r[i].1).collect();
+                        t.sort_by(f64::total_cmp);
+                        (name.clone(), t[t.len() / 2])
+                    })
+                    .collect();
+            }
             Box::new(move || {
                 std::hint::black_box(engine.forward(&x, dims));
             })
@@ -134,7 +160,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let macs = config.plan([size, size]).layers.iter().map(|l| l.macs).sum::<u64>() as f64;
     // A training step is about three passes: forward, input gradients and weight gradients.
     let flops = 2.0 * macs * a.batch as f64 * if a.train { 3.0 } else { 1.0 };
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "arch": config.arch_name(),
         "batch": a.batch,
         "size": size,
@@ -147,9 +173,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "gflops": flops / median / 1e9,
         "peak_rss_mb": peak_rss_mb(),
     });
+    if a.layers {
+        out["layers"] = layer_times.iter().map(|(name, t)| serde_json::json!({"name": name, "median_s": t})).collect();
+    }
     if a.json {
         println!("{out}");
     } else {
+        if a.layers {
+            let total: f64 = layer_times.iter().map(|(_, t)| t).sum();
+            println!("{:<12} {:>10} {:>7}", "layer", "median ms", "share");
+            for (name, t) in &layer_times {
+                println!("{name:<12} {:>10.2} {:>6.1}%", t * 1e3, 100.0 * t / total.max(1e-12));
+            }
+        }
         println!(
             "{} {} batch {} at {size}x{size} ({} engine, {} threads): median {:.4} s, p90 {:.4} s, {:.2} img/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
             config.arch_name(),

@@ -5,10 +5,11 @@
 //! [`from_torch`] convert to and from PyTorch's `[cout, cin, k, k]`.
 
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::sgemm;
+use super::{sgemm, winograd};
 
 thread_local! {
     /// Each worker thread's im2col buffer, kept between calls: allocating and zeroing a fresh one
@@ -152,8 +153,33 @@ fn im2col(x: &[f32], sh: &ConvShape, r0: usize, rows: usize, p: &mut [f32]) {
     }
 }
 
-/// `out = conv(x, w) + bias`; `x` is `[n, h, w, ci]`, `out` `[n, h, w, co]`.
+/// `out = conv(x, w) + bias`; `x` is `[n, h, w, ci]`, `out` `[n, h, w, co]`. Goes through Winograd
+/// F(4x4, 3x3) where that pays (see [`winograd::suits`]), transforming the filter for this call.
 pub fn forward(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
+    forward_cached(x, wk, &OnceLock::new(), bias, sh, out)
+}
+
+/// [`forward`] with the Winograd-transformed filter kept in `cache` (filled on first use): the
+/// caller clears it when the weights change.
+pub fn forward_cached(
+    x: &[f32],
+    wk: &[f32],
+    cache: &OnceLock<Vec<winograd::PackedB>>,
+    bias: &[f32],
+    sh: &ConvShape,
+    out: &mut [f32],
+) {
+    if super::winograd_enabled() && winograd::suits(sh) {
+        let u = cache.get_or_init(|| winograd::transform_filter(wk, sh.ci, sh.co));
+        winograd::forward(x, u, bias, sh, out);
+    } else {
+        forward_im2col(x, wk, bias, sh, out);
+    }
+}
+
+/// [`forward`] as im2col + GEMM, for every kernel size and map (the reference the Winograd path is
+/// tested against).
+pub fn forward_im2col(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
     let (kd, co) = (sh.kdim(), sh.co);
     assert_eq!(x.len(), sh.n * sh.hw() * sh.ci);
     assert_eq!(out.len(), sh.n * sh.hw() * co);
@@ -190,6 +216,19 @@ pub fn forward(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f
 /// writes the input gradient into it (as a convolution of `dz` with the rotated kernel, so that
 /// every thread writes only its own rows).
 pub fn backward(x: &[f32], wk: &[f32], dz: &[f32], sh: &ConvShape, dx: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
+    backward_cached(x, wk, &OnceLock::new(), dz, sh, dx)
+}
+
+/// [`backward`] with the input-gradient convolution's transformed filter kept in `cache` (see
+/// [`forward_cached`]).
+pub fn backward_cached(
+    x: &[f32],
+    wk: &[f32],
+    cache: &OnceLock<Vec<winograd::PackedB>>,
+    dz: &[f32],
+    sh: &ConvShape,
+    dx: Option<&mut [f32]>,
+) -> (Vec<f32>, Vec<f32>) {
     let (kd, co) = (sh.kdim(), sh.co);
     let total = sh.n * sh.hw();
     assert_eq!(x.len(), total * sh.ci);
@@ -238,16 +277,32 @@ pub fn backward(x: &[f32], wk: &[f32], dz: &[f32], sh: &ConvShape, dx: Option<&m
         }
     }
     if let Some(dx) = dx {
-        backward_input(wk, dz, sh, dx);
+        backward_input_cached(wk, cache, dz, sh, dx);
     }
     (dw, db.into_iter().map(|v| v as f32).collect())
 }
 
 /// The input gradient of [`forward`] alone: `dx = conv(dz, rotated kernel)`.
 pub fn backward_input(wk: &[f32], dz: &[f32], sh: &ConvShape, dx: &mut [f32]) {
-    let wf = flipped(wk, sh.ci, sh.co, sh.k);
+    backward_input_cached(wk, &OnceLock::new(), dz, sh, dx)
+}
+
+/// [`backward_input`] with the transformed rotated filter kept in `cache` (see [`forward_cached`]).
+pub fn backward_input_cached(
+    wk: &[f32],
+    cache: &OnceLock<Vec<winograd::PackedB>>,
+    dz: &[f32],
+    sh: &ConvShape,
+    dx: &mut [f32],
+) {
     let back = ConvShape { ci: sh.co, co: sh.ci, ..*sh };
-    forward(dz, &wf, &vec![0.0; sh.ci], &back, dx);
+    let zero = vec![0.0; sh.ci];
+    if super::winograd_enabled() && winograd::suits(&back) {
+        let u = cache.get_or_init(|| winograd::transform_filter(&flipped(wk, sh.ci, sh.co, sh.k), back.ci, back.co));
+        winograd::forward(dz, u, &zero, &back, dx);
+    } else {
+        forward_im2col(dz, &flipped(wk, sh.ci, sh.co, sh.k), &zero, &back, dx);
+    }
 }
 
 #[cfg(test)]

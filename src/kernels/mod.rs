@@ -1,6 +1,6 @@
 //! CPU kernels for training and inference on NHWC activations: convolution as im2col + GEMM (forward
-//! and both gradients), BatchNorm fused with ReLU, max and adaptive average pooling, fully connected
-//! layers and the loss.
+//! and both gradients) or Winograd F(4x4, 3x3) (forward and input gradient), BatchNorm fused with
+//! ReLU, max and adaptive average pooling, fully connected layers and the loss.
 //!
 //! They exist because burn-flex spends most of a small VGG's training step outside its GEMM (layout
 //! changes, per-op dispatch, a convolution backward built from transposed convolutions). Each kernel
@@ -13,9 +13,39 @@
 pub mod conv;
 pub mod dense;
 pub mod norm;
+pub mod packed;
 pub mod pool;
+pub mod winograd;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
+
+static WINOGRAD: AtomicBool = AtomicBool::new(true);
+
+/// Turns the Winograd path for 3x3 convolutions on or off for the whole process (on by default;
+/// off leaves every convolution to im2col + GEMM, for A/B measurements and `vgg bench
+/// --no-winograd`).
+pub fn set_winograd(on: bool) {
+    WINOGRAD.store(on, Ordering::Relaxed);
+}
+
+/// Whether this CPU has AVX2 and FMA (the hand-written kernels' fast paths).
+pub fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether 3x3 convolutions may use Winograd F(4x4, 3x3) (see [`set_winograd`]).
+pub fn winograd_enabled() -> bool {
+    WINOGRAD.load(Ordering::Relaxed)
+}
 
 /// `c[m×n] (+)= a[m×k] · b[k×n]`, each matrix given by its row and column strides.
 ///

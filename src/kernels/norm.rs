@@ -72,6 +72,15 @@ pub fn relu(x: &[f32], out: &mut [f32]) {
     });
 }
 
+/// [`relu`] in place.
+pub fn relu_inplace(x: &mut [f32]) {
+    x.par_chunks_mut(1 << 16).for_each(|c| {
+        for v in c {
+            *v = v.max(0.0);
+        }
+    });
+}
+
 /// Zeroes the gradient `g` where the ReLU output `y` was not positive.
 pub fn relu_backward(y: &[f32], g: &mut [f32]) {
     g.par_chunks_mut(1 << 16).zip(y.par_chunks(1 << 16)).for_each(|(g, y)| {

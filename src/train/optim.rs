@@ -40,7 +40,7 @@ impl OptimizerState {
     pub fn from_state_dict(engine: &Engine, sd: &StateDict) -> Self {
         let get = |prefix: &str| -> Vec<Option<Vec<f32>>> {
             engine
-                .params
+                .params()
                 .iter()
                 .map(|p| sd.get(&format!("{prefix}.{}", p.key)).map(|e| p.from_torch(&e.data)))
                 .collect()
@@ -56,7 +56,7 @@ impl OptimizerState {
     pub fn to_state_dict(&self, engine: &Engine, config: &OptimizerConfig) -> StateDict {
         let mut sd = StateDict::new();
         let first = if matches!(config, OptimizerConfig::Sgd(_)) { "momentum_buffer" } else { "exp_avg" };
-        for (i, p) in engine.params.iter().enumerate() {
+        for (i, p) in engine.params().iter().enumerate() {
             if let Some(Some(v)) = self.first.get(i) {
                 sd.insert(format!("{first}.{}", p.key), TensorEntry::f32(p.shape.clone(), p.to_torch(v)));
             }
@@ -72,11 +72,11 @@ impl OptimizerState {
 
     /// One update of every parameter that has a gradient and is not frozen.
     pub fn step(&mut self, engine: &mut Engine, config: &OptimizerConfig, lr: f64, frozen: &dyn Fn(&str) -> bool) {
-        let n = engine.params.len();
+        let n = engine.params().len();
         self.first.resize(n, None);
         self.second.resize(n, None);
         self.step += 1;
-        for (i, p) in engine.params.iter_mut().enumerate() {
+        for (i, p) in engine.params_mut().iter_mut().enumerate() {
             if p.grad.is_empty() || frozen(&p.key) {
                 continue;
             }
@@ -128,7 +128,7 @@ impl OptimizerState {
 /// `max_norm`; returns the norm before clipping.
 pub fn clip_grad_norm(engine: &mut Engine, max_norm: f64, frozen: &dyn Fn(&str) -> bool) -> f64 {
     let total = engine
-        .params
+        .params()
         .iter()
         .filter(|p| !frozen(&p.key))
         .flat_map(|p| p.grad.iter())
@@ -137,7 +137,7 @@ pub fn clip_grad_norm(engine: &mut Engine, max_norm: f64, frozen: &dyn Fn(&str) 
         .sqrt();
     let coef = max_norm / (total + 1e-6);
     if coef < 1.0 {
-        for p in engine.params.iter_mut().filter(|p| !frozen(&p.key)) {
+        for p in engine.params_mut().iter_mut().filter(|p| !frozen(&p.key)) {
             p.grad.iter_mut().for_each(|g| *g *= coef as f32);
         }
     }

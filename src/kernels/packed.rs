@@ -1,0 +1,277 @@
+//! A GEMM against a right-hand matrix packed once: `C (+)= A · B` with `B` stored as panels of 16
+//! columns (`[panel][k][16]`, zero-padded), so that each k step of the micro-kernel reads 16
+//! contiguous floats of `B` and broadcasts one float per row of `A`.
+//!
+//! Why not the `gemm` crate here: it packs `B` on every call, and the convolutions' `B` (filters)
+//! changes only when the weights do; for the few-row products of batch-1 inference and of the
+//! Winograd path's 36 small GEMMs, that packing costs as much as the arithmetic. The micro-kernel
+//! keeps a 6x16 block of `C` in twelve AVX registers (two FMA per broadcast); there is a portable
+//! version of the same loop for CPUs without AVX2/FMA.
+
+use std::ops::Range;
+
+/// Columns per panel.
+pub const NR: usize = 16;
+/// Rows per micro-kernel call.
+const MR: usize = 6;
+/// Depth of one pass over `A`: a 6-row strip of `A` (6 KB) and a panel slice of `B` (16 KB) stay
+/// in L1/L2 while `C` accumulates.
+const KC: usize = 256;
+/// Rows of `A` kept hot while the panels stream past.
+const MC: usize = 96;
+
+/// `B` (`k x n`) in panels of [`NR`] columns.
+#[derive(Debug, Clone)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl PackedB {
+    /// Packs `b`, `k x n`, given by its row and column strides.
+    pub fn new(b: &[f32], k: usize, n: usize, [rs, cs]: [usize; 2]) -> Self {
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        for p in 0..panels {
+            for kk in 0..k {
+                let dst = &mut data[(p * k + kk) * NR..][..NR];
+                for (j, d) in dst.iter_mut().enumerate().take(NR.min(n - p * NR)) {
+                    *d = b[kk * rs + (p * NR + j) * cs];
+                }
+            }
+        }
+        Self { k, n, data }
+    }
+
+    /// Rows (the inner dimension of the product).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Number of panels.
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// `c[m x n] (+)= a[m x k] · b` for the columns of `panels` only; `a` has row stride `lda` (unit
+/// column stride), `c` row stride `ldc`. Single-threaded: callers split rows or panels.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    panels: Range<usize>,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let (k, n) = (b.k, b.n);
+    if m == 0 || panels.is_empty() {
+        return;
+    }
+    assert!(panels.end <= b.panels(), "panel range beyond B");
+    assert!(k == 0 || (m - 1) * lda + k <= a.len(), "A out of bounds");
+    let last_col = (panels.end * NR).min(n);
+    assert!((m - 1) * ldc + last_col <= c.len(), "C out of bounds");
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                c[r * ldc + panels.start * NR..r * ldc + last_col].fill(0.0);
+            }
+        }
+        return;
+    }
+    let fast = super::avx2_fma();
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let acc = accumulate || k0 > 0;
+        for i0 in (0..m).step_by(MC) {
+            let mc = MC.min(m - i0);
+            for p in panels.clone() {
+                let cols = NR.min(n - p * NR);
+                let bp = &b.data[(p * k + k0) * NR..][..kc * NR];
+                for r0 in (i0..i0 + mc).step_by(MR) {
+                    let rows = MR.min(i0 + mc - r0);
+                    let ap = &a[r0 * lda + k0..];
+                    let cp = &mut c[r0 * ldc + p * NR..];
+                    let t = Tile { kc, lda, ldc, cols, accumulate: acc };
+                    match rows {
+                        6 => micro::<6>(ap, bp, cp, t, fast),
+                        5 => micro::<5>(ap, bp, cp, t, fast),
+                        4 => micro::<4>(ap, bp, cp, t, fast),
+                        3 => micro::<3>(ap, bp, cp, t, fast),
+                        2 => micro::<2>(ap, bp, cp, t, fast),
+                        _ => micro::<1>(ap, bp, cp, t, fast),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One micro-tile's geometry.
+#[derive(Clone, Copy)]
+struct Tile {
+    kc: usize,
+    lda: usize,
+    ldc: usize,
+    /// Valid columns of the panel (the last panel may be partial).
+    cols: usize,
+    accumulate: bool,
+}
+
+#[inline(always)]
+fn micro<const R: usize>(a: &[f32], b: &[f32], c: &mut [f32], t: Tile, fast: bool) {
+    // Bounds for the unchecked reads below: R rows of kc values of A, kc·16 of B, R rows of C.
+    assert!((R - 1) * t.lda + t.kc <= a.len() && t.kc * NR <= b.len());
+    assert!((R - 1) * t.ldc + t.cols <= c.len());
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` means the CPU has AVX2 and FMA; the asserts above bound every access.
+        unsafe { avx2::micro::<R>(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), t) };
+        return;
+    }
+    let _ = fast;
+    let mut acc = [[0f32; NR]; R];
+    for kk in 0..t.kc {
+        let bk = &b[kk * NR..][..NR];
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = a[r * t.lda + kk];
+            for (x, bv) in row.iter_mut().zip(bk) {
+                *x = av.mul_add(*bv, *x);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        let dst = &mut c[r * t.ldc..][..t.cols];
+        for (d, v) in dst.iter_mut().zip(row) {
+            *d = if t.accumulate { *d + v } else { *v };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{NR, Tile};
+    use std::arch::x86_64::*;
+
+    /// SAFETY: the caller guarantees AVX2+FMA and that `a` (R rows of `kc`, stride `lda`), `b`
+    /// (`kc · 16`) and `c` (R rows of `cols`, stride `ldc`) are valid.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn micro<const R: usize>(a: *const f32, b: *const f32, c: *mut f32, t: Tile) {
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for kk in 0..t.kc {
+                let b0 = _mm256_loadu_ps(b.add(kk * NR));
+                let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+                for (r, x) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*a.add(r * t.lda + kk));
+                    x[0] = _mm256_fmadd_ps(av, b0, x[0]);
+                    x[1] = _mm256_fmadd_ps(av, b1, x[1]);
+                }
+            }
+            for (r, x) in acc.iter().enumerate() {
+                let dst = c.add(r * t.ldc);
+                if t.cols == NR {
+                    let (mut lo, mut hi) = (x[0], x[1]);
+                    if t.accumulate {
+                        lo = _mm256_add_ps(lo, _mm256_loadu_ps(dst));
+                        hi = _mm256_add_ps(hi, _mm256_loadu_ps(dst.add(8)));
+                    }
+                    _mm256_storeu_ps(dst, lo);
+                    _mm256_storeu_ps(dst.add(8), hi);
+                } else {
+                    let mut tmp = [0f32; NR];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), x[0]);
+                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), x[1]);
+                    for (j, v) in tmp.iter().enumerate().take(t.cols) {
+                        let d = dst.add(j);
+                        *d = if t.accumulate { *d + v } else { *v };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// Against a float64 triple loop: every row count of the micro-kernel, partial panels, depths
+    /// across several KC blocks, row strides wider than k, accumulation, and a panel sub-range.
+    #[test]
+    fn matches_the_definition() {
+        for (m, n, k, lda) in [(1, 1, 1, 1), (7, 33, 5, 9), (13, 16, 300, 300), (200, 40, 530, 600), (6, 17, 257, 260)]
+        {
+            let a = data(m * lda, 1);
+            let braw = data(k * n, 2);
+            let b = PackedB::new(&braw, k, n, [n, 1]);
+            assert_eq!((b.k(), b.n()), (k, n));
+            for accumulate in [false, true] {
+                let ldc = n + 3;
+                let c0 = data(m * ldc, 3);
+                let mut c = c0.clone();
+                gemm(m, &a, lda, &b, 0..b.panels(), &mut c, ldc, accumulate);
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut want: f64 = (0..k).map(|kk| a[i * lda + kk] as f64 * braw[kk * n + j] as f64).sum();
+                        if accumulate {
+                            want += c0[i * ldc + j] as f64;
+                        }
+                        let got = c[i * ldc + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{m}x{n}x{k} [{i},{j}]: {got} vs {want}"
+                        );
+                    }
+                    // Padding columns of C are left alone.
+                    assert_eq!(&c[i * ldc + n..i * ldc + ldc], &c0[i * ldc + n..i * ldc + ldc]);
+                }
+            }
+            // Only the second panel onwards: the first 16 columns stay untouched.
+            if b.panels() > 1 {
+                let mut c = vec![7f32; m * n];
+                gemm(m, &a, lda, &b, 1..b.panels(), &mut c, n, false);
+                assert!(c.chunks(n).all(|r| r[..NR].iter().all(|&v| v == 7.0)));
+                assert!(c.chunks(n).any(|r| r[NR..].iter().any(|&v| v != 7.0)));
+            }
+        }
+    }
+
+    /// Column-major input to the packer (a transposed matrix, as the fully connected weights are).
+    #[test]
+    fn packs_transposed_input() {
+        let (k, n) = (5, 20);
+        let bt = data(n * k, 4); // n x k row-major = B column-major
+        let b = PackedB::new(&bt, k, n, [1, k]);
+        let a = data(2 * k, 5);
+        let mut c = vec![0f32; 2 * n];
+        gemm(2, &a, k, &b, 0..b.panels(), &mut c, n, false);
+        for i in 0..2 {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|kk| a[i * k + kk] * bt[j * k + kk]).sum();
+                assert!((c[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+    }
+}
