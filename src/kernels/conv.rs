@@ -308,6 +308,7 @@ pub fn backward_input_cached(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_data as data;
 
     /// Direct convolution, by definition.
     fn reference(x: &[f32], w: &[f32], b: &[f32], sh: &ConvShape) -> Vec<f32> {
@@ -337,12 +338,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn data(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
-            .collect()
     }
 
     fn close(a: &[f32], b: &[f32]) -> bool {

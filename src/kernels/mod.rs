@@ -139,3 +139,11 @@ pub fn channel_sums<const K: usize>(
     }
     total
 }
+
+/// Deterministic test values in [-1, 1) for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn test_data(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}

@@ -210,12 +210,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
-            .collect()
-    }
+    use crate::kernels::test_data as data;
 
     /// Against a float64 triple loop: every row count of the micro-kernel, partial panels, depths
     /// across several KC blocks, row strides wider than k, accumulation, and a panel sub-range.

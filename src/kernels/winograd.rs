@@ -311,12 +311,7 @@ pub fn forward(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out: &mut
 mod tests {
     use super::*;
     use crate::kernels::conv;
-
-    fn data(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
-            .collect()
-    }
+    use crate::kernels::test_data as data;
 
     /// Against the im2col path (itself tested against the definition), on shapes with partial
     /// tiles at the right and bottom, several images, channel counts that are not multiples of 8,
