@@ -89,7 +89,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .collect();
     let labels: Vec<usize> = (0..a.batch).map(|i| i % config.num_classes.max(1)).collect();
     let sgd = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
-    if a.layers && !(fast && !a.train) {
+    if a.layers && (a.train || !fast) {
         bail!("--layers times the fast engine's inference (not --train or --engine burn)");
     }
     let mut layer_times: Vec<(String, f64)> = Vec::new();
