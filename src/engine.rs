@@ -337,39 +337,43 @@ impl Engine {
     }
 
     /// Evaluation-mode forward of `x` that times each op: (output name, seconds), in order. The
-    /// per-layer view of `vgg bench --layers`.
+    /// per-layer view of `vgg bench --layers`; runs exactly the code of [`Engine::forward`].
     pub fn profile(&self, x: &[f32], dims: [usize; 4]) -> Vec<(String, f64)> {
-        let mut rng = StdRng::seed_from_u64(0);
-        let mut act = to_nhwc(x, dims);
-        let mut shape = Shape::Map(nhwc(dims));
         let mut times = Vec::with_capacity(self.ops.len());
-        for (op, name) in self.ops.iter().zip(&self.names) {
-            let t = std::time::Instant::now();
-            let (out, s, _) = self.op_forward(op, &act, shape, false, &mut rng);
-            times.push((name.clone(), t.elapsed().as_secs_f64()));
-            act = out;
-            shape = s;
-        }
+        self.run_ops_timed(0..self.ops.len(), to_nhwc(x, dims), Shape::Map(nhwc(dims)), Some(&mut times));
         times
     }
 
-    fn run_ops(&self, range: std::ops::Range<usize>, mut act: Vec<f32>, mut shape: Shape) -> (Vec<f32>, Shape) {
+    fn run_ops(&self, range: std::ops::Range<usize>, act: Vec<f32>, shape: Shape) -> (Vec<f32>, Shape) {
+        self.run_ops_timed(range, act, shape, None)
+    }
+
+    /// [`Engine::run_ops`], pushing each op's name and wall time onto `times` when given.
+    fn run_ops_timed(
+        &self,
+        range: std::ops::Range<usize>,
+        mut act: Vec<f32>,
+        mut shape: Shape,
+        mut times: Option<&mut Vec<(String, f64)>>,
+    ) -> (Vec<f32>, Shape) {
         let mut rng = StdRng::seed_from_u64(0);
         // Each op writes into the buffer its input's input had (the largest maps are tens of
         // megabytes: fresh allocations cost page faults and zeroing every layer).
         let mut spare = Vec::new();
-        for op in &self.ops[range] {
-            match op {
-                Op::Relu => {
-                    norm::relu_inplace(&mut act);
-                    continue;
+        for i in range {
+            let t = std::time::Instant::now();
+            match &self.ops[i] {
+                Op::Relu => norm::relu_inplace(&mut act),
+                Op::Dropout => {}
+                op => {
+                    let (out, s, _) = self.op_forward_into(op, &act, shape, false, &mut rng, &mut spare);
+                    spare = std::mem::replace(&mut act, out);
+                    shape = s;
                 }
-                Op::Dropout => continue,
-                _ => {}
             }
-            let (out, s, _) = self.op_forward_into(op, &act, shape, false, &mut rng, &mut spare);
-            spare = std::mem::replace(&mut act, out);
-            shape = s;
+            if let Some(times) = times.as_deref_mut() {
+                times.push((self.names[i].clone(), t.elapsed().as_secs_f64()));
+            }
         }
         (act, shape)
     }
