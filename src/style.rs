@@ -85,13 +85,21 @@ impl Default for StyleConfig {
     }
 }
 
-/// An RGB image in [0, 1], `[3, h, w]` planes.
+/// An image in [0, 1] as `[c, h, w]` planes: RGB (`c = 3`) for ImageNet-style networks, gray
+/// (`c = 1`) for networks trained on gray pictures such as the built-in Fashion-MNIST model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image {
     /// `[h, w]`.
     pub size: [usize; 2],
     /// Planes of values in [0, 1].
     pub data: Vec<f32>,
+}
+
+impl Image {
+    /// Number of planes.
+    pub fn channels(&self) -> usize {
+        self.data.len() / (self.size[0] * self.size[1]).max(1)
+    }
 }
 
 /// The losses of one evaluation.
@@ -114,8 +122,8 @@ impl Losses {
 /// style images.
 pub struct Objective<'a> {
     engine: &'a Engine,
-    mean: [f32; 3],
-    std: [f32; 3],
+    mean: Vec<f32>,
+    std: Vec<f32>,
     content_idx: usize,
     style_idx: Vec<usize>,
     content_target: Vec<f32>,
@@ -126,25 +134,35 @@ pub struct Objective<'a> {
 }
 
 impl<'a> Objective<'a> {
-    /// Computes the targets. `mean`/`std` map [0, 1] pixels to the network's input (ImageNet's for
-    /// torchvision weights).
+    /// Computes the targets. `mean`/`std` map [0, 1] pixels to the network's input, one value per
+    /// channel (ImageNet's three for torchvision weights, one for a gray network); both images
+    /// must have that many channels.
     pub fn new(
         engine: &'a Engine,
         content: &Image,
         style: &Image,
         cfg: &StyleConfig,
-        mean: [f32; 3],
-        std: [f32; 3],
+        mean: &[f32],
+        std: &[f32],
     ) -> Result<Self, StyleError> {
         if cfg.style_layers.is_empty() {
             return Err(StyleError::Invalid("no style layers".into()));
+        }
+        let c = mean.len();
+        if std.len() != c || content.channels() != c || style.channels() != c {
+            return Err(StyleError::Invalid(format!(
+                "the network normalises {c} channel(s) ({} std values) but the content has {} and the style {}",
+                std.len(),
+                content.channels(),
+                style.channels()
+            )));
         }
         let content_idx = engine.activation_index(&cfg.content_layer)?;
         let style_idx = cfg.style_layers.iter().map(|l| engine.activation_index(l)).collect::<Result<Vec<_>, _>>()?;
         let mut obj = Self {
             engine,
-            mean,
-            std,
+            mean: mean.to_vec(),
+            std: std.to_vec(),
             content_idx,
             style_idx,
             content_target: vec![],
@@ -154,14 +172,14 @@ impl<'a> Objective<'a> {
             size: content.size,
         };
         let top = obj.top();
-        let t = engine.trace(&obj.normalise(content), [1, 3, content.size[0], content.size[1]], top);
+        let t = engine.trace(&obj.normalise(content), [1, c, content.size[0], content.size[1]], top);
         for (i, name) in std::iter::once(content_idx).zip(std::iter::once(&cfg.content_layer)) {
             if !t.is_map(i) {
                 return Err(StyleError::NotAMap(name.clone()));
             }
         }
         obj.content_target = t.activation_nhwc(content_idx).0.to_vec();
-        let t = engine.trace(&obj.normalise(style), [1, 3, style.size[0], style.size[1]], top);
+        let t = engine.trace(&obj.normalise(style), [1, c, style.size[0], style.size[1]], top);
         for (&i, name) in obj.style_idx.iter().zip(&cfg.style_layers) {
             if !t.is_map(i) {
                 return Err(StyleError::NotAMap(name.clone()));
@@ -184,11 +202,13 @@ impl<'a> Objective<'a> {
             .collect()
     }
 
-    /// The losses at `img` and their gradient with respect to its pixels (`[3, h, w]`).
+    /// The losses at `img` and their gradient with respect to its pixels (`[c, h, w]`).
     pub fn evaluate(&self, img: &Image) -> (Losses, Vec<f32>) {
         let [h, w] = img.size;
+        let ch = self.mean.len();
         assert_eq!(img.size, self.size, "the image must keep the content's size");
-        let trace = self.engine.trace(&self.normalise(img), [1, 3, h, w], self.top());
+        assert_eq!(img.channels(), ch, "the image must keep the content's channels");
+        let trace = self.engine.trace(&self.normalise(img), [1, ch, h, w], self.top());
         let mut seeds = Vec::new();
         // Content: mse(F, P); d/dF = 2 (F − P) / numel.
         let (f, _) = trace.activation_nhwc(self.content_idx);
@@ -210,16 +230,15 @@ impl<'a> Objective<'a> {
             seeds.push((i, g));
         }
         let gx = self.engine.gradient(&trace, seeds, 0);
-        // Back to [3, h, w] planes and through the normalisation (and the clamp: no gradient
+        // Back to [c, h, w] planes and through the normalisation (and the clamp: no gradient
         // pushes a saturated pixel further out).
         let plane = h * w;
-        let mut grad = vec![0f32; 3 * plane];
+        let mut grad = vec![0f32; ch * plane];
         for p in 0..plane {
-            for c in 0..3 {
-                let v = img.data[c * plane + p];
-                let pass =
-                    (0.0..=1.0).contains(&v) || (v < 0.0 && gx[p * 3 + c] < 0.0) || (v > 1.0 && gx[p * 3 + c] > 0.0);
-                grad[c * plane + p] = if pass { gx[p * 3 + c] / self.std[c] } else { 0.0 };
+            for c in 0..ch {
+                let (v, gv) = (img.data[c * plane + p], gx[p * ch + c]);
+                let pass = (0.0..=1.0).contains(&v) || (v < 0.0 && gv < 0.0) || (v > 1.0 && gv > 0.0);
+                grad[c * plane + p] = if pass { gv / self.std[c] } else { 0.0 };
             }
         }
         (Losses { content, style }, grad)

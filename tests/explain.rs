@@ -241,7 +241,7 @@ fn style_loss_gradient_matches_finite_differences() {
     let (engine, cfg) = style_setup();
     let (content, style) = (picture(1, [16, 12]), picture(2, [12, 16]));
     let (mean, std) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
-    let obj = Objective::new(&engine, &content, &style, &cfg, mean, std).unwrap();
+    let obj = Objective::new(&engine, &content, &style, &cfg, &mean, &std).unwrap();
     let x = picture(3, [16, 12]);
     let (l, g) = obj.evaluate(&x);
     assert!(l.content > 0.0 && l.style > 0.0);
@@ -258,12 +258,23 @@ fn style_loss_gradient_matches_finite_differences() {
 }
 
 #[test]
+fn style_objective_refuses_images_of_another_channel_count() {
+    let (engine, cfg) = style_setup();
+    let (content, style) = (picture(1, [16, 12]), picture(2, [12, 16]));
+    let gray = Image { size: [12, 16], data: style.data[..12 * 16].to_vec() };
+    let (mean, std) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+    let err =
+        Objective::new(&engine, &content, &gray, &cfg, &mean, &std).err().expect("a gray style for an RGB network");
+    assert!(err.to_string().contains("the style 1"), "{err}");
+}
+
+#[test]
 fn style_transfer_lowers_the_loss_with_either_optimizer() {
     let (mut engine, cfg) = style_setup();
     engine.use_average_pooling();
     let (content, style) = (picture(1, [16, 16]), picture(2, [16, 16]));
     let (mean, std) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
-    let obj = Objective::new(&engine, &content, &style, &cfg, mean, std).unwrap();
+    let obj = Objective::new(&engine, &content, &style, &cfg, &mean, &std).unwrap();
     for optimizer in [Optimizer::Lbfgs { lr: 1.0 }, Optimizer::Adam { lr: 0.02 }] {
         // From white noise, far from both targets.
         let cfg = StyleConfig { optimizer, from_noise: true, steps: 30, ..cfg.clone() };
@@ -311,6 +322,32 @@ fn style_command_writes_the_result_and_intermediates() {
         let img = image::open(&p).unwrap();
         assert_eq!((img.width(), img.height()), (40, 40));
     }
+    // The built-in model is gray: gray in, gray out, the architecture read from the weights.
+    let gray = tmp("styled-gray.png");
+    let o = vgg(&[
+        "style",
+        assets.join("3-dress.png").to_str().unwrap(),
+        assets.join("8-bag.png").to_str().unwrap(),
+        "--out",
+        gray.to_str().unwrap(),
+        "--size",
+        "32",
+        "--steps",
+        "3",
+        "--weights",
+        "fashion-mnist",
+        "--sheet",
+        tmp("style-sheet.png").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(v["arch"], "vgg11_bn");
+    let img = image::open(&gray).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (32, 32));
+    assert!(img.pixels().all(|p| p[0] == p[1] && p[1] == p[2]));
+    let sheet = image::open(tmp("style-sheet.png")).unwrap();
+    assert!(sheet.width() > 3 * 32 && sheet.height() > 32, "three 32x32 tiles with captions");
     let o = vgg(&["style", "nope.png", "nope2.png", "--out", out.to_str().unwrap(), "--weights", "random"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope.png"));

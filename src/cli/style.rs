@@ -56,12 +56,16 @@ pub struct StyleArgs {
     /// Also write the image every N steps (OUT with -stepN before the extension).
     #[arg(long)]
     every: Option<usize>,
-    /// Architecture (with --weights random or a file that does not record it).
-    #[arg(long, default_value = "vgg19")]
-    arch: String,
-    /// torchvision:vgg19 (downloaded where there is a network), a file, or random.
+    /// Architecture (vgg19 for --weights random or formula; otherwise what the weights record).
+    #[arg(long)]
+    arch: Option<String>,
+    /// torchvision:vgg19 (downloaded where there is a network), a file, fashion-mnist (the
+    /// built-in gray model: gray pictures), or random.
     #[arg(long, default_value = "torchvision:vgg19")]
     weights: String,
+    /// Also draw content, style and result side by side, captioned, on one PNG.
+    #[arg(long)]
+    sheet: Option<PathBuf>,
     /// Print a JSON summary at the end.
     #[arg(long)]
     json: bool,
@@ -74,11 +78,18 @@ pub fn run(a: StyleArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be positive");
     }
-    let config = VggConfig::from_arch(&a.arch)?;
-    let loaded = super::load_weights(&a.weights, Some(config), false, &burn::tensor::Device::default())?;
+    let config = match a.arch.as_deref() {
+        Some(arch) => Some(VggConfig::from_arch(arch)?),
+        None if matches!(a.weights.as_str(), "random" | "formula") => Some(VggConfig::from_arch("vgg19")?),
+        None => None,
+    };
+    let loaded = super::load_weights(&a.weights, config, false, &burn::tensor::Device::default())?;
+    let arch = loaded.model.config().arch_name();
     let (mean, std) = match loaded.preprocess.normalize {
-        Normalize::MeanStd { mean, std } => (mean, std),
-        other => bail!("style transfer needs RGB weights normalised by mean and std, not {other:?}"),
+        Normalize::MeanStd { mean, std } => (mean.to_vec(), std.to_vec()),
+        // A gray network (the built-in Fashion-MNIST model) paints gray pictures.
+        Normalize::Gray { mean, std } => (vec![mean], vec![std]),
+        other => bail!("style transfer needs weights normalised by mean and std, not {other:?}"),
     };
     let mut trunk = loaded.model.config().clone();
     trunk.head = Head::None;
@@ -87,8 +98,8 @@ pub fn run(a: StyleArgs) -> Result<()> {
     if a.avg_pool {
         engine.use_average_pooling();
     }
-    let content = load(&a.content, a.size)?;
-    let style = load(&a.style, a.size)?;
+    let content = load(&a.content, a.size, mean.len())?;
+    let style = load(&a.style, a.size, mean.len())?;
     let optimizer = match a.optimizer.as_str() {
         "lbfgs" | "l-bfgs" => Optimizer::Lbfgs { lr: a.lr.unwrap_or(1.0) },
         "adam" => Optimizer::Adam { lr: a.lr.unwrap_or(0.02) },
@@ -104,7 +115,7 @@ pub fn run(a: StyleArgs) -> Result<()> {
         from_noise: a.from_noise,
         seed: a.seed,
     };
-    let obj = Objective::new(&engine, &content, &style, &cfg, mean, std)?;
+    let obj = Objective::new(&engine, &content, &style, &cfg, &mean, &std)?;
     let bar = ProgressBar::new(a.steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps {per_sec} eta {eta} | {msg}").expect("valid template"),
@@ -128,6 +139,9 @@ pub fn run(a: StyleArgs) -> Result<()> {
         return Err(e);
     }
     save(&a.out, &result)?;
+    if let Some(p) = &a.sheet {
+        save_sheet(p, &content, &style, &result)?;
+    }
     let secs = start.elapsed().as_secs_f64();
     let [h, w] = result.size;
     if a.json {
@@ -135,7 +149,7 @@ pub fn run(a: StyleArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "out": a.out.display().to_string(), "size": [h, w], "steps": a.steps, "seconds": secs,
-                "content_loss": losses.content, "style_loss": losses.style, "arch": a.arch, "weights": a.weights,
+                "content_loss": losses.content, "style_loss": losses.style, "arch": arch, "weights": a.weights,
             })
         );
     } else {
@@ -151,33 +165,56 @@ pub fn run(a: StyleArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads an image and scales it so that its longer side is `size`.
-fn load(path: &Path, size: usize) -> Result<Image> {
+/// Reads an image and scales it so that its longer side is `size`, as RGB planes or (`channels`
+/// = 1) as gray with the luma the gray networks were trained on.
+fn load(path: &Path, size: usize, channels: usize) -> Result<Image> {
     let img = vgg::image::open(path)?;
     let s = size as f64 / img.width.max(img.height) as f64;
     let (w, h) = (((img.width as f64 * s).round() as usize).max(1), ((img.height as f64 * s).round() as usize).max(1));
     let img = vgg::image::resize(&img, w, h, Filter::Bilinear);
     let plane = w * h;
-    let mut data = vec![0f32; 3 * plane];
-    for p in 0..plane {
-        for c in 0..3 {
-            data[c * plane + p] = img.data[p * 3 + c] as f32 / 255.0;
+    let data = if channels == 1 {
+        let t = vgg::image::to_tensor(&img, &Normalize::Gray { mean: 0.0, std: 1.0 });
+        t.data
+    } else {
+        let mut data = vec![0f32; 3 * plane];
+        for p in 0..plane {
+            for c in 0..3 {
+                data[c * plane + p] = img.data[p * 3 + c] as f32 / 255.0;
+            }
         }
-    }
+        data
+    };
     Ok(Image { size: [h, w], data })
 }
 
-fn save(path: &Path, img: &Image) -> Result<()> {
+fn to_rgb8(img: &Image) -> Rgb8 {
     let [h, w] = img.size;
     let plane = h * w;
+    let channels = img.channels();
     let mut rgb = Rgb8 { width: w, height: h, data: vec![0u8; plane * 3] };
     for p in 0..plane {
         for c in 0..3 {
-            rgb.data[p * 3 + c] = (img.data[c * plane + p].clamp(0.0, 1.0) * 255.0).round() as u8;
+            let v = img.data[c.min(channels - 1) * plane + p];
+            rgb.data[p * 3 + c] = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
         }
     }
-    image::save_buffer(path, &rgb.data, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+    rgb
+}
+
+fn save(path: &Path, img: &Image) -> Result<()> {
+    let rgb = to_rgb8(img);
+    image::save_buffer(path, &rgb.data, rgb.width as u32, rgb.height as u32, image::ExtendedColorType::Rgb8)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Content, style (stretched to the content's size) and result in a row.
+fn save_sheet(path: &Path, content: &Image, style: &Image, result: &Image) -> Result<()> {
+    let [h, w] = content.size;
+    let style = vgg::image::resize(&to_rgb8(style), w, h, Filter::Bilinear);
+    let tiles = [(to_rgb8(content).data, "content"), (style.data, "style"), (to_rgb8(result).data, "result")];
+    let tiles: Vec<(Vec<u8>, String)> = tiles.into_iter().map(|(d, t)| (d, t.to_string())).collect();
+    vgg::plot::image_sheet(&tiles, [h, w], 3).save(path).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
 }
 
 fn step_path(out: &Path, step: usize) -> PathBuf {
