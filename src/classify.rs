@@ -91,7 +91,7 @@ fn prediction(path: &Path, top: Vec<(usize, f32)>, labels: &[String]) -> Predict
 
 /// Classifies image files, `batch` at a time; images of the same preprocessed size share a forward
 /// pass, others run separately. Each result is in input order; a file that fails to load gives its
-/// own error without stopping the rest.
+/// own error without stopping the rest. Runs on the fast engine where it runs the model.
 pub fn classify_files(
     model: &Vgg,
     pre: &Preprocess,
@@ -101,10 +101,44 @@ pub fn classify_files(
     batch: usize,
     on_done: &mut dyn FnMut(usize),
 ) -> Vec<Result<Prediction, ImageError>> {
-    let device = model.devices();
-    // The fast engine where it runs the model; burn otherwise.
-    let engine = crate::engine::Engine::new(model).ok();
-    let classes = model.config().num_classes;
+    match crate::engine::Engine::new(model) {
+        Ok(engine) => classify_files_on(&Net::Engine(&engine), pre, labels, paths, k, batch, on_done),
+        Err(_) => classify_files_on(&Net::Burn(model), pre, labels, paths, k, batch, on_done),
+    }
+}
+
+/// [`classify_files`] on an engine (which holds the only copy of the weights).
+pub fn classify_files_engine(
+    engine: &crate::engine::Engine,
+    pre: &Preprocess,
+    labels: &[String],
+    paths: &[PathBuf],
+    k: usize,
+    batch: usize,
+    on_done: &mut dyn FnMut(usize),
+) -> Vec<Result<Prediction, ImageError>> {
+    classify_files_on(&Net::Engine(engine), pre, labels, paths, k, batch, on_done)
+}
+
+enum Net<'a> {
+    Engine(&'a crate::engine::Engine),
+    Burn(&'a Vgg),
+}
+
+fn classify_files_on(
+    net: &Net,
+    pre: &Preprocess,
+    labels: &[String],
+    paths: &[PathBuf],
+    k: usize,
+    batch: usize,
+    on_done: &mut dyn FnMut(usize),
+) -> Vec<Result<Prediction, ImageError>> {
+    let config = match net {
+        Net::Engine(e) => e.config(),
+        Net::Burn(m) => m.config(),
+    };
+    let classes = config.num_classes;
     let mut out: Vec<Option<Result<Prediction, ImageError>>> = (0..paths.len()).map(|_| None).collect();
     let batch = batch.max(1);
     for chunk_start in (0..paths.len()).step_by(batch) {
@@ -113,7 +147,7 @@ pub fn classify_files(
         for &i in &idx {
             match pre.load(&paths[i]).and_then(|t| {
                 let [c, h, w] = t.shape;
-                model
+                config
                     .check_input([1, c, h, w])
                     .map_err(|e| ImageError::Invalid(format!("{}: {e}", paths[i].display())))
                     .map(|_| t)
@@ -128,15 +162,15 @@ pub fn classify_files(
             let (group, rest): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, t)| t.shape == shape);
             loaded = rest;
             let tensors: Vec<ImageTensor> = group.iter().map(|(_, t)| t.clone()).collect();
-            let tops = match &engine {
-                Some(engine) => {
+            let tops = match net {
+                Net::Engine(engine) => {
                     let [c, h, w] = shape;
                     let data: Vec<f32> = tensors.iter().flat_map(|t| t.data.iter().copied()).collect();
                     let logits = engine.forward(&data, [tensors.len(), c, h, w]);
                     top_k_rows(&softmax_rows(&logits, classes), classes, k)
                 }
-                None => {
-                    let x = ImageTensor::batch(&tensors, &device).expect("group shares one shape");
+                Net::Burn(model) => {
+                    let x = ImageTensor::batch(&tensors, &model.devices()).expect("group shares one shape");
                     top_k(&softmax(model.forward(x), 1), k)
                 }
             };

@@ -263,6 +263,22 @@ impl VggConfig {
         self
     }
 
+    /// Checks that an input of `[N, C, H, W]` fits the network, with a message that says why not.
+    pub fn check_input(&self, dims: [usize; 4]) -> Result<(), ConfigError> {
+        let bad = |why: String| ConfigError::BadInput { arch: self.arch_name(), got: dims.to_vec(), why };
+        let [n, c, h, w] = dims;
+        if n == 0 {
+            return Err(bad("empty batch".into()));
+        }
+        if c != self.in_channels {
+            return Err(bad(format!("expected {} input channels", self.in_channels)));
+        }
+        if h < Self::MIN_INPUT || w < Self::MIN_INPUT {
+            return Err(bad(format!("five 2x2 max-pools need at least {0}x{0} pixels", Self::MIN_INPUT)));
+        }
+        Ok(())
+    }
+
     /// Checks the values that the constructors cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.width > 0.0 && self.width.is_finite()) {

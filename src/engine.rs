@@ -17,7 +17,7 @@ use crate::config::{Head, LayerKind, VggConfig};
 use crate::kernels::packed::PackedB;
 use crate::kernels::{conv, dense, norm, pool};
 use crate::model::Vgg;
-use crate::weights::{StateDict, TensorEntry};
+use crate::weights::{StateDict, Strict, TensorEntry};
 
 /// What the engine cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,9 @@ pub enum EngineError {
     /// A weight the model should have is absent or of another size.
     #[error("weights for the engine: {0}")]
     Weights(String),
+    /// The weights do not fit the configuration (a strict load).
+    #[error(transparent)]
+    Load(#[from] crate::weights::WeightsError),
 }
 
 /// A parameter: PyTorch key, value in the engine's layout, and its gradient after a backward pass.
@@ -206,6 +209,15 @@ impl Engine {
     /// Builds the network of `config` with the weights of `sd` (torchvision keys), taking them over.
     pub fn from_state_dict(config: &VggConfig, sd: StateDict) -> Result<Self, EngineError> {
         Self::supports(config)?;
+        Self::build(config, sd)
+    }
+
+    /// Like [`Engine::from_state_dict`], with the checks and errors of a burn model's
+    /// `load_state_dict` (missing, unexpected and misshapen keys named; the paper's key names
+    /// accepted). The engine needs every tensor, so non-strict loading only ignores extra keys.
+    pub fn load(config: &VggConfig, sd: StateDict, strict: Strict) -> Result<Self, EngineError> {
+        Self::supports(config)?;
+        let sd = crate::weights::keys::conform(sd, config, strict)?;
         Self::build(config, sd)
     }
 

@@ -95,32 +95,50 @@ pub fn default_preprocess(config: &VggConfig) -> Preprocess {
     p
 }
 
-/// Builds the model for `spec`. `config` (from `--arch` and friends) is required for random
-/// weights and for files that neither record nor reveal their architecture.
-pub fn load(
+/// Weights read for a configuration, not yet in a model: what the engine takes over directly, so
+/// that inference holds one copy of them (`vgg classify`, `vgg bench`).
+#[derive(Debug)]
+pub struct Weights {
+    /// The architecture they are for.
+    pub config: VggConfig,
+    /// The tensors, under torchvision's keys.
+    pub state_dict: weights::StateDict,
+    /// The preprocessing they expect.
+    pub preprocess: Preprocess,
+    /// What was loaded (for messages).
+    pub source: String,
+    /// Trunk-only weights for a configuration with a head: the head stays as initialised.
+    pub partial: bool,
+}
+
+/// Reads the weights of `spec` (random ones are drawn as torchvision initialises them, seed 0).
+/// `config` (from `--arch` and friends) is required for random weights and for files that neither
+/// record nor reveal their architecture.
+pub fn weights(
     spec: &WeightsSpec,
     config: Option<VggConfig>,
-    strict: Strict,
     fetcher: &Fetcher,
-    device: &Device,
     progress: &mut dyn FnMut(u64, Option<u64>),
-) -> Result<Loaded, LoadError> {
+) -> Result<Weights, LoadError> {
+    let w = |config: VggConfig, state_dict, preprocess, source: String| Weights {
+        config,
+        state_dict,
+        preprocess,
+        source,
+        partial: false,
+    };
     match spec {
         WeightsSpec::Random => {
             let config = config.ok_or_else(|| LoadError::UnknownArch("random weights".into()))?;
-            let model = Vgg::new(&config, device)?;
-            Ok(Loaded {
-                preprocess: default_preprocess(&config),
-                model,
-                source: "random initialisation".into(),
-                report: LoadReport::default(),
-            })
+            config.validate()?;
+            let sd = weights::init::torchvision(&config, 0);
+            Ok(w(config.clone(), sd, default_preprocess(&config), "random initialisation".into()))
         }
         WeightsSpec::Formula => {
             let config = config.ok_or_else(|| LoadError::UnknownArch("formula weights".into()))?;
-            let mut model = Vgg::new(&config, device)?;
-            let report = model.load_state_dict(&crate::formula::state_dict(model.plan()), Strict::Yes)?;
-            Ok(Loaded { preprocess: default_preprocess(&config), model, source: "FORMULA.md weights".into(), report })
+            config.validate()?;
+            let sd = crate::formula::state_dict(&config.plan([224, 224]));
+            Ok(w(config.clone(), sd, default_preprocess(&config), "FORMULA.md weights".into()))
         }
         WeightsSpec::Named(name) => {
             let entry = registry::lookup(name)?;
@@ -139,36 +157,50 @@ pub fn load(
             };
             let path = fetcher.get(name, progress)?;
             let sd = weights::load_file(&path)?;
-            let strict = if entry.features_only && !matches!(config.head, crate::config::Head::None) {
-                Strict::No
-            } else {
-                strict
-            };
-            let mut model = Vgg::new(&config, device)?;
-            let report = model.load_state_dict(&sd, strict)?;
             let mut preprocess = Preprocess::imagenet();
             preprocess.normalize = entry.normalize();
-            Ok(Loaded { model, preprocess, source: format!("{name} ({})", path.display()), report })
+            let partial = entry.features_only && !matches!(config.head, crate::config::Head::None);
+            Ok(Weights { partial, ..w(config, sd, preprocess, format!("{name} ({})", path.display())) })
         }
         WeightsSpec::File(path) => {
             let p = path.display().to_string();
             let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: p.clone(), err })?;
-            from_bytes(&bytes, p, config, strict, device)
+            from_bytes(&bytes, p, config)
         }
-        WeightsSpec::FashionMnist => {
-            from_bytes(FASHION_MNIST, "the built-in Fashion-MNIST model".into(), config, strict, device)
-        }
+        WeightsSpec::FashionMnist => from_bytes(FASHION_MNIST, "the built-in Fashion-MNIST model".into(), config),
     }
 }
 
-/// A model from the bytes of a `.pth` or `.safetensors` file.
-fn from_bytes(
-    bytes: &[u8],
-    p: String,
+/// Builds the model for `spec`. `config` (from `--arch` and friends) is required for random
+/// weights and for files that neither record nor reveal their architecture.
+pub fn load(
+    spec: &WeightsSpec,
     config: Option<VggConfig>,
     strict: Strict,
+    fetcher: &Fetcher,
     device: &Device,
+    progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<Loaded, LoadError> {
+    if let WeightsSpec::Random = spec {
+        // burn's own initialisation: no second copy to load.
+        let config = config.ok_or_else(|| LoadError::UnknownArch("random weights".into()))?;
+        let model = Vgg::new(&config, device)?;
+        return Ok(Loaded {
+            preprocess: default_preprocess(&config),
+            model,
+            source: "random initialisation".into(),
+            report: LoadReport::default(),
+        });
+    }
+    let w = weights(spec, config, fetcher, progress)?;
+    let strict = if w.partial { Strict::No } else { strict };
+    let mut model = Vgg::new(&w.config, device)?;
+    let report = model.load_state_dict(&w.state_dict, strict)?;
+    Ok(Loaded { model, preprocess: w.preprocess, source: w.source, report })
+}
+
+/// The weights in the bytes of a `.pth` or `.safetensors` file.
+fn from_bytes(bytes: &[u8], p: String, config: Option<VggConfig>) -> Result<Weights, LoadError> {
     let (mut sd, recorded, recorded_pre) = if weights::safetensors::looks_like(bytes) {
         let (sd, meta) = weights::safetensors::read(bytes, &p)?;
         (sd, meta.config, meta.preprocess)
@@ -181,7 +213,12 @@ fn from_bytes(
         Some(c) => c,
         None => weights::infer::infer_config(&sd).ok_or_else(|| LoadError::UnknownArch(p.clone()))?,
     };
-    let mut model = Vgg::new(&config, device)?;
-    let report = model.load_state_dict(&sd, strict)?;
-    Ok(Loaded { preprocess: recorded_pre.unwrap_or_else(|| default_preprocess(&config)), model, source: p, report })
+    config.validate()?;
+    Ok(Weights {
+        preprocess: recorded_pre.unwrap_or_else(|| default_preprocess(&config)),
+        config,
+        state_dict: sd,
+        source: p,
+        partial: false,
+    })
 }

@@ -76,8 +76,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let dims = [a.batch, config.in_channels, size, size];
     let model_device = if a.train && !fast { burn::tensor::Device::default().autodiff() } else { Default::default() };
-    let model = Vgg::new(&config, &model_device)?;
-    model.check_input(dims)?;
+    config.check_input(dims)?;
+    // The engine takes torchvision-initialised tensors over directly: one copy of the weights in
+    // memory (a burn model first would double the peak RSS).
+    let engine = || Engine::from_state_dict(&config, vgg::weights::init::torchvision(&config, 0));
+    let model = || Vgg::new(&config, &model_device);
     let mut rng = 0x2545f4914f6cdd1du64;
     let x: Vec<f32> = (0..dims.iter().product::<usize>())
         .map(|_| {
@@ -95,9 +98,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut layer_times: Vec<(String, f64)> = Vec::new();
     let mut run: Box<dyn FnMut()> = match (fast, a.train) {
         (true, false) => {
-            let engine = Engine::new(&model)?;
-            // Only the engine's copy of the weights stays in memory.
-            drop(model);
+            let engine = engine()?;
             if a.layers {
                 let runs: Vec<Vec<(String, f64)>> =
                     (0..a.warmup + a.iters).map(|_| engine.profile(&x, dims)).skip(a.warmup).collect();
@@ -116,8 +117,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             })
         }
         (true, true) => {
-            let mut engine = Engine::new(&model)?;
-            drop(model);
+            let mut engine = engine()?;
             let mut opt = OptimizerState::default();
             let cfg = OptimizerConfig::Sgd(sgd);
             Box::new(move || {
@@ -126,6 +126,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             })
         }
         (false, false) => {
+            let model = model()?;
             let device = model_device.clone();
             Box::new(move || {
                 let t = burn::tensor::Tensor::<4>::from_data(burn::tensor::TensorData::new(x.clone(), dims), &device);
@@ -134,7 +135,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         (false, true) => {
             let device = model_device.clone();
-            let mut model = model;
+            let mut model = model()?;
             let mut state = vgg::train::sgd::SgdState::default();
             Box::new(move || {
                 let t = burn::tensor::Tensor::<4>::from_data(burn::tensor::TensorData::new(x.clone(), dims), &device);

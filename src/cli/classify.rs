@@ -2,12 +2,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use vgg::classify::{classify_files, classify_files_with};
+use vgg::classify::{classify_files, classify_files_engine, classify_files_with};
 use vgg::config::Head;
+use vgg::engine::Engine;
+use vgg::model::Vgg;
 use vgg::protocol::{Protocol, Views};
+use vgg::weights::Strict;
 
 use super::ModelArgs;
 
@@ -47,8 +50,8 @@ pub struct ClassifyArgs {
 }
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
-    let loaded = a.model.load(true)?;
-    let config = loaded.model.config().clone();
+    let w = a.model.weights()?;
+    let config = w.config.clone();
     if matches!(config.head, Head::None) {
         bail!("{} has no classifier head (features-only weights); use `vgg features`", config.arch_name());
     }
@@ -75,14 +78,26 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
         "multicrop" | "multi-crop" => Protocol::MultiCrop { scales: scales()?, grid: a.grid.max(1) },
         other => bail!("unknown protocol '{other}' (expected center, dense or multicrop)"),
     };
-    let results = if protocol == Protocol::Center && !a.flip {
-        classify_files(&loaded.model, &loaded.preprocess, &labels, &a.images, a.top, a.batch, &mut |n| {
-            bar.inc(n as u64)
-        })
+    let pre = w.preprocess.clone();
+    let mut done = |n: usize| bar.inc(n as u64);
+    let results = if Engine::supports(&config).is_ok() && !w.partial {
+        // The engine takes the tensors over: one copy of the weights in memory.
+        let engine =
+            Engine::load(&config, w.state_dict, Strict::Yes).with_context(|| format!("loading {}", w.source))?;
+        if protocol == Protocol::Center && !a.flip {
+            classify_files_engine(&engine, &pre, &labels, &a.images, a.top, a.batch, &mut done)
+        } else {
+            let views = Views { protocol, flip: a.flip };
+            classify_files_with(&engine, &pre, &views, &labels, &a.images, a.top, &mut done)
+        }
     } else {
-        let engine = vgg::engine::Engine::new(&loaded.model)?;
-        let views = Views { protocol, flip: a.flip };
-        classify_files_with(&engine, &loaded.preprocess, &views, &labels, &a.images, a.top, &mut |n| bar.inc(n as u64))
+        if protocol != Protocol::Center || a.flip {
+            bail!("the test protocols and --flip run on the fast engine, which does not run {}", config.arch_name());
+        }
+        let mut model = Vgg::new(&config, &Default::default())?;
+        let strict = if w.partial { Strict::No } else { Strict::Yes };
+        model.load_state_dict(&w.state_dict, strict).with_context(|| format!("loading {}", w.source))?;
+        classify_files(&model, &pre, &labels, &a.images, a.top, a.batch, &mut done)
     };
     bar.finish_and_clear();
     let mut failed = 0;

@@ -136,17 +136,38 @@ fn download_bar() -> ProgressBar {
     bar
 }
 
-/// Loads the model for `--weights`; without it (and without `--arch`), the built-in Fashion-MNIST
-/// model.
-fn load_model(arch: &ArchArgs, weights: Option<&str>, strict: bool) -> Result<Loaded> {
-    let weights = match weights {
-        Some(w) => w,
-        None if arch.arch.is_none() => "fashion-mnist",
+/// `--weights`, or without it (and without `--arch`) the built-in Fashion-MNIST model.
+fn weights_or_default<'a>(arch: &ArchArgs, weights: Option<&'a str>) -> Result<&'a str> {
+    match weights {
+        Some(w) => Ok(w),
+        None if arch.arch.is_none() => Ok("fashion-mnist"),
         None => bail!(
             "--weights is required with --arch: a .pth or .safetensors file, torchvision:NAME (see `vgg weights list`), random or formula"
         ),
-    };
+    }
+}
+
+/// Loads the model for `--weights`; without it (and without `--arch`), the built-in Fashion-MNIST
+/// model.
+fn load_model(arch: &ArchArgs, weights: Option<&str>, strict: bool) -> Result<Loaded> {
+    let weights = weights_or_default(arch, weights)?;
     load_weights(weights, arch.config()?, strict, &burn::tensor::Device::default())
+}
+
+/// Reads the tensors of `--weights` without building a model (for the engine), with a download bar.
+fn read_weights(arch: &ArchArgs, weights: Option<&str>) -> Result<pretrained::Weights> {
+    let weights = weights_or_default(arch, weights)?;
+    let bar = download_bar();
+    let mut progress = |done: u64, total: Option<u64>| {
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        bar.set_position(done);
+    };
+    let w = pretrained::weights(&WeightsSpec::parse(weights), arch.config()?, &Fetcher::from_env(), &mut progress)
+        .with_context(|| format!("loading weights {weights}"))?;
+    bar.finish_and_clear();
+    Ok(w)
 }
 
 /// Loads `weights` (a spec as `--weights` takes it) onto `device`, with a download bar, and reports
@@ -232,6 +253,13 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Reads the weights (no model yet) and applies the preprocessing overrides.
+    fn weights(&self) -> Result<pretrained::Weights> {
+        let mut w = read_weights(&self.arch, self.weights.as_deref())?;
+        self.preprocess.apply(&mut w.preprocess)?;
+        Ok(w)
+    }
+
     /// Loads the model and applies the preprocessing overrides.
     fn load(&self, strict: bool) -> Result<Loaded> {
         let mut loaded = load_model(&self.arch, self.weights.as_deref(), strict)?;

@@ -110,18 +110,7 @@ impl Vgg {
 
     /// Checks that an input of `[N, C, H, W]` fits the network, with a message that says why not.
     pub fn check_input(&self, dims: [usize; 4]) -> Result<(), ConfigError> {
-        let bad = |why: String| ConfigError::BadInput { arch: self.config.arch_name(), got: dims.to_vec(), why };
-        let [n, c, h, w] = dims;
-        if n == 0 {
-            return Err(bad("empty batch".into()));
-        }
-        if c != self.config.in_channels {
-            return Err(bad(format!("expected {} input channels", self.config.in_channels)));
-        }
-        if h < VggConfig::MIN_INPUT || w < VggConfig::MIN_INPUT {
-            return Err(bad(format!("five 2x2 max-pools need at least {0}x{0} pixels", VggConfig::MIN_INPUT)));
-        }
-        Ok(())
+        self.config.check_input(dims)
     }
 
     /// Evaluation-mode forward: BatchNorm uses running statistics, dropout is off.

@@ -12,7 +12,7 @@ use burn::module::{Param, RunningState};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::{Dtype, StateDict, TensorEntry, WeightsError};
-use crate::config::{LayerKind, Plan};
+use crate::config::{LayerKind, Plan, VggConfig};
 use crate::model::Vgg;
 
 /// Whether every key must match.
@@ -85,6 +85,67 @@ pub fn rename(sd: &StateDict, plan: &Plan, style: KeyStyle) -> StateDict {
             (new, v.clone())
         })
         .collect()
+}
+
+/// Every torchvision key of a configuration with its shape, in `state_dict` order.
+pub fn expected_shapes(config: &VggConfig) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for l in &config.plan([224, 224]).layers {
+        let shapes: Vec<Vec<usize>> = match l.kind {
+            LayerKind::Conv { in_channels, out_channels, kernel } => {
+                vec![vec![out_channels, in_channels, kernel, kernel], vec![out_channels]]
+            }
+            LayerKind::Linear { in_features, out_features } => {
+                vec![vec![out_features, in_features], vec![out_features]]
+            }
+            LayerKind::BatchNorm { channels } => vec![vec![channels]; 4].into_iter().chain([vec![]]).collect(),
+            _ => vec![],
+        };
+        for (leaf, shape) in leaves(&l.kind).iter().zip(shapes) {
+            out.push((format!("{}.{leaf}", l.key), shape));
+        }
+    }
+    out
+}
+
+/// Checks `sd` against `config` as a strict (or non-strict) `load_state_dict` would, with the same
+/// errors, and returns it under torchvision's keys (files may use the paper's). Non-strict keeps
+/// what matches; the caller decides what a missing tensor means.
+pub fn conform(sd: StateDict, config: &VggConfig, strict: Strict) -> Result<StateDict, WeightsError> {
+    let plan = config.plan([224, 224]);
+    let paper: std::collections::BTreeSet<String> = key_pairs(&plan).into_iter().map(|(_, p)| p).collect();
+    let sd = if sd.keys().any(|k| paper.contains(k)) { rename(&sd, &plan, KeyStyle::Torchvision) } else { sd };
+    if strict == Strict::No {
+        return Ok(sd);
+    }
+    let arch = config.arch_name();
+    let expected = expected_shapes(config);
+    for (key, shape) in &expected {
+        match sd.get(key) {
+            None => {
+                return Err(WeightsError::MissingKey {
+                    key: key.clone(),
+                    expected: shape.clone(),
+                    arch,
+                    hint: describe(&sd),
+                });
+            }
+            Some(t) if t.shape != *shape && !(key.ends_with(".num_batches_tracked") && t.data.len() == 1) => {
+                return Err(WeightsError::ShapeMismatch {
+                    key: key.clone(),
+                    expected: shape.clone(),
+                    found: t.shape.clone(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    let known: std::collections::BTreeSet<&String> = expected.iter().map(|(k, _)| k).collect();
+    let unexpected: Vec<String> = sd.keys().filter(|k| !known.contains(k)).cloned().collect();
+    if !unexpected.is_empty() {
+        return Err(WeightsError::UnexpectedKeys { arch, keys: unexpected.join(", ") });
+    }
+    Ok(sd)
 }
 
 /// A mutable slot of the model: a parameter or a running statistic of rank 1, 2 or 4.

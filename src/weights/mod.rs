@@ -6,6 +6,7 @@
 //! - [`registry`]: torchvision's published weights by name, downloaded once into a cache.
 
 pub mod infer;
+pub mod init;
 pub mod keys;
 pub mod pickle;
 pub mod pth;
