@@ -162,3 +162,33 @@ fn safetensors_round_trip_keeps_keys_values_and_architecture() {
     assert_eq!(m2.state_dict(), sd);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The writer's files read back bit for bit (f32) or as the rounding of each value (f16, bf16),
+/// starting from a file PyTorch wrote (`torch.save(model.state_dict(), "small.pth")`).
+#[test]
+fn pth_writer_round_trips_a_torch_file_in_every_dtype() {
+    let sd = weights::load_file(&fixtures().join("checkpoints/small.pth")).unwrap();
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+        let bytes = weights::pth::write(&sd, dtype).unwrap();
+        assert!(bytes.starts_with(b"PK\x03\x04"));
+        let back = weights::pth::read(&bytes, "written.pth").unwrap();
+        assert_eq!(back.keys().collect::<Vec<_>>(), sd.keys().collect::<Vec<_>>());
+        for (k, t) in &sd {
+            let b = &back[k];
+            assert_eq!(b.shape, t.shape, "{k}");
+            if t.dtype == Dtype::I64 {
+                assert_eq!(b.dtype, Dtype::I64, "{k}");
+                assert_eq!(b.data, t.data, "{k}");
+                continue;
+            }
+            assert_eq!(b.dtype, dtype, "{k}");
+            let round = |v: f32| match dtype {
+                Dtype::F16 => half::f16::from_f32(v).to_f32(),
+                Dtype::BF16 => half::bf16::from_f32(v).to_f32(),
+                _ => v,
+            };
+            let want: Vec<f32> = t.data.iter().map(|&v| round(v)).collect();
+            assert_eq!(b.data, want, "{k}");
+        }
+    }
+}

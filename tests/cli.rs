@@ -382,3 +382,64 @@ fn feature_grids_tile_the_first_channels_each_stretched_to_its_range() {
     // Tiles past the tenth are left white.
     assert_eq!(png.get_pixel(2 + 3 * 58 + 10, 2 + 2 * 58 + 10)[0], 255);
 }
+
+/// `vgg convert`: the built-in model to bf16 safetensors (metadata kept), to an f16 `.pth` with the
+/// paper's keys and back, to ONNX; values are exactly the roundings of the f32 ones.
+#[test]
+fn convert_between_formats_and_precisions() {
+    let (orig, meta) = weights::safetensors::read(vgg::pretrained::FASHION_MNIST, "built-in").unwrap();
+    let round = |v: f32, d: Dtype| match d {
+        Dtype::F16 => half::f16::from_f32(v).to_f32(),
+        Dtype::BF16 => half::bf16::from_f32(v).to_f32(),
+        _ => v,
+    };
+    let st = tmp("conv-bf16.safetensors");
+    let o = vgg(&["convert", "fashion-mnist", st.to_str().unwrap(), "--dtype", "bf16", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(j["tensors"].as_array().unwrap().len(), orig.len());
+    let bytes = std::fs::read(&st).unwrap();
+    let (back, back_meta) = weights::safetensors::read(&bytes, "converted").unwrap();
+    assert_eq!(back_meta.config, meta.config, "the architecture travels in the metadata");
+    for (k, t) in &orig {
+        let want: Vec<f32> =
+            t.data.iter().map(|&v| round(v, if t.dtype == Dtype::I64 { Dtype::I64 } else { Dtype::BF16 })).collect();
+        assert_eq!(back[k].data, want, "{k}");
+        assert_eq!(back[k].dtype, if t.dtype == Dtype::I64 { Dtype::I64 } else { Dtype::BF16 }, "{k}");
+    }
+    // f16 .pth with the paper's keys (no metadata there: the architecture is given back by flags).
+    let pth = tmp("conv-f16.pth");
+    let o = vgg(&["convert", "fashion-mnist", pth.to_str().unwrap(), "--dtype", "f16", "--keys", "paper"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("features.0.weight") && stdout(&o).contains("conv1_1.weight"), "{}", stdout(&o));
+    let raw = weights::load_file(&pth).unwrap();
+    assert!(raw.contains_key("conv1_1.weight") && raw.contains_key("bn1_1.running_var"));
+    let again = tmp("conv-again.safetensors");
+    // No dropout in the built-in head, so its last layer is classifier.2.
+    let arch = "--arch vgg11_bn --width 0.375 --head cifar --num-classes 10 --in-channels 1 --dropout 0";
+    let mut args = vec!["convert", pth.to_str().unwrap(), again.to_str().unwrap()];
+    args.extend(arch.split(' '));
+    let o = vgg(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let back = weights::load_file(&again).unwrap();
+    for (k, t) in &orig {
+        let d = if t.dtype == Dtype::I64 { Dtype::I64 } else { Dtype::F16 };
+        let want: Vec<f32> = t.data.iter().map(|&v| round(v, d)).collect();
+        assert_eq!(back[k].data, want, "{k}");
+    }
+    let onnx = tmp("conv.onnx");
+    let o = vgg(&["convert", "fashion-mnist", onnx.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::metadata(&onnx).unwrap().len() > 1_000_000);
+    // What it cannot do says so.
+    for (args, needle) in [
+        (vec!["convert", "fashion-mnist", onnx.to_str().unwrap(), "--dtype", "f16"], "f32"),
+        (vec!["convert", onnx.to_str().unwrap(), st.to_str().unwrap()], "not implemented"),
+        (vec!["convert", "fashion-mnist", "out.h5"], "h5"),
+        (vec!["convert", "nope.pth", "out.safetensors"], "nope.pth"),
+    ] {
+        let o = vgg(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+}

@@ -302,7 +302,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A .safetensors file written by `vgg train` (or any weights recording their preprocessing).
+    /// A .safetensors file written by `vgg train` (or any weights recording their preprocessing),
+    /// or fashion-mnist for the built-in model.
     #[arg(long)]
     weights: PathBuf,
     #[command(flatten)]

@@ -809,7 +809,11 @@ enum Runner {
 /// Loads a weights file for evaluation with the preprocessing it records.
 pub fn load_for_eval(path: &Path, device: &Device) -> Result<(Vgg, crate::image::Preprocess), TrainError> {
     let loaded = crate::pretrained::load(
-        &crate::pretrained::WeightsSpec::File(path.to_path_buf()),
+        // `fashion-mnist` names the built-in model; anything else is a file.
+        &match path.to_str() {
+            Some("fashion-mnist") => crate::pretrained::WeightsSpec::FashionMnist,
+            _ => crate::pretrained::WeightsSpec::File(path.to_path_buf()),
+        },
         None,
         Strict::Yes,
         &weights::registry::Fetcher::from_env(),

@@ -201,3 +201,113 @@ fn materialise(
     };
     TensorEntry::from_le_bytes(dtype, t.shape.clone(), &out).map_err(fmt)
 }
+
+/// Writes a state dict as a PyTorch zip checkpoint (`torch.save(state_dict)` of PyTorch ≥ 1.6):
+/// `archive/data.pkl` (a pickle, protocol 2, of a dict of
+/// `torch._utils._rebuild_tensor_v2` calls on persistent storages), one stored (uncompressed)
+/// entry per storage under `archive/data/`, 64-byte aligned as torch writes them, `version` and
+/// `byteorder`. Floating tensors are stored as `float_dtype`; integer ones keep their type.
+pub fn write(sd: &StateDict, float_dtype: Dtype) -> Result<Vec<u8>, WeightsError> {
+    use std::io::Write;
+    let mut pk = Pickler::default();
+    pk.bytes(&[0x80, 2]); // PROTO 2
+    pk.bytes(b"}("); // EMPTY_DICT (as torch pickles a state dict), MARK
+    let mut storages = Vec::with_capacity(sd.len());
+    for (i, (key, t)) in sd.iter().enumerate() {
+        let dtype = match t.dtype {
+            Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16 => float_dtype,
+            d => d,
+        };
+        let class = match dtype {
+            Dtype::F32 => "FloatStorage",
+            Dtype::F64 => "DoubleStorage",
+            Dtype::F16 => "HalfStorage",
+            Dtype::BF16 => "BFloat16Storage",
+            Dtype::I64 => "LongStorage",
+            Dtype::I32 => "IntStorage",
+            Dtype::I16 => "ShortStorage",
+            Dtype::I8 => "CharStorage",
+            Dtype::U8 => "ByteStorage",
+            Dtype::Bool => "BoolStorage",
+        };
+        pk.unicode(key);
+        pk.global("torch._utils", "_rebuild_tensor_v2");
+        pk.bytes(b"("); // MARK of the arguments
+        pk.bytes(b"("); // MARK of the persistent id
+        pk.unicode("storage");
+        pk.global("torch", class);
+        pk.unicode(&i.to_string());
+        pk.unicode("cpu");
+        pk.int(t.data.len() as i64);
+        pk.bytes(b"tQ"); // TUPLE, BINPERSID
+        pk.int(0); // storage offset
+        pk.tuple(&t.shape);
+        let mut stride = vec![1usize; t.shape.len()];
+        for d in (0..t.shape.len().saturating_sub(1)).rev() {
+            stride[d] = stride[d + 1] * t.shape[d + 1];
+        }
+        pk.tuple(&stride);
+        pk.bytes(&[0x89]); // NEWFALSE: requires_grad
+        pk.global("collections", "OrderedDict");
+        pk.bytes(b")R"); // backward hooks
+        pk.bytes(b"tR"); // TUPLE of the arguments, REDUCE
+        storages.push(t.to_le_bytes(dtype));
+    }
+    pk.bytes(b"u."); // SETITEMS, STOP
+    let fmt = |e: zip::result::ZipError| WeightsError::Format { path: "(writing .pth)".into(), what: e.to_string() };
+    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).with_alignment(64);
+    let mut put = |name: String, data: &[u8]| -> Result<(), WeightsError> {
+        zip.start_file(name, opts).map_err(fmt)?;
+        zip.write_all(data).map_err(|e| WeightsError::Io { path: "(writing .pth)".into(), err: e })
+    };
+    put("archive/data.pkl".into(), &pk.out)?;
+    put("archive/byteorder".into(), b"little")?;
+    for (i, s) in storages.iter().enumerate() {
+        put(format!("archive/data/{i}"), s)?;
+    }
+    put("archive/version".into(), b"3\n")?;
+    Ok(zip.finish().map_err(fmt)?.into_inner())
+}
+
+/// The few pickle opcodes a state dict needs.
+#[derive(Default)]
+struct Pickler {
+    out: Vec<u8>,
+}
+
+impl Pickler {
+    fn bytes(&mut self, b: &[u8]) {
+        self.out.extend_from_slice(b);
+    }
+
+    fn global(&mut self, module: &str, name: &str) {
+        self.out.push(b'c');
+        self.out.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+    }
+
+    fn unicode(&mut self, s: &str) {
+        self.out.push(b'X'); // BINUNICODE
+        self.out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(s.as_bytes());
+    }
+
+    fn int(&mut self, v: i64) {
+        if let Ok(v) = i32::try_from(v) {
+            self.out.push(b'J'); // BININT
+            self.out.extend_from_slice(&v.to_le_bytes());
+        } else {
+            self.out.extend_from_slice(&[0x8a, 8]); // LONG1, 8 bytes
+            self.out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    fn tuple(&mut self, v: &[usize]) {
+        self.out.push(b'(');
+        for &x in v {
+            self.int(x as i64);
+        }
+        self.out.push(b't');
+    }
+}

@@ -1,0 +1,151 @@
+//! `vgg convert`
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use vgg::export::onnx::{OnnxOptions, to_onnx};
+use vgg::weights::keys::{KeyStyle, key_pairs, rename};
+use vgg::weights::{Dtype, StateDict, is_optimizer_key};
+
+use super::{ArchArgs, parse_size};
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// What to read: a .pth (zip, legacy or training checkpoint) or .safetensors file,
+    /// torchvision:NAME, or fashion-mnist (the built-in model).
+    input: String,
+    /// What to write: .safetensors, .pth or .onnx (or --to).
+    output: PathBuf,
+    /// safetensors, pth or onnx (default: from OUTPUT's extension).
+    #[arg(long)]
+    to: Option<String>,
+    /// Storage of floating tensors: f32, f16 or bf16 (safetensors and pth; ONNX is written in f32).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// torchvision (features.0.weight) or paper (conv1_1.weight) keys (safetensors and pth).
+    #[arg(long, default_value = "torchvision")]
+    keys: String,
+    /// ONNX: input size, N or HxW (default: the weights' crop, else 224).
+    #[arg(long)]
+    size: Option<String>,
+    /// ONNX: fold BatchNorm into the convolutions.
+    #[arg(long)]
+    fold_bn: bool,
+    #[command(flatten)]
+    arch: ArchArgs,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn dtype_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F32 => "f32",
+        Dtype::F64 => "f64",
+        Dtype::F16 => "f16",
+        Dtype::BF16 => "bf16",
+        Dtype::I64 => "i64",
+        Dtype::I32 => "i32",
+        Dtype::I16 => "i16",
+        Dtype::I8 => "i8",
+        Dtype::U8 => "u8",
+        Dtype::Bool => "bool",
+    }
+}
+
+pub fn run(a: ConvertArgs) -> Result<()> {
+    let lower = a.input.to_lowercase();
+    if lower.ends_with(".onnx") || lower.ends_with(".h5") || lower.ends_with(".keras") {
+        bail!("{}: reading ONNX and Keras files is not implemented yet; convert reads .pth and .safetensors", a.input);
+    }
+    let format = match (&a.to, a.output.extension().and_then(|e| e.to_str())) {
+        (Some(f), _) => f.to_lowercase(),
+        (None, Some(e)) => e.to_lowercase(),
+        (None, None) => bail!("give --to safetensors, pth or onnx, or an OUTPUT with that extension"),
+    };
+    let dtype = match a.dtype.as_str() {
+        "f32" => Dtype::F32,
+        "f16" => Dtype::F16,
+        "bf16" => Dtype::BF16,
+        other => bail!("unknown dtype '{other}' (expected f32, f16 or bf16)"),
+    };
+    let keys = match a.keys.as_str() {
+        "torchvision" => KeyStyle::Torchvision,
+        "paper" => KeyStyle::Paper,
+        other => bail!("unknown key style '{other}' (expected torchvision or paper)"),
+    };
+    let w = super::read_weights(&a.arch, Some(&a.input))?;
+    let config = w.config.clone();
+    // Checked as a strict load would, and under torchvision's keys from here on.
+    let sd: StateDict = vgg::weights::keys::conform(w.state_dict, &config, vgg::weights::Strict::Yes)
+        .with_context(|| format!("{} does not fit {}", w.source, config.arch_name()))?
+        .into_iter()
+        .filter(|(k, _)| !is_optimizer_key(k))
+        .collect();
+    let plan = config.plan([224, 224]);
+    let paper: std::collections::HashMap<String, String> = key_pairs(&plan).into_iter().collect();
+    let out_key = |k: &str| match keys {
+        KeyStyle::Paper => paper.get(k).cloned().unwrap_or_else(|| k.to_string()),
+        KeyStyle::Torchvision => k.to_string(),
+    };
+    let stored = |d: Dtype| match d {
+        Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16 => dtype,
+        other => other,
+    };
+    let bytes = match format.as_str() {
+        "safetensors" => {
+            vgg::export::write_safetensors(&a.output, &config, &sd, Some(&w.preprocess), keys, dtype)?;
+            None
+        }
+        "pth" | "pt" => Some(vgg::weights::pth::write(&rename(&sd, &plan, keys), dtype)?),
+        "onnx" => {
+            if dtype != Dtype::F32 {
+                bail!("ONNX files are written in f32 (--dtype {} is for safetensors and pth)", a.dtype);
+            }
+            let input = match &a.size {
+                Some(s) => parse_size(s)?,
+                None => w.preprocess.crop.unwrap_or([224, 224]),
+            };
+            let opts = OnnxOptions { input, fold_batchnorm: a.fold_bn };
+            Some(to_onnx(&config, &sd, Some(&w.preprocess), &opts)?.0)
+        }
+        other => bail!("unknown output format '{other}' (expected safetensors, pth or onnx)"),
+    };
+    if let Some(b) = &bytes {
+        vgg::weights::safetensors::write_atomic(&a.output, b)?;
+    }
+    let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
+    let rows: Vec<serde_json::Value> = sd
+        .iter()
+        .map(|(k, t)| {
+            let to = if format == "onnx" { k.clone() } else { out_key(k) };
+            let out_dtype = if format == "onnx" { Dtype::F32 } else { stored(t.dtype) };
+            serde_json::json!({"from": k, "to": to, "shape": t.shape, "from_dtype": dtype_name(t.dtype), "to_dtype": dtype_name(out_dtype)})
+        })
+        .collect();
+    if a.json {
+        let o = serde_json::json!({
+            "input": a.input, "output": a.output.display().to_string(), "format": format,
+            "arch": config.arch_name(), "dtype": a.dtype, "bytes": size, "tensors": rows,
+        });
+        println!("{o}");
+        return Ok(());
+    }
+    println!("{} ({}) -> {} ({format}, {size} bytes)", config.arch_name(), w.source, a.output.display());
+    for r in &rows {
+        let shape: Vec<String> = r["shape"].as_array().into_iter().flatten().map(|v| v.to_string()).collect();
+        println!(
+            "  {:<28} -> {:<28} {:<18} {} -> {}",
+            r["from"].as_str().unwrap_or(""),
+            r["to"].as_str().unwrap_or(""),
+            shape.join("x"),
+            r["from_dtype"].as_str().unwrap_or(""),
+            r["to_dtype"].as_str().unwrap_or("")
+        );
+    }
+    if format == "pth" || format == "pt" {
+        println!("note: a .pth state dict has no metadata; readers infer the architecture from its keys");
+    }
+    Ok(())
+}
