@@ -2,6 +2,7 @@
 
 mod bench;
 mod classify;
+mod convert;
 mod explain;
 mod export;
 mod features;
@@ -38,6 +39,8 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Write the model as ONNX or safetensors (torchvision or paper keys, f32/f16/bf16).
     Export(export::ExportArgs),
+    /// Convert weights between .pth, safetensors and ONNX, optionally to f16/bf16 storage.
+    Convert(convert::ConvertArgs),
     /// Neural style transfer (Gatys et al.): CONTENT painted in the style of STYLE.
     Style(style::StyleArgs),
     /// Train a VGG (Fashion-MNIST, CIFAR-10/100), checkpointing every epoch.
@@ -62,11 +65,30 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Explain(a) => explain::run(a),
         Command::Style(a) => style::run(a),
         Command::Export(a) => export::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Train(a) => train::run_train(a),
         Command::Eval(a) => train::run_eval(a),
         Command::Weights(a) => weights::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Curves(a) => train::run_curves(a),
+    }
+}
+
+/// `--half`: 16-bit weight storage for inference (f32 arithmetic).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfArg {
+    /// bfloat16 (f32's range, 8-bit mantissa).
+    Bf16,
+    /// IEEE half precision (11-bit mantissa, values up to 65504).
+    F16,
+}
+
+impl HalfArg {
+    fn kind(self) -> vgg::kernels::half::HalfKind {
+        match self {
+            HalfArg::Bf16 => vgg::kernels::half::HalfKind::Bf16,
+            HalfArg::F16 => vgg::kernels::half::HalfKind::F16,
+        }
     }
 }
 
