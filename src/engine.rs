@@ -8,12 +8,14 @@
 //! What it does not run (local response normalisation, the headless trunk) is refused by
 //! [`Engine::new`], and the callers fall back to burn.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::config::{Head, LayerKind, VggConfig};
+use crate::kernels::half::{HalfBuf, HalfKind};
 use crate::kernels::packed::PackedB;
 use crate::kernels::{conv, dense, norm, pool};
 use crate::model::Vgg;
@@ -44,13 +46,23 @@ pub struct ParamBuf {
     pub value: Vec<f32>,
     /// The gradient (empty until a backward pass reaches it).
     pub grad: Vec<f32>,
+    /// Half-precision storage ([`Engine::store_half`]); `value` is then empty.
+    pub half: Option<HalfBuf>,
     /// `Some((co, ci, k))` for conv weights, whose layout differs from PyTorch's.
     conv: Option<(usize, usize, usize)>,
 }
 
 impl ParamBuf {
     fn new(key: String, shape: Vec<usize>, value: Vec<f32>, conv: Option<(usize, usize, usize)>) -> Self {
-        Self { key, shape, value, grad: vec![], conv }
+        Self { key, shape, value, grad: vec![], half: None, conv }
+    }
+
+    /// The values in the engine's layout: borrowed, or widened from half-precision storage.
+    pub fn values(&self) -> Cow<'_, [f32]> {
+        match &self.half {
+            Some(h) => Cow::Owned(h.decode()),
+            None => Cow::Borrowed(&self.value),
+        }
     }
 
     /// Values of a buffer of this parameter's engine layout in PyTorch's layout.
@@ -178,13 +190,47 @@ pub struct Engine {
     momentum: f64,
 }
 
-/// Moves a tensor out of `sd`, checking its shape.
-fn take(sd: &mut StateDict, key: &str, shape: &[usize]) -> Result<Vec<f32>, EngineError> {
-    let e = sd.remove(key).ok_or_else(|| EngineError::Weights(format!("missing {key}")))?;
-    if e.shape != shape {
-        return Err(EngineError::Weights(format!("{key}: shape {:?}, expected {shape:?}", e.shape)));
+/// A tensor handed to the engine: f32, or already in 16 bits.
+pub enum Taken {
+    /// f32 values.
+    F32(Vec<f32>),
+    /// 16-bit values.
+    Half(HalfBuf),
+}
+
+/// Where the engine takes its tensors from, one at a time, so that a half-precision engine need
+/// never hold every weight in f32 at once.
+pub trait TensorSource {
+    /// The tensor `key` of `shape` (PyTorch's layout), as 16-bit values if `half` asks and the
+    /// source can (f32 otherwise).
+    fn take(&mut self, key: &str, shape: &[usize], half: Option<HalfKind>) -> Result<Taken, EngineError>;
+    /// BatchNorm's `num_batches_tracked` (0 when absent).
+    fn count(&mut self, key: &str) -> f32;
+}
+
+impl TensorSource for StateDict {
+    fn take(&mut self, key: &str, shape: &[usize], half: Option<HalfKind>) -> Result<Taken, EngineError> {
+        let e = self.remove(key).ok_or_else(|| EngineError::Weights(format!("missing {key}")))?;
+        if e.shape != shape {
+            return Err(EngineError::Weights(format!("{key}: shape {:?}, expected {shape:?}", e.shape)));
+        }
+        Ok(match half {
+            // The f32 copy is dropped here, tensor by tensor.
+            Some(kind) => Taken::Half(HalfBuf::encode(kind, &e.data)),
+            None => Taken::F32(e.data),
+        })
     }
-    Ok(e.data)
+
+    fn count(&mut self, key: &str) -> f32 {
+        self.get(key).map_or(0.0, |e| e.data[0])
+    }
+}
+
+fn take(src: &mut dyn TensorSource, key: &str, shape: &[usize]) -> Result<Vec<f32>, EngineError> {
+    match src.take(key, shape, None)? {
+        Taken::F32(v) => Ok(v),
+        Taken::Half(h) => Ok(h.decode()),
+    }
 }
 
 impl Engine {
@@ -207,28 +253,45 @@ impl Engine {
     }
 
     /// Builds the network of `config` with the weights of `sd` (torchvision keys), taking them over.
-    pub fn from_state_dict(config: &VggConfig, sd: StateDict) -> Result<Self, EngineError> {
+    pub fn from_state_dict(config: &VggConfig, mut sd: StateDict) -> Result<Self, EngineError> {
         Self::supports(config)?;
-        Self::build(config, sd)
+        Self::build(config, &mut sd, None)
+    }
+
+    /// Builds the network of `config` from `src`, with conv and fully connected weights stored
+    /// in 16 bits when `half` says so (see [`Engine::store_half`]), converted tensor by tensor.
+    pub fn from_source(
+        config: &VggConfig,
+        src: &mut dyn TensorSource,
+        half: Option<HalfKind>,
+    ) -> Result<Self, EngineError> {
+        Self::supports(config)?;
+        Self::build(config, src, half)
     }
 
     /// Like [`Engine::from_state_dict`], with the checks and errors of a burn model's
     /// `load_state_dict` (missing, unexpected and misshapen keys named; the paper's key names
     /// accepted). The engine needs every tensor, so non-strict loading only ignores extra keys.
-    pub fn load(config: &VggConfig, sd: StateDict, strict: Strict) -> Result<Self, EngineError> {
+    /// `half` stores the weights in 16 bits as they are taken over (see [`Engine::store_half`]).
+    pub fn load(
+        config: &VggConfig,
+        sd: StateDict,
+        strict: Strict,
+        half: Option<HalfKind>,
+    ) -> Result<Self, EngineError> {
         Self::supports(config)?;
-        let sd = crate::weights::keys::conform(sd, config, strict)?;
-        Self::build(config, sd)
+        let mut sd = crate::weights::keys::conform(sd, config, strict)?;
+        Self::build(config, &mut sd, half)
     }
 
     /// Like [`Engine::from_state_dict`], but also for a trunk without a classifier
     /// ([`Head::None`]): for features, explanations and style transfer, whose callers read
     /// activations by name instead of logits. Keys of a head the configuration lacks are ignored.
-    pub fn from_state_dict_any_head(config: &VggConfig, sd: StateDict) -> Result<Self, EngineError> {
-        Self::build(config, sd)
+    pub fn from_state_dict_any_head(config: &VggConfig, mut sd: StateDict) -> Result<Self, EngineError> {
+        Self::build(config, &mut sd, None)
     }
 
-    fn build(config: &VggConfig, mut sd: StateDict) -> Result<Self, EngineError> {
+    fn build(config: &VggConfig, sd: &mut dyn TensorSource, half: Option<HalfKind>) -> Result<Self, EngineError> {
         if config.plan([224, 224]).layers.iter().any(|l| matches!(l.kind, LayerKind::Lrn)) {
             return Err(EngineError::Unsupported("local response normalisation".into()));
         }
@@ -246,12 +309,28 @@ impl Engine {
             let key = &layer.key;
             let mut add = |suffix: &str, shape: Vec<usize>, conv: Option<(usize, usize, usize)>| {
                 let k = format!("{key}.{suffix}");
-                let data = take(&mut sd, &k, &shape)?;
-                let value = match conv {
-                    Some((co, ci, k)) => conv::from_torch(&data, co, ci, k),
-                    None => data,
+                let weight = suffix == "weight" && shape.len() > 1;
+                let p = match (conv, half.filter(|_| weight)) {
+                    // Conv filters change layout first (in f32: at most one layer's worth).
+                    (Some((co, ci, kk)), h) => {
+                        let v = conv::from_torch(&take(sd, &k, &shape)?, co, ci, kk);
+                        let mut p = ParamBuf::new(k, shape, vec![], conv);
+                        match h {
+                            Some(kind) => p.half = Some(HalfBuf::encode(kind, &v)),
+                            None => p.value = v,
+                        }
+                        p
+                    }
+                    (None, h) => {
+                        let mut p = ParamBuf::new(k.clone(), shape.clone(), vec![], None);
+                        match sd.take(&k, &shape, h)? {
+                            Taken::F32(v) => p.value = v,
+                            Taken::Half(b) => p.half = Some(b),
+                        }
+                        p
+                    }
                 };
-                params.push(ParamBuf::new(k, shape, value, conv));
+                params.push(p);
                 Ok::<usize, EngineError>(params.len() - 1)
             };
             match layer.kind {
@@ -263,9 +342,9 @@ impl Engine {
                 LayerKind::BatchNorm { channels } => {
                     let g = add("weight", vec![channels], None)?;
                     let b = add("bias", vec![channels], None)?;
-                    let mean = take(&mut sd, &format!("{key}.running_mean"), &[channels])?;
-                    let var = take(&mut sd, &format!("{key}.running_var"), &[channels])?;
-                    let tracked = sd.get(&format!("{key}.num_batches_tracked")).map_or(0.0, |e| e.data[0]);
+                    let mean = take(sd, &format!("{key}.running_mean"), &[channels])?;
+                    let var = take(sd, &format!("{key}.running_var"), &[channels])?;
+                    let tracked = sd.count(&format!("{key}.num_batches_tracked"));
                     let relu = match layers.next() {
                         Some((_, l)) if matches!(l.kind, LayerKind::Relu) => l.name.clone(),
                         _ => return Err(EngineError::Unsupported("a BatchNorm not followed by a ReLU".into())),
@@ -307,14 +386,58 @@ impl Engine {
     }
 
     /// Mutable parameters (for optimizers); drops the cached transformed filters, which the next
-    /// pass recomputes from the new values.
+    /// pass recomputes from the new values, and widens half-precision storage back to f32.
     pub fn params_mut(&mut self) -> &mut [ParamBuf] {
+        self.store_f32();
+        &mut self.params
+    }
+
+    /// Stores the conv and fully connected weights in 16 bits (biases and BatchNorm stay f32),
+    /// computing in f32 as before: half the memory for weights, and half the bytes a batch-1 fc6
+    /// streams. Convolutions then widen and transform their filters on every call instead of
+    /// caching them. For inference: training steps need [`Engine::store_f32`] first.
+    pub fn store_half(&mut self, kind: HalfKind) {
+        let weights: Vec<usize> = self
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Conv { w, .. } | Op::Linear { w, .. } => Some(*w),
+                _ => None,
+            })
+            .collect();
+        for w in weights {
+            let p = &mut self.params[w];
+            let v = match &p.half {
+                Some(h) if h.kind == kind => continue,
+                Some(h) => h.decode(),
+                None => std::mem::take(&mut p.value),
+            };
+            p.half = Some(HalfBuf::encode(kind, &v));
+        }
+        self.drop_caches();
+    }
+
+    /// Back to f32 storage (the values stay those of the 16-bit ones).
+    pub fn store_f32(&mut self) {
+        for p in &mut self.params {
+            if let Some(h) = p.half.take() {
+                p.value = h.decode();
+            }
+        }
+        self.drop_caches();
+    }
+
+    /// The 16-bit format the weights are stored in, if any.
+    pub fn half_storage(&self) -> Option<HalfKind> {
+        self.params.iter().find_map(|p| p.half.as_ref().map(|h| h.kind))
+    }
+
+    fn drop_caches(&mut self) {
         for op in &mut self.ops {
             if let Op::Conv { cache, .. } = op {
                 *cache = Arc::default();
             }
         }
-        &mut self.params
     }
 
     /// The configuration.
@@ -327,7 +450,7 @@ impl Engine {
         let mut sd: StateDict = self
             .params
             .iter()
-            .map(|p| (p.key.clone(), TensorEntry::f32(p.shape.clone(), p.to_torch(&p.value))))
+            .map(|p| (p.key.clone(), TensorEntry::f32(p.shape.clone(), p.to_torch(&p.values()))))
             .collect();
         for op in &self.ops {
             if let Op::BnRelu { running: r, .. } = op {
@@ -454,6 +577,8 @@ impl Engine {
         frozen: &dyn Fn(&str) -> bool,
     ) -> StepResult {
         let [n, c, h, w] = dims;
+        // Gradients and optimizer updates need f32 weights.
+        self.store_f32();
         let mut rng = StdRng::seed_from_u64(seed);
         let mut acts = vec![to_nhwc(x, dims)];
         let mut shapes = vec![Shape::Map([n, h, w, c])];
@@ -529,14 +654,17 @@ impl Engine {
                 debug_assert_eq!(c, ci);
                 let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
                 let mut out = buffer(n * h * wd * co);
-                let (wk, bias) = (&self.params[w].value, &self.params[b].value);
+                let (wk, bias) = (self.params[w].values(), &self.params[b].value);
+                // Half-precision storage keeps no transformed f32 filters between calls.
+                let once = OnceLock::new();
+                let transformed = if self.params[w].half.is_some() { &once } else { &cache.forward };
                 if train {
                     // Winograd's rounding error (~3e-6 relative, 30x direct f32's) is amplified by
                     // train-mode BatchNorm over small batches past the fixture tolerances; the input
                     // gradients and evaluation stay within them and take the Winograd path.
-                    conv::forward_im2col(x, wk, bias, &sh, &mut out);
+                    conv::forward_im2col(x, &wk, bias, &sh, &mut out);
                 } else {
-                    conv::forward_cached(x, wk, &cache.forward, bias, &sh, &mut out);
+                    conv::forward_cached(x, &wk, transformed, bias, &sh, &mut out);
                 }
                 (out, Shape::Map([n, h, wd, co]), Saved::None)
             }
@@ -594,7 +722,10 @@ impl Engine {
             (&Op::Linear { w, b, inp, out }, Shape::Flat([n, f])) => {
                 assert_eq!(f, inp, "the head expects {inp} features, got {f}");
                 let mut y = buffer(n * out);
-                dense::linear_forward(x, &self.params[w].value, &self.params[b].value, n, &mut y);
+                match &self.params[w].half {
+                    Some(h) => crate::kernels::half::linear_forward(x, h, &self.params[b].value, n, &mut y),
+                    None => dense::linear_forward(x, &self.params[w].value, &self.params[b].value, n, &mut y),
+                }
                 (y, Shape::Flat([n, out]), Saved::None)
             }
             (Op::Dropout, _) => {
@@ -800,7 +931,9 @@ impl Engine {
             (&Op::Conv { w, ci, co, k, ref cache, .. }, Shape::Map([n, h, wd, _])) => {
                 let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
                 let mut dx = vec![0f32; x.len()];
-                conv::backward_input_cached(&self.params[w].value, &cache.input_grad, &g, &sh, &mut dx);
+                let once = OnceLock::new();
+                let transformed = if self.params[w].half.is_some() { &once } else { &cache.input_grad };
+                conv::backward_input_cached(&self.params[w].values(), transformed, &g, &sh, &mut dx);
                 dx
             }
             (Op::BnRelu { .. }, _) => {
@@ -816,7 +949,7 @@ impl Engine {
             }
             (&Op::Linear { w, inp, out, .. }, Shape::Flat([n, _])) => {
                 let mut dx = vec![0f32; n * inp];
-                dense::linear_backward_input(&self.params[w].value, &g, n, out, &mut dx);
+                dense::linear_backward_input(&self.params[w].values(), &g, n, out, &mut dx);
                 dx
             }
             (Op::Dropout, _) => g,

@@ -80,10 +80,10 @@ pub fn explain(
         Method::Saliency => 0,
     };
     let trace = engine.trace(x, dims, top);
-    if let Method::GradCam { layer } = method {
-        if !trace.is_map(target) {
-            return Err(ExplainError::NotAMap(layer.clone()));
-        }
+    if let Method::GradCam { layer } = method
+        && !trace.is_map(target)
+    {
+        return Err(ExplainError::NotAMap(layer.clone()));
     }
     let (logits, shape) = trace.activation(top);
     let k = shape[1];

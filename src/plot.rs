@@ -264,8 +264,8 @@ mod tests {
 
     #[test]
     fn sheets_place_tiles_in_rows_with_captions() {
-        let red = vec![255u8, 0, 0].repeat(4 * 5);
-        let blue = vec![0u8, 0, 255].repeat(4 * 5);
+        let red = [255u8, 0, 0].repeat(4 * 5);
+        let blue = [0u8, 0, 255].repeat(4 * 5);
         let c = image_sheet(&[(red, "a".into()), (blue.clone(), "b".into()), (blue, "c".into())], [4, 5], 2);
         assert_eq!((c.w, c.h), (2 * (5 + 6) + 6, 2 * (4 + 14 + 6) + 6));
         let px = |x: usize, y: usize| {

@@ -245,11 +245,16 @@ fn classify_without_weights_uses_the_built_in_fashion_mnist_model() {
         );
     }
     assert!(right >= 9, "{right} of 10 examples classified correctly");
+    // 16-bit weights: the same classes, probabilities within the rounding.
+    let o = vgg(&["classify", dir.join("3-dress.png").to_str().unwrap(), "--half", "f16", "--json", "--top", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let half: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(half["top"][0]["label"], "Dress");
 }
 
 #[test]
 fn bench_reports_one_json_object() {
-    for extra in [&[][..], &["--train"][..]] {
+    for extra in [&[][..], &["--train"][..], &["--half", "bf16"][..]] {
         let mut args =
             vec!["bench", "--arch", "vgg11_bn", "--width", "0.125", "--head", "cifar", "--num-classes", "10"];
         args.extend(["--size", "32", "--batch", "2", "--iters", "2", "--warmup", "1", "--json"]);
@@ -258,7 +263,8 @@ fn bench_reports_one_json_object() {
         assert!(o.status.success(), "{}", stderr(&o));
         let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
         assert_eq!(v["arch"], "vgg11_bn");
-        assert_eq!(v["mode"], if extra.is_empty() { "infer" } else { "train" });
+        assert_eq!(v["mode"], if extra == ["--train"] { "train" } else { "infer" });
+        assert_eq!(v["weights"], if extra.contains(&"bf16") { "bf16" } else { "f32" });
         let (median, p90) = (v["median_s"].as_f64().unwrap(), v["p90_s"].as_f64().unwrap());
         assert!(median > 0.0 && p90 >= median);
         assert!((v["img_per_s"].as_f64().unwrap() - 2.0 / median).abs() < 1e-6 * (2.0 / median));

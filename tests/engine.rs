@@ -255,3 +255,51 @@ fn changed_weights_reach_the_next_forward() {
     assert!(stale < 1e-6, "stale filters: {stale:e}");
     assert!(rel_err(&after, &f64s(&before)) > 1e-2, "the change should move the logits");
 }
+
+/// 16-bit weight storage (`--half`) is f32 arithmetic on the rounded weights — the same logits as
+/// an f32 engine given those rounded weights, through both fully connected paths (dot products
+/// for ≤ 4 rows, widened blocks and the GEMM above) — and its error against torchvision's float64
+/// logits is what the rounding costs (printed; bounded loosely, since it is an approximation).
+#[test]
+fn half_storage_is_f32_arithmetic_on_rounded_weights() {
+    use vgg::kernels::half::HalfKind;
+    let config = VggConfig::from_arch("vgg11_bn").unwrap().with_width(0.25);
+    let sd = formula_state_dict(&config.plan([224, 224]));
+    for kind in [HalfKind::Bf16, HalfKind::F16] {
+        let round = |v: f32| match kind {
+            HalfKind::Bf16 => half::bf16::from_f32(v).to_f32(),
+            HalfKind::F16 => half::f16::from_f32(v).to_f32(),
+        };
+        let mut rounded = sd.clone();
+        for (k, e) in rounded.iter_mut() {
+            if k.ends_with(".weight") && e.shape.len() > 1 {
+                e.data.iter_mut().for_each(|v| *v = round(*v));
+            }
+        }
+        let reference = Engine::from_state_dict(&config, rounded).unwrap();
+        let half = Engine::load(&config, sd.clone(), Strict::Yes, Some(kind)).unwrap();
+        assert_eq!(half.half_storage(), Some(kind));
+        for n in [1, 5] {
+            let dims = [n, 3, 32, 32];
+            let x = input("imagenet32x32", dims);
+            let want: Vec<f64> = reference.forward(&x, dims).iter().map(|&v| v as f64).collect();
+            let err = rel_err(&half.forward(&x, dims), &want);
+            assert!(err < 1e-5, "{kind:?} batch {n}: {err:e}");
+        }
+        // Training needs f32 weights: a step widens them back.
+        let mut trained = half.clone();
+        trained.params_mut();
+        assert_eq!(trained.half_storage(), None);
+        let x = input("imagenet32x32", [1, 3, 32, 32]);
+        let want: Vec<f64> = reference.forward(&x, [1, 3, 32, 32]).iter().map(|&v| v as f64).collect();
+        assert!(rel_err(&trained.forward(&x, [1, 3, 32, 32]), &want) < 1e-5);
+    }
+    let vgg16 = VggConfig::from_arch("vgg16").unwrap();
+    let x = input("imagenet32x32", [1, 3, 32, 32]);
+    for (kind, bound) in [(HalfKind::Bf16, 0.05), (HalfKind::F16, 0.01)] {
+        let e = Engine::load(&vgg16, formula_state_dict(&vgg16.plan([224, 224])), Strict::Yes, Some(kind)).unwrap();
+        let err = rel_err(&e.forward(&x, [1, 3, 32, 32]), &npy("forward/vgg16_32x32.npy").data);
+        println!("vgg16 32x32 with {kind:?} weights: relative error {err:.3e} against float64");
+        assert!(err < bound, "{kind:?}: {err:e}");
+    }
+}

@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// as a table, or as `"layers"` with --json.
     #[arg(long)]
     layers: bool,
+    /// Inference with the weights stored in 16 bits (f32 arithmetic): half the memory.
+    #[arg(long, value_enum)]
+    half: Option<super::HalfArg>,
     /// One JSON object.
     #[arg(long)]
     json: bool,
@@ -79,7 +82,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     config.check_input(dims)?;
     // The engine takes torchvision-initialised tensors over directly: one copy of the weights in
     // memory (a burn model first would double the peak RSS).
-    let engine = || Engine::from_state_dict(&config, vgg::weights::init::torchvision(&config, 0));
+    if a.half.is_some() && (a.train || !fast) {
+        bail!("--half is for the fast engine's inference");
+    }
+    let engine = || match a.half {
+        // Drawn straight into 16 bits: the weights never exist in f32.
+        Some(h) => Engine::from_source(&config, &mut vgg::weights::init::TorchvisionInit::new(0), Some(h.kind())),
+        None => Engine::from_state_dict(&config, vgg::weights::init::torchvision(&config, 0)),
+    };
     let model = || Vgg::new(&config, &model_device);
     let mut rng = 0x2545f4914f6cdd1du64;
     let x: Vec<f32> = (0..dims.iter().product::<usize>())
@@ -167,6 +177,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "size": size,
         "mode": if a.train { "train" } else { "infer" },
         "engine": a.engine,
+        "weights": a.half.map_or("f32", |h| if h == super::HalfArg::Bf16 { "bf16" } else { "f16" }),
         "threads": rayon::current_num_threads(),
         "median_s": median,
         "p90_s": p90,

@@ -21,6 +21,9 @@ pub struct ClassifyArgs {
     images: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
+    /// Keep the weights in 16 bits (half the memory; f32 arithmetic) on the fast engine.
+    #[arg(long, value_enum)]
+    half: Option<super::HalfArg>,
     /// How many classes to show per image.
     #[arg(long, default_value_t = 5)]
     top: usize,
@@ -82,8 +85,8 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     let mut done = |n: usize| bar.inc(n as u64);
     let results = if Engine::supports(&config).is_ok() && !w.partial {
         // The engine takes the tensors over: one copy of the weights in memory.
-        let engine =
-            Engine::load(&config, w.state_dict, Strict::Yes).with_context(|| format!("loading {}", w.source))?;
+        let engine = Engine::load(&config, w.state_dict, Strict::Yes, a.half.map(|h| h.kind()))
+            .with_context(|| format!("loading {}", w.source))?;
         if protocol == Protocol::Center && !a.flip {
             classify_files_engine(&engine, &pre, &labels, &a.images, a.top, a.batch, &mut done)
         } else {
@@ -91,6 +94,9 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
             classify_files_with(&engine, &pre, &views, &labels, &a.images, a.top, &mut done)
         }
     } else {
+        if a.half.is_some() {
+            bail!("--half runs on the fast engine, which does not run {}", config.arch_name());
+        }
         if protocol != Protocol::Center || a.flip {
             bail!("the test protocols and --flip run on the fast engine, which does not run {}", config.arch_name());
         }

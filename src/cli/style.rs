@@ -125,13 +125,12 @@ pub fn run(a: StyleArgs) -> Result<()> {
     let (result, losses) = transfer(&obj, &content, &cfg, &mut |step, l, img| {
         bar.set_position(step as u64);
         bar.set_message(format!("content {:.3e} style {:.3e} total {:.3e}", l.content, l.style, l.total()));
-        if let Some(n) = a.every {
-            if n > 0 && step % n == 0 {
-                let p = step_path(&a.out, step);
-                if let Err(e) = save(&p, img) {
-                    write_error.get_or_insert(e);
-                }
-            }
+        if let Some(n) = a.every
+            && n > 0
+            && step % n == 0
+            && let Err(e) = save(&step_path(&a.out, step), img)
+        {
+            write_error.get_or_insert(e);
         }
     })?;
     bar.finish_and_clear();

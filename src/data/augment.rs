@@ -198,6 +198,31 @@ fn jacobi3(mut a: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
     ([a[0][0], a[1][1], a[2][2]], v)
 }
 
+/// torchvision's `RandomErasing(p, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0)` (Zhong et al.,
+/// 2017): with probability `p`, a rectangle of 2–33% of the image's area and aspect ratio in
+/// [0.3, 3.3] (log-uniform) is chosen, trying ten times for one that fits. Returns the rectangle as
+/// (top, left, height, width), or `None` when nothing is erased.
+pub fn erase_box(h: usize, w: usize, p: f64, rng: &mut StdRng) -> Option<[usize; 4]> {
+    if p <= 0.0 || !rng.random_bool(p.min(1.0)) {
+        return None;
+    }
+    let area = (h * w) as f64;
+    let (lo, hi) = (0.3f64.ln(), 3.3f64.ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(0.02..0.33);
+        let aspect = rng.random_range(lo..hi).exp();
+        let eh = (target * aspect).sqrt().round() as usize;
+        let ew = (target / aspect).sqrt().round() as usize;
+        if eh == 0 || ew == 0 || eh >= h || ew >= w {
+            continue;
+        }
+        let top = rng.random_range(0..=h - eh);
+        let left = rng.random_range(0..=w - ew);
+        return Some([top, left, eh, ew]);
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,29 +295,4 @@ mod tests {
         sample_box(&img, [2, 5, 7], [0.0, 1.0, 5.0, 5.0], 5, true, &mut flipped);
         assert_eq!(flipped[0], out[4]);
     }
-}
-
-/// torchvision's `RandomErasing(p, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0)` (Zhong et al.,
-/// 2017): with probability `p`, a rectangle of 2–33% of the image's area and aspect ratio in
-/// [0.3, 3.3] (log-uniform) is chosen, trying ten times for one that fits. Returns the rectangle as
-/// (top, left, height, width), or `None` when nothing is erased.
-pub fn erase_box(h: usize, w: usize, p: f64, rng: &mut StdRng) -> Option<[usize; 4]> {
-    if p <= 0.0 || !rng.random_bool(p.min(1.0)) {
-        return None;
-    }
-    let area = (h * w) as f64;
-    let (lo, hi) = (0.3f64.ln(), 3.3f64.ln());
-    for _ in 0..10 {
-        let target = area * rng.random_range(0.02..0.33);
-        let aspect = rng.random_range(lo..hi).exp();
-        let eh = (target * aspect).sqrt().round() as usize;
-        let ew = (target / aspect).sqrt().round() as usize;
-        if eh == 0 || ew == 0 || eh >= h || ew >= w {
-            continue;
-        }
-        let top = rng.random_range(0..=h - eh);
-        let left = rng.random_range(0..=w - ew);
-        return Some([top, left, eh, ew]);
-    }
-    None
 }

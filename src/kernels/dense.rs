@@ -7,7 +7,7 @@ use super::sgemm;
 
 /// Up to this many rows, [`linear_forward`] streams `W` once as dot products instead of calling the
 /// GEMM (which would first pack all of `W`: for fc6 at batch 1, 411 MB copied to read it once).
-const DOT_ROWS: usize = 4;
+pub(crate) const DOT_ROWS: usize = 4;
 
 /// Large layers (fc6 of the ImageNet head) let the GEMM split the work over threads.
 fn parallel(out: usize, inp: usize) -> bool {

@@ -12,6 +12,7 @@
 
 pub mod conv;
 pub mod dense;
+pub mod half;
 pub mod norm;
 pub mod packed;
 pub mod pool;

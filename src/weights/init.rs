@@ -1,48 +1,78 @@
 //! torchvision's VGG initialisation as a state dict, without building a burn model: the engine
 //! takes the tensors over directly, so a randomly initialised network costs one copy of its
-//! weights in memory instead of two (`vgg bench`'s peak RSS).
+//! weights in memory instead of two (`vgg bench`'s peak RSS), or none in f32 at all when the
+//! engine stores them in 16 bits.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{Dtype, StateDict, TensorEntry};
-use crate::config::{LayerKind, VggConfig};
+use crate::config::VggConfig;
+use crate::engine::{EngineError, Taken, TensorSource};
+use crate::kernels::half::{HalfBuf, HalfKind};
 
 /// Conv weights Kaiming-normal (fan_out, ReLU gain) with zero bias, BatchNorm γ = 1, β = 0 and
 /// running statistics (0, 1), linear weights N(0, 0.01) with zero bias — `VGG._initialize_weights`.
 pub fn torchvision(config: &VggConfig, seed: u64) -> StateDict {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut src = TorchvisionInit::new(seed);
     let mut sd = StateDict::new();
-    let mut put = |key: String, shape: Vec<usize>, data: Vec<f32>| {
-        // The step counter is an int64 scalar in PyTorch.
-        let dtype = if key.ends_with(".num_batches_tracked") { Dtype::I64 } else { Dtype::F32 };
-        sd.insert(key, TensorEntry { shape, dtype, data });
-    };
-    for l in &config.plan([224, 224]).layers {
-        let k = &l.key;
-        match l.kind {
-            LayerKind::Conv { in_channels, out_channels, kernel } => {
-                let std = (2.0 / (out_channels * kernel * kernel) as f64).sqrt();
-                let n = out_channels * in_channels * kernel * kernel;
-                put(format!("{k}.weight"), vec![out_channels, in_channels, kernel, kernel], normal(&mut rng, n, std));
-                put(format!("{k}.bias"), vec![out_channels], vec![0.0; out_channels]);
+    for (key, shape) in super::keys::expected_shapes(config) {
+        let entry = if key.ends_with(".num_batches_tracked") {
+            TensorEntry { shape, dtype: Dtype::I64, data: vec![0.0] }
+        } else {
+            match src.take(&key, &shape, None).expect("the initialiser has every tensor") {
+                Taken::F32(v) => TensorEntry::f32(shape, v),
+                Taken::Half(h) => TensorEntry::f32(shape, h.decode()),
             }
-            LayerKind::Linear { in_features, out_features } => {
-                let w = normal(&mut rng, out_features * in_features, 0.01);
-                put(format!("{k}.weight"), vec![out_features, in_features], w);
-                put(format!("{k}.bias"), vec![out_features], vec![0.0; out_features]);
-            }
-            LayerKind::BatchNorm { channels } => {
-                put(format!("{k}.weight"), vec![channels], vec![1.0; channels]);
-                put(format!("{k}.bias"), vec![channels], vec![0.0; channels]);
-                put(format!("{k}.running_mean"), vec![channels], vec![0.0; channels]);
-                put(format!("{k}.running_var"), vec![channels], vec![1.0; channels]);
-                put(format!("{k}.num_batches_tracked"), vec![], vec![0.0]);
-            }
-            _ => {}
-        }
+        };
+        sd.insert(key, entry);
     }
     sd
+}
+
+/// [`torchvision`]'s draws as an engine [`TensorSource`]: each tensor is drawn when the engine asks
+/// for it, straight into 16 bits if it asks for that, so that a half-precision engine never holds
+/// an f32 copy of its weights (`vgg bench --half`).
+pub struct TorchvisionInit {
+    rng: StdRng,
+}
+
+impl TorchvisionInit {
+    /// Draws from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self { rng: StdRng::seed_from_u64(seed) }
+    }
+}
+
+impl TensorSource for TorchvisionInit {
+    fn take(&mut self, key: &str, shape: &[usize], half: Option<HalfKind>) -> Result<Taken, EngineError> {
+        let n: usize = shape.iter().product();
+        let leaf = key.rsplit('.').next().unwrap_or("");
+        let std = match (leaf, shape.len()) {
+            ("weight", 4) => (2.0 / (shape[0] * shape[2] * shape[3]) as f64).sqrt(),
+            ("weight", 2) => 0.01,
+            ("weight", 1) | ("running_var", _) => return Ok(Taken::F32(vec![1.0; n])),
+            _ => return Ok(Taken::F32(vec![0.0; n])),
+        };
+        Ok(match half {
+            // In pieces, so that not even one layer exists in f32 (fc6: 411 MB).
+            Some(kind) => {
+                let mut bits = Vec::with_capacity(n);
+                let mut left = n;
+                while left > 0 {
+                    let m = left.min(1 << 20);
+                    bits.extend(HalfBuf::encode(kind, &normal(&mut self.rng, m, std)).bits);
+                    left -= m;
+                }
+                Taken::Half(HalfBuf { kind, bits })
+            }
+            None => Taken::F32(normal(&mut self.rng, n, std)),
+        })
+    }
+
+    fn count(&mut self, _key: &str) -> f32 {
+        0.0
+    }
 }
 
 /// `n` draws of N(0, std²) (Box–Muller, two per pair of uniforms).
