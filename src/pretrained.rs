@@ -109,6 +109,8 @@ pub struct Weights {
     pub source: String,
     /// Trunk-only weights for a configuration with a head: the head stays as initialised.
     pub partial: bool,
+    /// What was adapted on reading (an ONNX graph's layout, a dropped Softmax, ...).
+    pub notes: Vec<String>,
 }
 
 /// Reads the weights of `spec` (random ones are drawn as torchvision initialises them, seed 0).
@@ -126,6 +128,7 @@ pub fn weights(
         preprocess,
         source,
         partial: false,
+        notes: vec![],
     };
     match spec {
         WeightsSpec::Random => {
@@ -201,9 +204,15 @@ pub fn load(
 
 /// The weights in the bytes of a `.pth` or `.safetensors` file.
 fn from_bytes(bytes: &[u8], p: String, config: Option<VggConfig>) -> Result<Weights, LoadError> {
+    let mut notes = vec![];
     let (mut sd, recorded, recorded_pre) = if weights::safetensors::looks_like(bytes) {
         let (sd, meta) = weights::safetensors::read(bytes, &p)?;
         (sd, meta.config, meta.preprocess)
+    } else if p.to_lowercase().ends_with(".onnx") || weights::onnx::looks_like(bytes) {
+        // The architecture is recognised from the graph's tensors, as for a .pth file.
+        let imported = weights::onnx::read(bytes, &p)?;
+        notes = imported.notes;
+        (imported.state_dict, None, imported.preprocess)
     } else {
         (weights::pth::read(bytes, &p)?, None, None)
     };
@@ -220,5 +229,6 @@ fn from_bytes(bytes: &[u8], p: String, config: Option<VggConfig>) -> Result<Weig
         state_dict: sd,
         source: p,
         partial: false,
+        notes,
     })
 }

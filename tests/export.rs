@@ -179,3 +179,193 @@ fn the_export_command_writes_onnx_and_says_what() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown format"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Import.
+
+use vgg::export::proto::Msg;
+use vgg::weights::StateDict;
+
+fn attr_ints(name: &str, v: &[i64]) -> Msg {
+    Msg::new().str(1, name).ints(8, v).int(20, 7)
+}
+
+fn init(name: &str, dims: &[usize], data: &[f32]) -> Msg {
+    let dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+    let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Msg::new().ints(1, &dims).int(2, 1).str(8, name).bytes(9, &raw)
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, attrs: &[Msg]) -> Msg {
+    let mut m = Msg::new();
+    for i in inputs {
+        m = m.str(1, i);
+    }
+    m = m.str(2, output).str(3, output).str(4, op);
+    for a in attrs {
+        m = m.msg(5, a);
+    }
+    m
+}
+
+fn value_info(name: &str, dims: &[i64]) -> Msg {
+    let mut shape = Msg::new();
+    for &d in dims {
+        shape = shape.msg(1, &if d < 0 { Msg::new().str(2, "batch") } else { Msg::new().int(1, d) });
+    }
+    Msg::new().str(1, name).msg(2, &Msg::new().msg(1, &Msg::new().int(1, 1).msg(2, &shape)))
+}
+
+/// A VGG as tf2onnx writes a Keras model: NHWC input and a Transpose to NCHW, Conv/Relu/MaxPool,
+/// a Transpose back to NHWC and a Reshape (so the first dense layer's rows are in (h, w, c)
+/// order), dense layers as MatMul with `[in, out]` weights plus Add, and a Softmax.
+fn keras_style_onnx(config: &VggConfig, sd: &StateDict, [h, w]: [usize; 2]) -> Vec<u8> {
+    let (mut nodes, mut inits) = (Vec::new(), Vec::new());
+    nodes.push(node("Transpose", &["input_1"], "nchw", &[attr_ints("perm", &[0, 3, 1, 2])]));
+    let mut cur = "nchw".to_string();
+    let plan = config.plan([h, w]);
+    let mut linears = Vec::new();
+    for (i, l) in plan.layers.iter().enumerate() {
+        let out = format!("t{i}");
+        match l.kind {
+            vgg::config::LayerKind::Conv { .. } => {
+                let (wk, b) = (&sd[&format!("{}.weight", l.key)], &sd[&format!("{}.bias", l.key)]);
+                inits.push(init(&format!("{}/kernel", l.name), &wk.shape, &wk.data));
+                inits.push(init(&format!("{}/bias", l.name), &b.shape, &b.data));
+                let attrs = [attr_ints("kernel_shape", &[3, 3]), attr_ints("pads", &[1, 1, 1, 1])];
+                let (kn, bn) = (format!("{}/kernel", l.name), format!("{}/bias", l.name));
+                nodes.push(node("Conv", &[&cur, &kn, &bn], &out, &attrs));
+            }
+            vgg::config::LayerKind::Relu if linears.is_empty() => nodes.push(node("Relu", &[&cur], &out, &[])),
+            vgg::config::LayerKind::MaxPool => {
+                let attrs = [attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])];
+                nodes.push(node("MaxPool", &[&cur], &out, &attrs));
+            }
+            vgg::config::LayerKind::Linear { .. } => {
+                linears.push(l.key.clone());
+                continue;
+            }
+            _ => continue,
+        }
+        cur = out;
+    }
+    let c = config.out_channels();
+    let hw = sd[&format!("{}.weight", linears[0])].shape[1] / c;
+    nodes.push(node("Transpose", &[&cur], "nhwc", &[attr_ints("perm", &[0, 2, 3, 1])]));
+    let shape_bytes: Vec<u8> = [-1i64, (hw * c) as i64].iter().flat_map(|v| v.to_le_bytes()).collect();
+    inits.push(Msg::new().ints(1, &[2]).int(2, 7).str(8, "flatten/shape").bytes(9, &shape_bytes));
+    nodes.push(node("Reshape", &["nhwc", "flatten/shape"], "flat", &[]));
+    cur = "flat".into();
+    for (j, key) in linears.iter().enumerate() {
+        let (wt, b) = (&sd[&format!("{key}.weight")], &sd[&format!("{key}.bias")]);
+        let (out, inp) = (wt.shape[0], wt.shape[1]);
+        let mut kernel = vec![0f32; inp * out];
+        for o in 0..out {
+            for i in 0..inp {
+                // Row i of Keras' kernel is flat feature i in (h, w, c) order on the first layer.
+                let src = if j == 0 { (i % c) * hw + i / c } else { i };
+                kernel[i * out + o] = wt.data[o * inp + src];
+            }
+        }
+        let (kn, bn) = (format!("dense_{j}/kernel"), format!("dense_{j}/bias"));
+        inits.push(init(&kn, &[inp, out], &kernel));
+        inits.push(init(&bn, &[out], &b.data));
+        nodes.push(node("MatMul", &[&cur, &kn], &format!("mm{j}"), &[]));
+        nodes.push(node("Add", &[&format!("mm{j}"), &bn], &format!("add{j}"), &[]));
+        cur = format!("add{j}");
+        if j + 1 < linears.len() {
+            nodes.push(node("Relu", &[&cur], &format!("relu{j}"), &[]));
+            cur = format!("relu{j}");
+        }
+    }
+    nodes.push(node("Softmax", &[&cur], "predictions", &[Msg::new().str(1, "axis").int(3, -1).int(20, 2)]));
+    let mut g = Msg::new().str(2, "keras_vgg");
+    for n in &nodes {
+        g = g.msg(1, n);
+    }
+    for i in &inits {
+        g = g.msg(5, i);
+    }
+    g = g.msg(11, &value_info("input_1", &[-1, h as i64, w as i64, config.in_channels as i64]));
+    g = g.msg(12, &value_info("predictions", &[-1, config.num_classes as i64]));
+    Msg::new().int(1, 8).str(2, "tf2onnx").msg(7, &g).msg(8, &Msg::new().str(1, "").int(2, 13)).0
+}
+
+/// A Keras-layout graph (built here from the same tensors) imports to exactly those tensors in
+/// torchvision's layout, and the imported model's soft-max equals the source graph's output as
+/// tract runs it on the NHWC input.
+#[test]
+fn keras_style_onnx_imports_with_the_flatten_order_undone() {
+    let config = VggConfig::from_arch("vgg11")
+        .unwrap()
+        .with_width(0.125)
+        .with_head(Head::Imagenet { hidden: 16, pool: [2, 2] })
+        .with_num_classes(5);
+    let sd = formula_state_dict(&config.plan([64, 64]));
+    let bytes = keras_style_onnx(&config, &sd, [64, 64]);
+    let imported = vgg::weights::onnx::read(&bytes, "keras.onnx").unwrap();
+    assert!(imported.notes.iter().any(|n| n.contains("(h, w, c)")), "{:?}", imported.notes);
+    assert_eq!(imported.preprocess.as_ref().map(|p| p.normalize), Some(vgg::image::Normalize::Caffe));
+    let inferred = vgg::weights::infer::infer_config(&imported.state_dict).unwrap();
+    assert_eq!(inferred.arch_name(), "vgg11");
+    assert_eq!(inferred.head, config.head);
+    for (k, t) in &sd {
+        assert_eq!(imported.state_dict[k].data, t.data, "{k}");
+    }
+    let dims = [2, 3, 64, 64];
+    let x = values(formula_input("keras", dims, &Device::default()));
+    let mut nhwc = vec![0f32; x.len()];
+    for n in 0..2 {
+        for c in 0..3 {
+            for p in 0..64 * 64 {
+                nhwc[(n * 64 * 64 + p) * 3 + c] = x[(n * 3 + c) * 64 * 64 + p];
+            }
+        }
+    }
+    let source = tract_run(&bytes, &nhwc, [2, 64, 64, 3]);
+    let engine = vgg::engine::Engine::from_state_dict(&inferred, imported.state_dict).unwrap();
+    let logits = engine.forward(&x, dims);
+    let probs: Vec<f64> = logits.chunks(5).flat_map(vgg::kernels::dense::softmax).collect();
+    let src64: Vec<f64> = source.iter().map(|&v| v as f64).collect();
+    let err = rel_err(&probs.iter().map(|&v| v as f32).collect::<Vec<_>>(), &src64);
+    assert!(err < 1e-5, "{err:e}");
+}
+
+/// This project's own ONNX files (BatchNorm kept or folded) import back to the same network.
+#[test]
+fn exported_onnx_imports_back() {
+    // An inference graph has no dropout, so the import numbers the head as PyTorch does without it.
+    let config = VggConfig::from_arch("vgg11_bn")
+        .unwrap()
+        .with_width(0.125)
+        .with_head(Head::cifar())
+        .with_num_classes(4)
+        .with_dropout(0.0);
+    let m = with_formula(&config);
+    let dims = [2, 3, 32, 32];
+    let x = values(formula_input("export", dims, &Device::default()));
+    let want: Vec<f64> = burn_forward(&m, &x, dims).iter().map(|&v| v as f64).collect();
+    for fold in [false, true] {
+        let opts = OnnxOptions { input: [32, 32], fold_batchnorm: fold };
+        let (bytes, _) = to_onnx(&config, &m.state_dict(), None, &opts).unwrap();
+        let imported = vgg::weights::onnx::read(&bytes, "own.onnx").unwrap();
+        let inferred = vgg::weights::infer::infer_config(&imported.state_dict).unwrap();
+        assert_eq!(inferred.batch_norm, !fold, "folded BatchNorm leaves a plain VGG");
+        if !fold {
+            for (k, t) in m.state_dict() {
+                assert_eq!(imported.state_dict[&k].data, t.data, "{k}");
+            }
+        }
+        let engine = vgg::engine::Engine::from_state_dict(&inferred, imported.state_dict).unwrap();
+        let err = rel_err(&engine.forward(&x, dims), &want);
+        assert!(err < 1e-5, "fold {fold}: {err:e}");
+    }
+    // What is not a VGG is refused, naming the node.
+    let config = VggConfig::from_arch("vgg11").unwrap().with_width(0.125).with_head(Head::cifar()).with_num_classes(3);
+    let (bytes, _) = to_onnx(&config, &with_formula(&config).state_dict(), None, &OnnxOptions::default()).unwrap();
+    let mut bytes = bytes;
+    let at = bytes.windows(4).position(|w| w == b"Relu").expect("a Relu node");
+    bytes[at..at + 4].copy_from_slice(b"Tanh");
+    let e = vgg::weights::onnx::read(&bytes, "tanh.onnx").unwrap_err().to_string();
+    assert!(e.contains("Tanh"), "{e}");
+}

@@ -12,7 +12,7 @@ use super::{ArchArgs, parse_size};
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
-    /// What to read: a .pth (zip, legacy or training checkpoint) or .safetensors file,
+    /// What to read: a .pth (zip, legacy or training checkpoint), .safetensors or .onnx file,
     /// torchvision:NAME, or fashion-mnist (the built-in model).
     input: String,
     /// What to write: .safetensors, .pth or .onnx (or --to).
@@ -56,8 +56,8 @@ fn dtype_name(d: Dtype) -> &'static str {
 
 pub fn run(a: ConvertArgs) -> Result<()> {
     let lower = a.input.to_lowercase();
-    if lower.ends_with(".onnx") || lower.ends_with(".h5") || lower.ends_with(".keras") {
-        bail!("{}: reading ONNX and Keras files is not implemented yet; convert reads .pth and .safetensors", a.input);
+    if lower.ends_with(".h5") || lower.ends_with(".keras") {
+        bail!("{}: reading Keras files is not implemented yet; convert reads .pth, .safetensors and .onnx", a.input);
     }
     let format = match (&a.to, a.output.extension().and_then(|e| e.to_str())) {
         (Some(f), _) => f.to_lowercase(),
@@ -76,6 +76,9 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         other => bail!("unknown key style '{other}' (expected torchvision or paper)"),
     };
     let w = super::read_weights(&a.arch, Some(&a.input))?;
+    for n in &w.notes {
+        eprintln!("note: {n}");
+    }
     let config = w.config.clone();
     // Checked as a strict load would, and under torchvision's keys from here on.
     let sd: StateDict = vgg::weights::keys::conform(w.state_dict, &config, vgg::weights::Strict::Yes)

@@ -3,7 +3,7 @@
 //! `--arch`.
 
 pub mod onnx;
-mod proto;
+pub mod proto;
 
 use std::path::Path;
 

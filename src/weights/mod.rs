@@ -8,6 +8,7 @@
 pub mod infer;
 pub mod init;
 pub mod keys;
+pub mod onnx;
 pub mod pickle;
 pub mod pth;
 pub mod registry;

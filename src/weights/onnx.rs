@@ -1,0 +1,473 @@
+//! ONNX import: VGG-family graphs as torchvision exports them (`Conv`, `BatchNormalization`, `Relu`,
+//! `MaxPool`, `AveragePool`/`GlobalAveragePool`, `Flatten`, `Gemm`) and as tf2onnx exports Keras
+//! models (an NHWC input followed by a `Transpose`, a `Transpose` back to NHWC before the flatten —
+//! so the first dense layer's rows are in (h, w, c) order — dense layers as `MatMul` with `[in, out]`
+//! weights plus `Add`, a final `Softmax`). The graph is walked as one chain; its tensors are renamed
+//! to torchvision's keys and the architecture is recognised from them ([`super::infer`]). Anything
+//! that does not fit is refused with the node that did not.
+
+use std::collections::HashMap;
+
+use super::{StateDict, TensorEntry, WeightsError};
+use crate::image::{Normalize, Preprocess};
+
+/// What an ONNX file gave.
+#[derive(Debug)]
+pub struct Imported {
+    /// The tensors under torchvision's keys.
+    pub state_dict: StateDict,
+    /// The preprocessing: recorded by this project's export, or Caffe-style for a graph with an
+    /// NHWC input (Keras' VGG16/VGG19 applications), else none.
+    pub preprocess: Option<Preprocess>,
+    /// What was adapted on the way (for messages).
+    pub notes: Vec<String>,
+}
+
+/// Whether `bytes` may be an ONNX model (a `ModelProto` starts with its `ir_version`, field 1).
+pub fn looks_like(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&0x08)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal protobuf reader: enough of ModelProto, GraphProto, NodeProto, AttributeProto and
+// TensorProto.
+
+#[derive(Debug, Clone, Copy)]
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed32(u32),
+    Fixed64,
+}
+
+fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The fields of one message, in order.
+fn fields(b: &[u8]) -> Option<Vec<(u32, Field<'_>)>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < b.len() {
+        let key = varint(b, &mut pos)?;
+        let (num, wire) = ((key >> 3) as u32, key & 7);
+        let f = match wire {
+            0 => Field::Varint(varint(b, &mut pos)?),
+            1 => {
+                b.get(pos..pos + 8)?;
+                pos += 8;
+                Field::Fixed64
+            }
+            2 => {
+                let len = varint(b, &mut pos)? as usize;
+                let s = b.get(pos..pos.checked_add(len)?)?;
+                pos += len;
+                Field::Bytes(s)
+            }
+            5 => {
+                let v = u32::from_le_bytes(b.get(pos..pos + 4)?.try_into().ok()?);
+                pos += 4;
+                Field::Fixed32(v)
+            }
+            _ => return None,
+        };
+        out.push((num, f));
+    }
+    Some(out)
+}
+
+fn bytes_of<'a, 'b>(fs: &'b [(u32, Field<'a>)], num: u32) -> impl Iterator<Item = &'a [u8]> + 'b {
+    fs.iter().filter(move |(n, _)| *n == num).filter_map(|(_, f)| if let Field::Bytes(b) = f { Some(*b) } else { None })
+}
+
+fn string(fs: &[(u32, Field<'_>)], num: u32) -> String {
+    bytes_of(fs, num).next().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+}
+
+fn strings(fs: &[(u32, Field<'_>)], num: u32) -> Vec<String> {
+    bytes_of(fs, num).map(|b| String::from_utf8_lossy(b).into_owned()).collect()
+}
+
+/// Repeated int64 field, packed or not.
+fn ints(fs: &[(u32, Field<'_>)], num: u32) -> Option<Vec<i64>> {
+    let mut out = Vec::new();
+    for (n, f) in fs {
+        if *n != num {
+            continue;
+        }
+        match f {
+            Field::Varint(v) => out.push(*v as i64),
+            Field::Bytes(b) => {
+                let mut pos = 0;
+                while pos < b.len() {
+                    out.push(varint(b, &mut pos)? as i64);
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+fn int(fs: &[(u32, Field<'_>)], num: u32) -> Option<i64> {
+    fs.iter()
+        .rev()
+        .find_map(|(n, f)| if *n == num { if let Field::Varint(v) = f { Some(*v as i64) } else { None } } else { None })
+}
+
+/// A tensor's dimensions and values (f32, f64, f16, bf16; int64 as f32).
+fn tensor(b: &[u8]) -> Result<(String, Vec<usize>, Vec<f32>), String> {
+    let fs = fields(b).ok_or("damaged TensorProto")?;
+    let name = string(&fs, 8);
+    let dims: Vec<usize> = ints(&fs, 1).ok_or("damaged dims")?.into_iter().map(|d| d.max(0) as usize).collect();
+    let numel: usize = dims.iter().product();
+    let dtype = int(&fs, 2).unwrap_or(1);
+    if fs.iter().any(|(n, _)| *n == 13) {
+        return Err(format!("tensor '{name}' is stored in an external file; save the model with its weights inside"));
+    }
+    let raw = bytes_of(&fs, 9).next();
+    let data: Vec<f32> = match (dtype, raw) {
+        (1, Some(r)) => r.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        (11, Some(r)) => r.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        (10, Some(r)) => r.chunks_exact(2).map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
+        (16, Some(r)) => r.chunks_exact(2).map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
+        (7, Some(r)) => r.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        (1, None) => {
+            let mut v = Vec::new();
+            for (n, f) in &fs {
+                match (n, f) {
+                    (4, Field::Fixed32(x)) => v.push(f32::from_bits(*x)),
+                    (4, Field::Bytes(p)) => {
+                        v.extend(p.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())))
+                    }
+                    _ => {}
+                }
+            }
+            v
+        }
+        (7, None) => ints(&fs, 7).ok_or("damaged int64_data")?.into_iter().map(|x| x as f32).collect(),
+        (t, _) => return Err(format!("tensor '{name}' has ONNX data type {t}, not a float or int64 type")),
+    };
+    if data.len() != numel {
+        return Err(format!("tensor '{name}' of shape {dims:?} holds {} values", data.len()));
+    }
+    Ok((name, dims, data))
+}
+
+/// One node: operator, name, inputs, outputs and attributes (ints, floats, strings).
+struct Node {
+    op: String,
+    name: String,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    ints: HashMap<String, Vec<i64>>,
+    floats: HashMap<String, f32>,
+}
+
+impl Node {
+    fn parse(b: &[u8]) -> Option<Self> {
+        let fs = fields(b)?;
+        let mut ints_ = HashMap::new();
+        let mut floats = HashMap::new();
+        for a in bytes_of(&fs, 5) {
+            let af = fields(a)?;
+            let name = string(&af, 1);
+            if let Some(Field::Fixed32(x)) = af.iter().find(|(n, _)| *n == 2).map(|(_, f)| *f) {
+                floats.insert(name.clone(), f32::from_bits(x));
+            }
+            if let Some(i) = int(&af, 3) {
+                ints_.insert(name.clone(), vec![i]);
+            }
+            let list = ints(&af, 8)?;
+            if !list.is_empty() {
+                ints_.insert(name, list);
+            }
+        }
+        Some(Self {
+            op: string(&fs, 4),
+            name: string(&fs, 3),
+            inputs: strings(&fs, 1),
+            outputs: strings(&fs, 2),
+            ints: ints_,
+            floats,
+        })
+    }
+
+    fn label(&self) -> String {
+        if self.name.is_empty() { format!("a {} node", self.op) } else { format!("node '{}' ({})", self.name, self.op) }
+    }
+
+    fn attr(&self, k: &str) -> Option<&[i64]> {
+        self.ints.get(k).map(Vec::as_slice)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Reads an ONNX VGG; `path` names it in errors.
+pub fn read(bytes: &[u8], path: &str) -> Result<Imported, WeightsError> {
+    let bad = |what: String| WeightsError::Format { path: path.to_string(), what };
+    let model = fields(bytes).ok_or_else(|| bad("not an ONNX file (damaged protobuf)".into()))?;
+    let graph = bytes_of(&model, 7).next().ok_or_else(|| bad("an ONNX model without a graph".into()))?;
+    let mut meta = HashMap::new();
+    for m in bytes_of(&model, 14) {
+        let f = fields(m).ok_or_else(|| bad("damaged metadata".into()))?;
+        meta.insert(string(&f, 1), string(&f, 2));
+    }
+    let g = fields(graph).ok_or_else(|| bad("damaged graph".into()))?;
+    let mut inits: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+    for t in bytes_of(&g, 5) {
+        let (name, dims, data) = tensor(t).map_err(&bad)?;
+        inits.insert(name, (dims, data));
+    }
+    // Constant nodes carry tensors too (tf2onnx emits some).
+    let mut nodes = Vec::new();
+    for n in bytes_of(&g, 1) {
+        let f = fields(n).ok_or_else(|| bad("damaged node".into()))?;
+        if string(&f, 4) == "Constant" {
+            for a in bytes_of(&f, 5) {
+                let af = fields(a).ok_or_else(|| bad("damaged attribute".into()))?;
+                if let Some(t) = bytes_of(&af, 5).next() {
+                    let (_, dims, data) = tensor(t).map_err(&bad)?;
+                    for out in strings(&f, 2) {
+                        inits.insert(out, (dims.clone(), data.clone()));
+                    }
+                }
+            }
+            continue;
+        }
+        nodes.push(Node::parse(n).ok_or_else(|| bad("damaged node".into()))?);
+    }
+    let input = bytes_of(&g, 11)
+        .filter_map(|vi| fields(vi).map(|f| string(&f, 1)))
+        .find(|name| !inits.contains_key(name))
+        .ok_or_else(|| bad("the graph has no input".into()))?;
+    walk(&nodes, &inits, &input, &meta).map_err(bad)
+}
+
+/// A dense layer collected from the head: `[out, in]` weights and bias.
+struct Dense {
+    w: Vec<f32>,
+    out: usize,
+    inp: usize,
+    b: Vec<f32>,
+}
+
+fn walk(
+    nodes: &[Node],
+    inits: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+    input: &str,
+    meta: &HashMap<String, String>,
+) -> Result<Imported, String> {
+    let mut sd = StateDict::new();
+    let mut notes = Vec::new();
+    let mut cur = input.to_string();
+    let mut idx = 0usize; // torchvision's features.N
+    let mut channels = 0usize;
+    let (mut nhwc_input, mut hwc_flatten, mut flat) = (false, false, false);
+    let mut dense: Vec<Dense> = Vec::new();
+    let mut softmax = false;
+    let init = |name: &str, n: &Node| -> Result<&(Vec<usize>, Vec<f32>), String> {
+        inits.get(name).ok_or_else(|| format!("{}: input '{name}' is not a constant weight", n.label()))
+    };
+    for n in nodes {
+        if n.inputs.first() != Some(&cur) {
+            return Err(format!("{} does not continue the chain from '{cur}': not a plain VGG graph", n.label()));
+        }
+        if softmax {
+            return Err(format!("{} follows the final Softmax", n.label()));
+        }
+        let refuse = |why: &str| Err(format!("{}: {why}", n.label()));
+        match n.op.as_str() {
+            "Transpose" => {
+                let perm = n.attr("perm").unwrap_or(&[]);
+                match perm {
+                    [0, 3, 1, 2] if idx == 0 && !flat => {
+                        nhwc_input = true;
+                        notes.push("NHWC input transposed to NCHW: the imported model takes NCHW".into());
+                    }
+                    [0, 2, 3, 1] if idx > 0 && !flat => hwc_flatten = true,
+                    _ => return refuse(&format!("a Transpose with perm {perm:?} where a VGG has none")),
+                }
+            }
+            "Conv" => {
+                if flat {
+                    return refuse("a convolution after the flatten");
+                }
+                let (ws, w) = init(&n.inputs.get(1).cloned().unwrap_or_default(), n)?;
+                let [co, ci, kh, kw] = ws[..] else { return refuse("weights not of rank 4") };
+                let k = kh;
+                let pads = n.attr("pads").unwrap_or(&[0, 0, 0, 0]);
+                let pad = if k == 3 { 1 } else { 0 };
+                let ok = kh == kw
+                    && (k == 3 || k == 1)
+                    && pads.iter().all(|&p| p == pad)
+                    && n.attr("strides").unwrap_or(&[1, 1]).iter().all(|&s| s == 1)
+                    && n.attr("dilations").unwrap_or(&[1, 1]).iter().all(|&d| d == 1)
+                    && n.attr("group").unwrap_or(&[1]) == [1];
+                if !ok {
+                    return refuse("only 3x3 (padding 1) and 1x1 (padding 0) stride-1 convolutions are VGG's");
+                }
+                let b = match n.inputs.get(2).filter(|s| !s.is_empty()) {
+                    Some(name) => init(name, n)?.1.clone(),
+                    None => vec![0.0; co],
+                };
+                sd.insert(format!("features.{idx}.weight"), TensorEntry::f32(ws.clone(), w.clone()));
+                sd.insert(format!("features.{idx}.bias"), TensorEntry::f32(vec![co], b));
+                channels = co;
+                let _ = ci;
+                idx += 1;
+            }
+            "BatchNormalization" => {
+                if flat {
+                    return refuse("a BatchNorm in the dense head (the VGG heads here have none)");
+                }
+                let get = |i: usize| init(n.inputs.get(i).map(String::as_str).unwrap_or(""), n).map(|t| t.1.clone());
+                let (g, b, m, mut v) = (get(1)?, get(2)?, get(3)?, get(4)?);
+                // The engine's epsilon is PyTorch's 1e-5; another (Keras: 1e-3) moves into the variance.
+                let eps = n.floats.get("epsilon").copied().unwrap_or(1e-5);
+                v.iter_mut().for_each(|x| *x += eps - 1e-5);
+                let c = g.len();
+                for (leaf, data) in [("weight", g), ("bias", b), ("running_mean", m), ("running_var", v)] {
+                    sd.insert(format!("features.{idx}.{leaf}"), TensorEntry::f32(vec![c], data));
+                }
+                sd.insert(
+                    format!("features.{idx}.num_batches_tracked"),
+                    TensorEntry { shape: vec![], dtype: super::Dtype::I64, data: vec![0.0] },
+                );
+                idx += 1;
+            }
+            "Relu" => {
+                if !flat {
+                    idx += 1;
+                }
+            }
+            "MaxPool" => {
+                let ok = n.attr("kernel_shape") == Some(&[2, 2][..])
+                    && n.attr("strides") == Some(&[2, 2][..])
+                    && n.attr("pads").unwrap_or(&[0, 0, 0, 0]).iter().all(|&p| p == 0);
+                if !ok || flat {
+                    return refuse("VGG's max-pools are 2x2 with stride 2");
+                }
+                idx += 1;
+            }
+            "LRN" => idx += 1,
+            // The head's pooling: torchvision's adaptive pool (identity at 224², an AveragePool
+            // where the map divides evenly) or the CIFAR head's global average.
+            "AveragePool" | "GlobalAveragePool" if !flat => {}
+            "Flatten" | "Reshape" => flat = true,
+            "Dropout" | "Identity" => {}
+            "Gemm" | "MatMul" => {
+                if !flat {
+                    return refuse("a dense layer before the flatten");
+                }
+                let (ws, w) = init(&n.inputs.get(1).cloned().unwrap_or_default(), n)?;
+                let [r, c] = ws[..] else { return refuse("weights not of rank 2") };
+                let trans_b = n.op == "Gemm" && n.attr("transB") == Some(&[1][..]);
+                if n.attr("transA").unwrap_or(&[0]) != [0] {
+                    return refuse("transA is not VGG's");
+                }
+                if n.floats.get("alpha").is_some_and(|&a| a != 1.0) || n.floats.get("beta").is_some_and(|&b| b != 1.0) {
+                    return refuse("alpha and beta other than 1");
+                }
+                // To PyTorch's [out, in].
+                let (out, inp, wt) = if trans_b {
+                    (r, c, w.clone())
+                } else {
+                    let mut t = vec![0f32; r * c];
+                    for i in 0..r {
+                        for o in 0..c {
+                            t[o * r + i] = w[i * c + o];
+                        }
+                    }
+                    (c, r, t)
+                };
+                let b = match n.inputs.get(2).filter(|s| !s.is_empty()) {
+                    Some(name) if n.op == "Gemm" => init(name, n)?.1.clone(),
+                    _ => vec![0.0; out],
+                };
+                dense.push(Dense { w: wt, out, inp, b });
+            }
+            "Add" if flat && !dense.is_empty() => {
+                let (_, b) = init(n.inputs.get(1).map(String::as_str).unwrap_or(""), n)?;
+                let d = dense.last_mut().expect("checked");
+                if b.len() != d.out {
+                    return refuse("a bias of another width than its dense layer");
+                }
+                d.b.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            }
+            "Softmax" if flat => {
+                softmax = true;
+                notes.push("the final Softmax is dropped: the model outputs logits (classify applies it)".into());
+            }
+            "Mul" if flat => {
+                return refuse("a BatchNorm folded into the dense head (Mul/Add): the VGG heads here have none");
+            }
+            other => return refuse(&format!("{other} is not part of a VGG graph")),
+        }
+        cur = n.outputs.first().cloned().unwrap_or_default();
+    }
+    if idx == 0 {
+        return Err("no convolutions: not a VGG graph".into());
+    }
+    // The head: torchvision's (three layers, two equal hidden widths, over a pooled map) or the
+    // CIFAR-style MLP over the channel vector.
+    if let Some(first) = dense.first_mut() {
+        let hw = first.inp / channels.max(1);
+        if hw * channels != first.inp {
+            return Err(format!(
+                "the first dense layer takes {} features, not a multiple of the trunk's {channels} channels",
+                first.inp
+            ));
+        }
+        if hwc_flatten && hw > 1 {
+            // Keras flattens (h, w, c); torchvision (c, h, w).
+            let mut w = vec![0f32; first.w.len()];
+            for o in 0..first.out {
+                let (src, dst) = (&first.w[o * first.inp..][..first.inp], &mut w[o * first.inp..][..first.inp]);
+                for p in 0..hw {
+                    for c in 0..channels {
+                        dst[c * hw + p] = src[p * channels + c];
+                    }
+                }
+            }
+            first.w = w;
+            notes.push("the first dense layer's rows reordered from Keras' (h, w, c) flatten to (c, h, w)".into());
+        }
+    }
+    let imagenet = dense.len() == 3 && dense[0].out == dense[1].out && dense[0].inp > channels;
+    if !imagenet && dense.first().is_some_and(|d| d.inp != channels) {
+        return Err(format!(
+            "a head of {} dense layers over a flattened map of {} features: neither torchvision's three-layer head nor an MLP over the {channels} channels",
+            dense.len(),
+            dense[0].inp
+        ));
+    }
+    for (i, d) in dense.into_iter().enumerate() {
+        let key = if imagenet { 3 * i } else { 2 * i };
+        sd.insert(format!("classifier.{key}.weight"), TensorEntry::f32(vec![d.out, d.inp], d.w));
+        sd.insert(format!("classifier.{key}.bias"), TensorEntry::f32(vec![d.out], d.b));
+    }
+    let preprocess = match meta.get(super::safetensors::PREPROCESS_KEY) {
+        Some(p) => {
+            Some(serde_json::from_str(p).map_err(|e| format!("bad {}: {e}", super::safetensors::PREPROCESS_KEY))?)
+        }
+        None if nhwc_input => {
+            notes.push("an NHWC graph (Keras): Caffe preprocessing assumed (BGR, 0-255, mean subtracted)".into());
+            let mut p = Preprocess::imagenet();
+            p.normalize = Normalize::Caffe;
+            Some(p)
+        }
+        None => None,
+    };
+    Ok(Imported { state_dict: sd, preprocess, notes })
+}
