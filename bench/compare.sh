@@ -16,8 +16,10 @@ cargo build --release -q
 for r in $(seq "$ROUNDS"); do
     for b in 1 8; do
         ours=$(./target/release/vgg bench --arch vgg16 --batch "$b" --iters 10 --warmup 3 --json)
+        half=$(./target/release/vgg bench --arch vgg16 --batch "$b" --iters 10 --warmup 3 --half bf16 --json)
         peer=$("$VENV/bin/python" bench/ort_infer.py "$WORK/vgg16-rand.onnx" "$b" 10 3)
         echo "round $r batch $b vgg: $ours"
+        echo "round $r batch $b vgg --half bf16: $half"
         echo "round $r batch $b ort: $peer"
         python3 - "$ours" "$peer" <<'PY'
 import json, sys
