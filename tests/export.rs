@@ -216,7 +216,8 @@ fn value_info(name: &str, dims: &[i64]) -> Msg {
     Msg::new().str(1, name).msg(2, &Msg::new().msg(1, &Msg::new().int(1, 1).msg(2, &shape)))
 }
 
-/// A VGG as tf2onnx writes a Keras model: NHWC input and a Transpose to NCHW, Conv/Relu/MaxPool,
+/// A VGG as tf2onnx writes a Keras model: NHWC input and a Transpose to NCHW, Conv (`auto_pad`
+/// SAME)/Relu/MaxPool,
 /// a Transpose back to NHWC and a Reshape (so the first dense layer's rows are in (h, w, c)
 /// order), dense layers as MatMul with `[in, out]` weights plus Add, and a Softmax.
 fn keras_style_onnx(config: &VggConfig, sd: &StateDict, [h, w]: [usize; 2]) -> Vec<u8> {
@@ -232,7 +233,9 @@ fn keras_style_onnx(config: &VggConfig, sd: &StateDict, [h, w]: [usize; 2]) -> V
                 let (wk, b) = (&sd[&format!("{}.weight", l.key)], &sd[&format!("{}.bias", l.key)]);
                 inits.push(init(&format!("{}/kernel", l.name), &wk.shape, &wk.data));
                 inits.push(init(&format!("{}/bias", l.name), &b.shape, &b.data));
-                let attrs = [attr_ints("kernel_shape", &[3, 3]), attr_ints("pads", &[1, 1, 1, 1])];
+                // tf2onnx writes SAME padding as `auto_pad`.
+                let same = Msg::new().str(1, "auto_pad").bytes(4, b"SAME_UPPER").int(20, 3);
+                let attrs = [attr_ints("kernel_shape", &[3, 3]), same];
                 let (kn, bn) = (format!("{}/kernel", l.name), format!("{}/bias", l.name));
                 nodes.push(node("Conv", &[&cur, &kn, &bn], &out, &attrs));
             }

@@ -171,6 +171,7 @@ struct Node {
     outputs: Vec<String>,
     ints: HashMap<String, Vec<i64>>,
     floats: HashMap<String, f32>,
+    strings: HashMap<String, String>,
 }
 
 impl Node {
@@ -178,6 +179,7 @@ impl Node {
         let fs = fields(b)?;
         let mut ints_ = HashMap::new();
         let mut floats = HashMap::new();
+        let mut strings_ = HashMap::new();
         for a in bytes_of(&fs, 5) {
             let af = fields(a)?;
             let name = string(&af, 1);
@@ -186,6 +188,9 @@ impl Node {
             }
             if let Some(i) = int(&af, 3) {
                 ints_.insert(name.clone(), vec![i]);
+            }
+            if let Some(v) = bytes_of(&af, 4).next() {
+                strings_.insert(name.clone(), String::from_utf8_lossy(v).into_owned());
             }
             let list = ints(&af, 8)?;
             if !list.is_empty() {
@@ -199,6 +204,7 @@ impl Node {
             outputs: strings(&fs, 2),
             ints: ints_,
             floats,
+            strings: strings_,
         })
     }
 
@@ -308,9 +314,15 @@ fn walk(
                 let k = kh;
                 let pads = n.attr("pads").unwrap_or(&[0, 0, 0, 0]);
                 let pad = if k == 3 { 1 } else { 0 };
+                // tf2onnx often writes `auto_pad` instead of explicit pads: SAME keeps the size.
+                let padded = match n.strings.get("auto_pad").map(String::as_str) {
+                    Some("SAME_UPPER" | "SAME_LOWER") => true,
+                    Some("VALID") => k == 1,
+                    _ => pads.iter().all(|&p| p == pad),
+                };
                 let ok = kh == kw
                     && (k == 3 || k == 1)
-                    && pads.iter().all(|&p| p == pad)
+                    && padded
                     && n.attr("strides").unwrap_or(&[1, 1]).iter().all(|&s| s == 1)
                     && n.attr("dilations").unwrap_or(&[1, 1]).iter().all(|&d| d == 1)
                     && n.attr("group").unwrap_or(&[1]) == [1];

@@ -1,0 +1,136 @@
+//! Micro-benchmarks of the hand-written kernels, each against the path it replaces:
+//! `cargo run --release --example kernel_bench [-- FILTER]` (FILTER: a substring of the names).
+//!
+//! Every case runs a few warm-ups, then enough repetitions for about half a second, and prints the
+//! median time with GFLOP/s (arithmetic kernels, counted as the direct computation) or GB/s (the
+//! memory-bound ones). Results go in BENCHMARKS.md with the machine they were measured on.
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use vgg::kernels::conv::{self, ConvShape};
+use vgg::kernels::half::{HalfBuf, HalfKind};
+use vgg::kernels::packed::{self, PackedB};
+use vgg::kernels::{dense, norm, winograd};
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// Median seconds of `f`.
+fn time(mut f: impl FnMut()) -> f64 {
+    for _ in 0..2 {
+        f();
+    }
+    let t = Instant::now();
+    f();
+    let once = t.elapsed().as_secs_f64().max(1e-6);
+    let reps = ((0.5 / once) as usize).clamp(3, 200);
+    let mut v: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn report(name: &str, secs: f64, work: f64, unit: &str) {
+    println!("{name:<44} {:>9.3} ms {:>8.1} {unit}", secs * 1e3, work / secs / 1e9);
+}
+
+fn main() {
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    let on = |name: &str| name.contains(&filter);
+    println!("{:<44} {:>12} {:>12}", "kernel", "median", "rate");
+
+    // 3x3 convolutions of VGG-16 at batch 1, 224x224: im2col + GEMM against Winograd F(4x4, 3x3)
+    // (filters transformed once, as the engine caches them).
+    for (label, h, ci, co) in [
+        ("conv1_2 224x224 64->64", 224, 64, 64),
+        ("conv3_2 56x56 256->256", 56, 256, 256),
+        ("conv5_2 14x14 512->512", 14, 512, 512),
+    ] {
+        let sh = ConvShape { n: 1, h, w: h, ci, co, k: 3 };
+        let x = data(h * h * ci, 1);
+        let wk = data(9 * ci * co, 2);
+        let b = data(co, 3);
+        let mut out = vec![0f32; h * h * co];
+        let flops = 2.0 * (h * h * 9 * ci * co) as f64;
+        let name = format!("conv {label} im2col");
+        if on(&name) {
+            report(&name, time(|| conv::forward_im2col(&x, &wk, &b, &sh, &mut out)), flops, "GFLOP/s");
+        }
+        let name = format!("conv {label} winograd");
+        if on(&name) && winograd::suits(&sh) {
+            let u = winograd::transform_filter(&wk, ci, co);
+            report(&name, time(|| winograd::forward(&x, &u, &b, &sh, &mut out)), flops, "GFLOP/s");
+        }
+        let name = format!("conv {label} winograd incl. filter transform");
+        if on(&name) && winograd::suits(&sh) {
+            let t = time(|| {
+                let cache = OnceLock::new();
+                conv::forward_cached(&x, &wk, &cache, &b, &sh, &mut out);
+            });
+            report(&name, t, flops, "GFLOP/s");
+        }
+    }
+
+    // The packed GEMM against the `gemm` crate on a Winograd-sized product (tiles x ci by ci x co).
+    for (m, k, n) in [(196, 512, 512), (3136, 64, 64)] {
+        let a = data(m * k, 4);
+        let bm = data(k * n, 5);
+        let mut c = vec![0f32; m * n];
+        let flops = 2.0 * (m * k * n) as f64;
+        let name = format!("gemm {m}x{k}x{n} packed (6x16 micro-kernel)");
+        if on(&name) {
+            let p = PackedB::new(&bm, k, n, [n, 1]);
+            report(&name, time(|| packed::gemm(m, &a, k, &p, 0..p.panels(), &mut c, n, false)), flops, "GFLOP/s");
+        }
+        let name = format!("gemm {m}x{k}x{n} gemm crate");
+        if on(&name) {
+            let t = time(|| vgg::kernels::sgemm(m, n, k, &a, [k, 1], &bm, [n, 1], &mut c, n, false, false));
+            report(&name, t, flops, "GFLOP/s");
+        }
+    }
+
+    // fc6 at batch 1: a matrix-vector product bound by the bytes of W.
+    let (inp, out_f) = (25088, 4096);
+    let w = data(inp * out_f, 6);
+    let x = data(inp, 7);
+    let b = data(out_f, 8);
+    let mut y = vec![0f32; out_f];
+    if on("fc6 b1 f32") {
+        let t = time(|| dense::linear_forward(&x, &w, &b, 1, &mut y));
+        report("fc6 b1 f32 weights (dot products)", t, (inp * out_f * 4) as f64, "GB/s");
+    }
+    for (kind, label) in [(HalfKind::Bf16, "bf16"), (HalfKind::F16, "f16")] {
+        let name = format!("fc6 b1 {label} weights (widened in registers)");
+        if on(&name) {
+            let h = HalfBuf::encode(kind, &w);
+            let t = time(|| vgg::kernels::half::linear_forward(&x, &h, &b, 1, &mut y));
+            report(&name, t, (inp * out_f * 2) as f64, "GB/s");
+        }
+    }
+    drop(w);
+
+    // BatchNorm + ReLU over a conv1-sized map (memory-bound).
+    let c = 64;
+    let xs = data(112 * 112 * c * 8, 9);
+    let mut ys = vec![0f32; xs.len()];
+    let (mean, var) = norm::batch_stats(&xs, c);
+    let a = norm::Affine::new(&mean, &var, &vec![1.0; c], &vec![0.0; c], 1e-5);
+    if on("bn_relu") {
+        let t = time(|| norm::affine_relu(&xs, &a, &mut ys));
+        report("bn_relu 8x112x112x64 (eval affine)", t, (xs.len() * 8) as f64, "GB/s");
+    }
+    if on("batch_stats") {
+        let t = time(|| {
+            std::hint::black_box(norm::batch_stats(&xs, c));
+        });
+        report("batch_stats 8x112x112x64", t, (xs.len() * 4) as f64, "GB/s");
+    }
+}
