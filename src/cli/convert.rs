@@ -64,17 +64,8 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         (None, Some(e)) => e.to_lowercase(),
         (None, None) => bail!("give --to safetensors, pth or onnx, or an OUTPUT with that extension"),
     };
-    let dtype = match a.dtype.as_str() {
-        "f32" => Dtype::F32,
-        "f16" => Dtype::F16,
-        "bf16" => Dtype::BF16,
-        other => bail!("unknown dtype '{other}' (expected f32, f16 or bf16)"),
-    };
-    let keys = match a.keys.as_str() {
-        "torchvision" => KeyStyle::Torchvision,
-        "paper" => KeyStyle::Paper,
-        other => bail!("unknown key style '{other}' (expected torchvision or paper)"),
-    };
+    let dtype = super::parse_dtype(&a.dtype)?;
+    let keys = super::parse_keys(&a.keys)?;
     let w = super::read_weights(&a.arch, Some(&a.input))?;
     for n in &w.notes {
         eprintln!("note: {n}");

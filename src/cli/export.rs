@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 use vgg::export::onnx::{OnnxOptions, to_onnx};
-use vgg::weights::{Dtype, KeyStyle};
 
 use super::{ArchArgs, parse_size};
 
@@ -84,17 +83,8 @@ pub fn run(a: ExportArgs) -> Result<()> {
             }
         }
         "safetensors" => {
-            let keys = match a.keys.as_str() {
-                "torchvision" => KeyStyle::Torchvision,
-                "paper" => KeyStyle::Paper,
-                other => bail!("unknown key style '{other}' (expected torchvision or paper)"),
-            };
-            let dtype = match a.dtype.as_str() {
-                "f32" => Dtype::F32,
-                "f16" => Dtype::F16,
-                "bf16" => Dtype::BF16,
-                other => bail!("unknown dtype '{other}' (expected f32, f16 or bf16)"),
-            };
+            let keys = super::parse_keys(&a.keys)?;
+            let dtype = super::parse_dtype(&a.dtype)?;
             let n = vgg::export::write_safetensors(&a.out, &config, &sd, Some(&loaded.preprocess), keys, dtype)?;
             bytes_written = std::fs::metadata(&a.out).map(|m| m.len() as usize).unwrap_or(0);
             info["format"] = "safetensors".into();

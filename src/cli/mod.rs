@@ -74,6 +74,27 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `--dtype` of written weights: f32, f16 or bf16.
+fn parse_dtype(s: &str) -> Result<vgg::weights::Dtype> {
+    use vgg::weights::Dtype;
+    Ok(match s {
+        "f32" => Dtype::F32,
+        "f16" => Dtype::F16,
+        "bf16" => Dtype::BF16,
+        other => bail!("unknown dtype '{other}' (expected f32, f16 or bf16)"),
+    })
+}
+
+/// `--keys`: torchvision or paper.
+fn parse_keys(s: &str) -> Result<vgg::weights::KeyStyle> {
+    use vgg::weights::KeyStyle;
+    Ok(match s {
+        "torchvision" => KeyStyle::Torchvision,
+        "paper" => KeyStyle::Paper,
+        other => bail!("unknown key style '{other}' (expected torchvision or paper)"),
+    })
+}
+
 /// `--half`: 16-bit weight storage for inference (f32 arithmetic).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HalfArg {

@@ -33,22 +33,24 @@ fn linear_forward_dots(x: &[f32], w: &[f32], b: &[f32], n: usize, y: &mut [f32])
     let out = b.len();
     let inp = w.len() / out;
     assert!(x.len() == n * inp && y.len() == n * out);
-    const BLOCK: usize = 64;
-    let blocks: Vec<Vec<f32>> = (0..out.div_ceil(BLOCK))
-        .into_par_iter()
-        .map(|blk| {
-            let o0 = blk * BLOCK;
-            let o1 = (o0 + BLOCK).min(out);
-            let mut res = vec![0f32; (o1 - o0) * n];
-            for o in o0..o1 {
-                let row = &w[o * inp..(o + 1) * inp];
-                for r in 0..n {
-                    res[(o - o0) * n + r] = b[o] + dot(row, &x[r * inp..(r + 1) * inp]);
-                }
+    by_output_blocks(n, y, out, |o0, o1| {
+        let mut res = vec![0f32; (o1 - o0) * n];
+        for o in o0..o1 {
+            let row = &w[o * inp..(o + 1) * inp];
+            for r in 0..n {
+                res[(o - o0) * n + r] = b[o] + dot(row, &x[r * inp..(r + 1) * inp]);
             }
-            res
-        })
-        .collect();
+        }
+        res
+    });
+}
+
+/// Fills `y` (`[n, out]`) from blocks of 64 outputs computed in parallel: `block(o0, o1)` returns
+/// outputs `o0..o1` of every row as `[o1 − o0, n]`.
+pub(crate) fn by_output_blocks(n: usize, y: &mut [f32], out: usize, block: impl Fn(usize, usize) -> Vec<f32> + Sync) {
+    const BLOCK: usize = 64;
+    let blocks: Vec<Vec<f32>> =
+        (0..out.div_ceil(BLOCK)).into_par_iter().map(|blk| block(blk * BLOCK, ((blk + 1) * BLOCK).min(out))).collect();
     for (blk, res) in blocks.iter().enumerate() {
         for (j, vals) in res.chunks_exact(n).enumerate() {
             for (r, v) in vals.iter().enumerate() {

@@ -108,40 +108,28 @@ pub fn linear_forward(x: &[f32], w: &HalfBuf, b: &[f32], n: usize, y: &mut [f32]
     let out = b.len();
     let inp = w.len() / out;
     assert!(x.len() == n * inp && y.len() == n * out);
-    const BLOCK: usize = 64;
-    let blocks: Vec<Vec<f32>> = (0..out.div_ceil(BLOCK))
-        .into_par_iter()
-        .map(|blk| {
-            let (o0, o1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(out));
-            let rows = o1 - o0;
-            // [rows, n] results of this block.
-            let mut res = vec![0f32; rows * n];
-            if n <= super::dense::DOT_ROWS {
-                for o in o0..o1 {
-                    let row = &w.bits[o * inp..(o + 1) * inp];
-                    for r in 0..n {
-                        res[(o - o0) * n + r] = b[o] + dot(w.kind, row, &x[r * inp..(r + 1) * inp]);
-                    }
+    super::dense::by_output_blocks(n, y, out, |o0, o1| {
+        let rows = o1 - o0;
+        // [rows, n] results of this block.
+        let mut res = vec![0f32; rows * n];
+        if n <= super::dense::DOT_ROWS {
+            for o in o0..o1 {
+                let row = &w.bits[o * inp..(o + 1) * inp];
+                for r in 0..n {
+                    res[(o - o0) * n + r] = b[o] + dot(w.kind, row, &x[r * inp..(r + 1) * inp]);
                 }
-            } else {
-                let mut wf = vec![0f32; rows * inp];
-                decode_into(w.kind, &w.bits[o0 * inp..o1 * inp], &mut wf);
-                for (o, r) in res.chunks_exact_mut(n).enumerate() {
-                    r.fill(b[o0 + o]);
-                }
-                // res[rows, n] = wf[rows, in] · xᵀ[in, n]
-                super::sgemm(rows, n, inp, &wf, [inp, 1], x, [1, inp], &mut res, n, true, false);
             }
-            res
-        })
-        .collect();
-    for (blk, res) in blocks.iter().enumerate() {
-        for (j, vals) in res.chunks_exact(n).enumerate() {
-            for (r, v) in vals.iter().enumerate() {
-                y[r * out + blk * BLOCK + j] = *v;
+        } else {
+            let mut wf = vec![0f32; rows * inp];
+            decode_into(w.kind, &w.bits[o0 * inp..o1 * inp], &mut wf);
+            for (o, r) in res.chunks_exact_mut(n).enumerate() {
+                r.fill(b[o0 + o]);
             }
+            // res[rows, n] = wf[rows, in] · xᵀ[in, n]
+            super::sgemm(rows, n, inp, &wf, [inp, 1], x, [1, inp], &mut res, n, true, false);
         }
-    }
+        res
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
