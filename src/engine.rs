@@ -389,6 +389,7 @@ impl Engine {
     /// pass recomputes from the new values, and widens half-precision storage back to f32.
     pub fn params_mut(&mut self) -> &mut [ParamBuf] {
         self.store_f32();
+        self.drop_caches();
         &mut self.params
     }
 
@@ -418,13 +419,18 @@ impl Engine {
     }
 
     /// Back to f32 storage (the values stay those of the 16-bit ones).
+    /// A no-op (caches kept) when nothing is in 16 bits, as for every training step's call.
     pub fn store_f32(&mut self) {
+        let mut widened = false;
         for p in &mut self.params {
             if let Some(h) = p.half.take() {
                 p.value = h.decode();
+                widened = true;
             }
         }
-        self.drop_caches();
+        if widened {
+            self.drop_caches();
+        }
     }
 
     /// The 16-bit format the weights are stored in, if any.
