@@ -16,7 +16,7 @@ use crate::weights::{self, LoadReport, Strict, WeightsError};
 pub enum WeightsSpec {
     /// A torchvision registry name, `torchvision:vgg16`.
     Named(String),
-    /// A `.pth` or `.safetensors` file.
+    /// A `.pth`, `.safetensors`, `.onnx` or Keras `.h5` file.
     File(PathBuf),
     /// torchvision's random initialisation (for summaries and benchmarks).
     Random,
@@ -202,12 +202,17 @@ pub fn load(
     Ok(Loaded { model, preprocess: w.preprocess, source: w.source, report })
 }
 
-/// The weights in the bytes of a `.pth` or `.safetensors` file.
+/// The weights in the bytes of a `.pth`, `.safetensors`, `.onnx` or Keras `.h5` file.
 fn from_bytes(bytes: &[u8], p: String, config: Option<VggConfig>) -> Result<Weights, LoadError> {
     let mut notes = vec![];
     let (mut sd, recorded, recorded_pre) = if weights::safetensors::looks_like(bytes) {
         let (sd, meta) = weights::safetensors::read(bytes, &p)?;
         (sd, meta.config, meta.preprocess)
+    } else if weights::keras::looks_like(bytes) {
+        // Keras' HDF5 layout: the architecture is recognised from the shapes unless recorded.
+        let k = weights::keras::read(bytes, &p)?;
+        notes = k.imported.notes;
+        (k.imported.state_dict, k.config, k.imported.preprocess)
     } else if p.to_lowercase().ends_with(".onnx") || weights::onnx::looks_like(bytes) {
         // The architecture is recognised from the graph's tensors, as for a .pth file.
         let imported = weights::onnx::read(bytes, &p)?;

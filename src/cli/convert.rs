@@ -12,12 +12,12 @@ use super::{ArchArgs, parse_size};
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
-    /// What to read: a .pth (zip, legacy or training checkpoint), .safetensors or .onnx file,
+    /// What to read: a .pth (zip, legacy or training checkpoint), .safetensors, .onnx or Keras .h5 file,
     /// torchvision:NAME, or fashion-mnist (the built-in model).
     input: String,
-    /// What to write: .safetensors, .pth or .onnx (or --to).
+    /// What to write: .safetensors, .pth, .onnx or .h5 (Keras weights; or --to).
     output: PathBuf,
-    /// safetensors, pth or onnx (default: from OUTPUT's extension).
+    /// safetensors, pth, onnx or h5 (default: from OUTPUT's extension).
     #[arg(long)]
     to: Option<String>,
     /// Storage of floating tensors: f32, f16 or bf16 (safetensors and pth; ONNX is written in f32).
@@ -55,14 +55,16 @@ fn dtype_name(d: Dtype) -> &'static str {
 }
 
 pub fn run(a: ConvertArgs) -> Result<()> {
-    let lower = a.input.to_lowercase();
-    if lower.ends_with(".h5") || lower.ends_with(".keras") {
-        bail!("{}: reading Keras files is not implemented yet; convert reads .pth, .safetensors and .onnx", a.input);
+    if a.input.to_lowercase().ends_with(".keras") {
+        bail!(
+            "{}: Keras 3 `.keras` archives are not read; save the weights as .h5 (model.save_weights('x.weights.h5') in Keras 2 layout, or model.save('x.h5'))",
+            a.input
+        );
     }
     let format = match (&a.to, a.output.extension().and_then(|e| e.to_str())) {
         (Some(f), _) => f.to_lowercase(),
         (None, Some(e)) => e.to_lowercase(),
-        (None, None) => bail!("give --to safetensors, pth or onnx, or an OUTPUT with that extension"),
+        (None, None) => bail!("give --to safetensors, pth, onnx or h5, or an OUTPUT with that extension"),
     };
     let dtype = super::parse_dtype(&a.dtype)?;
     let keys = super::parse_keys(&a.keys)?;
@@ -87,6 +89,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16 => dtype,
         other => other,
     };
+    let mut keras_names = std::collections::HashMap::new();
     let bytes = match format.as_str() {
         "safetensors" => {
             vgg::export::write_safetensors(&a.output, &config, &sd, Some(&w.preprocess), keys, dtype)?;
@@ -104,7 +107,15 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             let opts = OnnxOptions { input, fold_batchnorm: a.fold_bn };
             Some(to_onnx(&config, &sd, Some(&w.preprocess), &opts)?.0)
         }
-        other => bail!("unknown output format '{other}' (expected safetensors, pth or onnx)"),
+        "h5" | "hdf5" => {
+            if dtype != Dtype::F32 {
+                bail!("Keras .h5 files are written in f32 (--dtype {} is for safetensors and pth)", a.dtype);
+            }
+            let (bytes, map) = vgg::weights::keras::write(&sd, &config, &w.preprocess)?;
+            keras_names = map.into_iter().collect();
+            Some(bytes)
+        }
+        other => bail!("unknown output format '{other}' (expected safetensors, pth, onnx or h5)"),
     };
     if let Some(b) = &bytes {
         vgg::weights::safetensors::write_atomic(&a.output, b)?;
@@ -113,8 +124,13 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     let rows: Vec<serde_json::Value> = sd
         .iter()
         .map(|(k, t)| {
-            let to = if format == "onnx" { k.clone() } else { out_key(k) };
-            let out_dtype = if format == "onnx" { Dtype::F32 } else { stored(t.dtype) };
+            let to = match format.as_str() {
+                "onnx" => k.clone(),
+                // BatchNorm's num_batches_tracked has no Keras counterpart.
+                "h5" | "hdf5" => keras_names.get(k).cloned().unwrap_or_else(|| "-".into()),
+                _ => out_key(k),
+            };
+            let out_dtype = if matches!(format.as_str(), "onnx" | "h5" | "hdf5") { Dtype::F32 } else { stored(t.dtype) };
             serde_json::json!({"from": k, "to": to, "shape": t.shape, "from_dtype": dtype_name(t.dtype), "to_dtype": dtype_name(out_dtype)})
         })
         .collect();

@@ -7,6 +7,7 @@
 
 pub mod infer;
 pub mod init;
+pub mod keras;
 pub mod keys;
 pub mod onnx;
 pub mod pickle;

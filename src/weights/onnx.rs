@@ -261,11 +261,60 @@ pub fn read(bytes: &[u8], path: &str) -> Result<Imported, WeightsError> {
 }
 
 /// A dense layer collected from the head: `[out, in]` weights and bias.
-struct Dense {
-    w: Vec<f32>,
-    out: usize,
-    inp: usize,
-    b: Vec<f32>,
+pub(super) struct Dense {
+    pub(super) w: Vec<f32>,
+    pub(super) out: usize,
+    pub(super) inp: usize,
+    pub(super) b: Vec<f32>,
+}
+
+/// Puts the dense layers of an imported head under torchvision's `classifier.N` keys: its
+/// three-layer ImageNet head over a pooled map, or a CIFAR-style MLP over the channel vector.
+/// `hwc`: the first layer's inputs are in Keras' (h, w, c) flatten order, reordered to (c, h, w).
+pub(super) fn place_head(
+    sd: &mut StateDict,
+    mut dense: Vec<Dense>,
+    channels: usize,
+    hwc: bool,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
+    if let Some(first) = dense.first_mut() {
+        let hw = first.inp / channels.max(1);
+        if hw * channels != first.inp {
+            return Err(format!(
+                "the first dense layer takes {} features, not a multiple of the trunk's {channels} channels",
+                first.inp
+            ));
+        }
+        if hwc && hw > 1 {
+            // Keras flattens (h, w, c); torchvision (c, h, w).
+            let mut w = vec![0f32; first.w.len()];
+            for o in 0..first.out {
+                let (src, dst) = (&first.w[o * first.inp..][..first.inp], &mut w[o * first.inp..][..first.inp]);
+                for p in 0..hw {
+                    for c in 0..channels {
+                        dst[c * hw + p] = src[p * channels + c];
+                    }
+                }
+            }
+            first.w = w;
+            notes.push("the first dense layer's rows reordered from Keras' (h, w, c) flatten to (c, h, w)".into());
+        }
+    }
+    let imagenet = dense.len() == 3 && dense[0].out == dense[1].out && dense[0].inp > channels;
+    if !imagenet && dense.first().is_some_and(|d| d.inp != channels) {
+        return Err(format!(
+            "a head of {} dense layers over a flattened map of {} features: neither torchvision's three-layer head nor an MLP over the {channels} channels",
+            dense.len(),
+            dense[0].inp
+        ));
+    }
+    for (i, d) in dense.into_iter().enumerate() {
+        let key = if imagenet { 3 * i } else { 2 * i };
+        sd.insert(format!("classifier.{key}.weight"), TensorEntry::f32(vec![d.out, d.inp], d.w));
+        sd.insert(format!("classifier.{key}.bias"), TensorEntry::f32(vec![d.out], d.b));
+    }
+    Ok(())
 }
 
 fn walk(
@@ -431,44 +480,7 @@ fn walk(
     if idx == 0 {
         return Err("no convolutions: not a VGG graph".into());
     }
-    // The head: torchvision's (three layers, two equal hidden widths, over a pooled map) or the
-    // CIFAR-style MLP over the channel vector.
-    if let Some(first) = dense.first_mut() {
-        let hw = first.inp / channels.max(1);
-        if hw * channels != first.inp {
-            return Err(format!(
-                "the first dense layer takes {} features, not a multiple of the trunk's {channels} channels",
-                first.inp
-            ));
-        }
-        if hwc_flatten && hw > 1 {
-            // Keras flattens (h, w, c); torchvision (c, h, w).
-            let mut w = vec![0f32; first.w.len()];
-            for o in 0..first.out {
-                let (src, dst) = (&first.w[o * first.inp..][..first.inp], &mut w[o * first.inp..][..first.inp]);
-                for p in 0..hw {
-                    for c in 0..channels {
-                        dst[c * hw + p] = src[p * channels + c];
-                    }
-                }
-            }
-            first.w = w;
-            notes.push("the first dense layer's rows reordered from Keras' (h, w, c) flatten to (c, h, w)".into());
-        }
-    }
-    let imagenet = dense.len() == 3 && dense[0].out == dense[1].out && dense[0].inp > channels;
-    if !imagenet && dense.first().is_some_and(|d| d.inp != channels) {
-        return Err(format!(
-            "a head of {} dense layers over a flattened map of {} features: neither torchvision's three-layer head nor an MLP over the {channels} channels",
-            dense.len(),
-            dense[0].inp
-        ));
-    }
-    for (i, d) in dense.into_iter().enumerate() {
-        let key = if imagenet { 3 * i } else { 2 * i };
-        sd.insert(format!("classifier.{key}.weight"), TensorEntry::f32(vec![d.out, d.inp], d.w));
-        sd.insert(format!("classifier.{key}.bias"), TensorEntry::f32(vec![d.out], d.b));
-    }
+    place_head(&mut sd, dense, channels, hwc_flatten, &mut notes)?;
     let preprocess = match meta.get(super::safetensors::PREPROCESS_KEY) {
         Some(p) => {
             Some(serde_json::from_str(p).map_err(|e| format!("bad {}: {e}", super::safetensors::PREPROCESS_KEY))?)
