@@ -100,11 +100,17 @@ pub enum Head {
         /// Output size of the adaptive average pool (7x7 in torchvision).
         pool: [usize; 2],
     },
-    /// A CIFAR-style head: the trunk's map (1x1 for a 32x32 input; averaged to 1x1 otherwise) is
-    /// flattened and passed through Linear-ReLU(-Dropout) layers of the given widths, then to classes.
+    /// A CIFAR-style head, or any MLP head: the trunk's map (1x1 for a 32x32 input; averaged to
+    /// 1x1 otherwise, or adaptively to `pool`) is flattened and passed through Linear-ReLU(-Dropout)
+    /// layers of the given widths, then to classes. With `pool` it is the general dense head of
+    /// Keras-style fine-tuning (e.g. 7x7x512 → 64 → 128 → 256 → classes).
     Cifar {
         /// Widths of the hidden layers (one layer of 512 by default).
         hidden: Vec<usize>,
+        /// Output size of an adaptive average pool before the flatten (an `avgpool` layer); none:
+        /// the map is averaged to 1x1, as the CIFAR networks do.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<[usize; 2]>,
     },
     /// Features only: the model's output is pool5.
     None,
@@ -118,7 +124,19 @@ impl Head {
 
     /// The CIFAR-style head with one hidden layer of 512.
     pub fn cifar() -> Self {
-        Head::Cifar { hidden: vec![512] }
+        Head::Cifar { hidden: vec![512], pool: None }
+    }
+
+    /// A dense head of the given hidden widths over the map pooled to `pool` (`[1, 1]`: over the
+    /// channel vector, as [`Head::cifar`]).
+    pub fn mlp(hidden: Vec<usize>, pool: [usize; 2]) -> Self {
+        let pool = (pool != [1, 1]).then_some(pool);
+        Head::Cifar { hidden, pool }
+    }
+
+    /// Whether the head averages the trunk's map to 1x1 itself (the CIFAR-style head without `pool`).
+    pub fn averages_to_one(&self) -> bool {
+        matches!(self, Head::Cifar { pool: None, .. })
     }
 
     /// `imagenet`, `cifar` or `none`.
@@ -297,8 +315,8 @@ impl VggConfig {
             Head::Imagenet { hidden, pool } if *hidden == 0 || pool[0] == 0 || pool[1] == 0 => {
                 Err(ConfigError::Invalid("imagenet head sizes must be positive".into()))
             }
-            Head::Cifar { hidden } if hidden.contains(&0) => {
-                Err(ConfigError::Invalid("cifar head hidden widths must be positive".into()))
+            Head::Cifar { hidden, pool } if hidden.contains(&0) || pool.is_some_and(|p| p.contains(&0)) => {
+                Err(ConfigError::Invalid("cifar head sizes must be positive".into()))
             }
             _ => Ok(()),
         }
@@ -423,9 +441,20 @@ impl VggConfig {
                 plain(&mut layers, "drop7".into(), "classifier.5".into(), LayerKind::Dropout, *hidden);
                 fc(&mut layers, "fc8".into(), 6, *hidden, self.num_classes);
             }
-            Head::Cifar { hidden } => {
+            Head::Cifar { hidden, pool } => {
                 let mut idx = 0;
                 let mut i = c;
+                if let Some(pool) = pool {
+                    layers.push(Layer {
+                        name: "avgpool".into(),
+                        key: "avgpool".into(),
+                        kind: LayerKind::AdaptiveAvgPool { out: *pool },
+                        out_shape: vec![c, pool[0], pool[1]],
+                        params: 0,
+                        macs: 0,
+                    });
+                    i = c * pool[0] * pool[1];
+                }
                 let mut n = 6;
                 for &o in hidden {
                     fc(&mut layers, format!("fc{n}"), idx, i, o);

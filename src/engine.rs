@@ -360,7 +360,7 @@ impl Engine {
                 LayerKind::Dropout => ops.push(Op::Dropout),
                 LayerKind::Linear { in_features: inp, out_features: out } => {
                     // The CIFAR head averages whatever map is left to 1x1 (see `Vgg::run`).
-                    if i == plan.trunk && matches!(config.head, Head::Cifar { .. }) {
+                    if i == plan.trunk && config.head.averages_to_one() {
                         ops.push(Op::AvgPool { out: [1, 1] });
                         names.push("avgpool".into());
                     }

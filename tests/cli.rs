@@ -161,6 +161,9 @@ fn features_writes_named_activations() {
     assert_eq!(sd["conv1_1"].shape, vec![1, 16, 224, 224]);
     assert_eq!(sd["pool5"].shape, vec![1, 128, 7, 7]);
     assert_eq!(sd["fc7"].shape, vec![1, 64]);
+    // The preprocessed image rides along, to feed another runtime the same tensor.
+    let seen = meta.preprocess.as_ref().unwrap().load(&img).unwrap();
+    assert_eq!((sd["input"].shape.as_slice(), &sd["input"].data), (&[1, 3, 224, 224][..], &seen.data));
     // The tap on conv1_1 is taken before the ReLU: it keeps negative values, relu1_1 is their clamp.
     assert!(sd["conv1_1"].data.iter().any(|&v| v < 0.0));
     for (c, r) in sd["conv1_1"].data.iter().zip(&sd["relu1_1"].data) {
@@ -451,7 +454,8 @@ fn convert_between_formats_and_precisions() {
     // What it cannot do says so.
     for (args, needle) in [
         (vec!["convert", "fashion-mnist", onnx.to_str().unwrap(), "--dtype", "f16"], "f32"),
-        (vec!["convert", "fashion-mnist", "out.h5"], "h5"),
+        (vec!["convert", "model.keras", "out.safetensors"], "Keras 3"),
+        (vec!["convert", "fashion-mnist", "out.npz"], "unknown output format 'npz'"),
         (vec!["convert", "nope.pth", "out.safetensors"], "nope.pth"),
     ] {
         let o = vgg(&args);

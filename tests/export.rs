@@ -220,7 +220,9 @@ fn value_info(name: &str, dims: &[i64]) -> Msg {
 /// SAME)/Relu/MaxPool,
 /// a Transpose back to NHWC and a Reshape (so the first dense layer's rows are in (h, w, c)
 /// order), dense layers as MatMul with `[in, out]` weights plus Add, and a Softmax.
-fn keras_style_onnx(config: &VggConfig, sd: &StateDict, [h, w]: [usize; 2]) -> Vec<u8> {
+/// `head_bn`: a BatchNorm1d after each hidden dense layer as tf2onnx folds it (Mul, Add), before
+/// its ReLU (`Some(false)`) or after it (`Some(true)`).
+fn keras_style_onnx(config: &VggConfig, sd: &StateDict, [h, w]: [usize; 2], head_bn: Option<bool>) -> Vec<u8> {
     let (mut nodes, mut inits) = (Vec::new(), Vec::new());
     nodes.push(node("Transpose", &["input_1"], "nchw", &[attr_ints("perm", &[0, 3, 1, 2])]));
     let mut cur = "nchw".to_string();
@@ -276,9 +278,24 @@ fn keras_style_onnx(config: &VggConfig, sd: &StateDict, [h, w]: [usize; 2]) -> V
         nodes.push(node("MatMul", &[&cur, &kn], &format!("mm{j}"), &[]));
         nodes.push(node("Add", &[&format!("mm{j}"), &bn], &format!("add{j}"), &[]));
         cur = format!("add{j}");
+        let bn = |cur: &mut String, nodes: &mut Vec<Msg>, inits: &mut Vec<Msg>| {
+            let s: Vec<f32> = (0..out).map(|k| 0.5 + 0.07 * (k % 9) as f32).collect();
+            let t: Vec<f32> = (0..out).map(|k| 0.05 * (k % 5) as f32 - 0.1).collect();
+            inits.push(init(&format!("bn_{j}/scale"), &[out], &s));
+            inits.push(init(&format!("bn_{j}/shift"), &[out], &t));
+            nodes.push(node("Mul", &[cur, &format!("bn_{j}/scale")], &format!("bnm{j}"), &[]));
+            nodes.push(node("Add", &[&format!("bnm{j}"), &format!("bn_{j}/shift")], &format!("bna{j}"), &[]));
+            *cur = format!("bna{j}");
+        };
         if j + 1 < linears.len() {
+            if head_bn == Some(false) {
+                bn(&mut cur, &mut nodes, &mut inits);
+            }
             nodes.push(node("Relu", &[&cur], &format!("relu{j}"), &[]));
             cur = format!("relu{j}");
+            if head_bn == Some(true) {
+                bn(&mut cur, &mut nodes, &mut inits);
+            }
         }
     }
     nodes.push(node("Softmax", &[&cur], "predictions", &[Msg::new().str(1, "axis").int(3, -1).int(20, 2)]));
@@ -305,7 +322,7 @@ fn keras_style_onnx_imports_with_the_flatten_order_undone() {
         .with_head(Head::Imagenet { hidden: 16, pool: [2, 2] })
         .with_num_classes(5);
     let sd = formula_state_dict(&config.plan([64, 64]));
-    let bytes = keras_style_onnx(&config, &sd, [64, 64]);
+    let bytes = keras_style_onnx(&config, &sd, [64, 64], None);
     let imported = vgg::weights::onnx::read(&bytes, "keras.onnx").unwrap();
     assert!(imported.notes.iter().any(|n| n.contains("(h, w, c)")), "{:?}", imported.notes);
     assert_eq!(imported.preprocess.as_ref().map(|p| p.normalize), Some(vgg::image::Normalize::Caffe));
@@ -332,6 +349,47 @@ fn keras_style_onnx_imports_with_the_flatten_order_undone() {
     let src64: Vec<f64> = source.iter().map(|&v| v as f64).collect();
     let err = rel_err(&probs.iter().map(|&v| v as f32).collect::<Vec<_>>(), &src64);
     assert!(err < 1e-5, "{err:e}");
+}
+
+/// A Keras dense head of unequal widths over the pooled map, with BatchNorm1d as tf2onnx writes
+/// it (Mul, Add) before or after each ReLU: imported as an MLP head with the BatchNorms folded
+/// into the dense layers, giving the soft-max tract computes from the source graph.
+#[test]
+fn keras_dense_heads_with_batchnorm_import_folded() {
+    let config = VggConfig::from_arch("vgg11")
+        .unwrap()
+        .with_width(0.125)
+        .with_head(Head::mlp(vec![16, 12], [2, 2]))
+        .with_num_classes(5)
+        .with_dropout(0.0);
+    let sd = formula_state_dict(&config.plan([64, 64]));
+    let dims = [2, 3, 64, 64];
+    let x = values(formula_input("keras-bn", dims, &Device::default()));
+    let mut nhwc = vec![0f32; x.len()];
+    for n in 0..2 {
+        for c in 0..3 {
+            for p in 0..64 * 64 {
+                nhwc[(n * 64 * 64 + p) * 3 + c] = x[(n * 3 + c) * 64 * 64 + p];
+            }
+        }
+    }
+    let mut outputs = Vec::new();
+    for after_relu in [false, true] {
+        let bytes = keras_style_onnx(&config, &sd, [64, 64], Some(after_relu));
+        let imported = vgg::weights::onnx::read(&bytes, "keras-bn.onnx").unwrap();
+        assert!(imported.notes.iter().any(|n| n.contains("folded")), "{:?}", imported.notes);
+        let inferred = vgg::weights::infer::infer_config(&imported.state_dict).unwrap();
+        assert_eq!(inferred.head, config.head);
+        let source = tract_run(&bytes, &nhwc, [2, 64, 64, 3]);
+        let engine = vgg::engine::Engine::from_state_dict(&inferred, imported.state_dict).unwrap();
+        let probs: Vec<f32> =
+            engine.forward(&x, dims).chunks(5).flat_map(vgg::kernels::dense::softmax).map(|v| v as f32).collect();
+        let src64: Vec<f64> = source.iter().map(|&v| v as f64).collect();
+        let err = rel_err(&probs, &src64);
+        assert!(err < 1e-5, "after relu {after_relu}: {err:e}");
+        outputs.push(probs);
+    }
+    assert_ne!(outputs[0], outputs[1], "the two placements are different networks");
 }
 
 /// This project's own ONNX files (BatchNorm kept or folded) import back to the same network.

@@ -151,9 +151,10 @@ fn keras_file(layers: &[Layer], old_names: bool, model_config: Option<&str>) -> 
 
 /// What Keras computes from a file of this layout, by hand, channels-last and in float64: the
 /// layers in `layer_names` order, Conv2D 'same' + bias (+ BatchNormalization with `bn_eps`) + ReLU,
-/// 2x2 max-pool for `*_pool`, Flatten in (h, w, c) order, Dense with ReLU except the last.
-/// `x` is NHWC.
-fn keras_forward(file: &[u8], x: &[f32], [n, h, w, c]: [usize; 4], bn_eps: f64) -> Vec<f64> {
+/// 2x2 max-pool for `*_pool`, Flatten in (h, w, c) order, Dense with ReLU except the last; a
+/// BatchNormalization in the head comes after the ReLU (`relu_before_bn`, i.e.
+/// `Dense(activation="relu")`) or between the Dense and its ReLU. `x` is NHWC.
+fn keras_forward(file: &[u8], x: &[f32], [n, h, w, c]: [usize; 4], bn_eps: f64, relu_before_bn: bool) -> Vec<f64> {
     let f = File::from_bytes(file.to_vec()).unwrap();
     let top = if f.root().groups().unwrap().contains(&"model_weights".to_string()) {
         f.group("model_weights").unwrap()
@@ -170,11 +171,12 @@ fn keras_forward(file: &[u8], x: &[f32], [n, h, w, c]: [usize; 4], bn_eps: f64) 
         let (mut hh, mut ww, mut cc) = (h, w, c);
         let mut a: Vec<f64> = x[img * h * w * c..][..h * w * c].iter().map(|&v| v as f64).collect();
         let mut flat = false;
-        let weighted: Vec<usize> = names
+        // (layer index, number of weights) of the weighted layers.
+        let weighted: Vec<(usize, usize)> = names
             .iter()
             .enumerate()
-            .filter(|(_, l)| !list(top.group(l).unwrap().attrs().unwrap().get("weight_names")).is_empty())
-            .map(|(i, _)| i)
+            .map(|(i, l)| (i, list(top.group(l).unwrap().attrs().unwrap().get("weight_names")).len()))
+            .filter(|&(_, n)| n > 0)
             .collect();
         for (li, layer) in names.iter().enumerate() {
             let g = top.group(layer).unwrap();
@@ -187,7 +189,8 @@ fn keras_forward(file: &[u8], x: &[f32], [n, h, w, c]: [usize; 4], bn_eps: f64) 
                     (s, d.read_f32().unwrap().iter().map(|&v| v as f64).collect())
                 })
                 .collect();
-            let next_is_bn = weighted.iter().find(|&&i| i > li).is_some_and(|&i| names[i].contains("_bn"));
+            let next_is_bn = weighted.iter().find(|&&(i, _)| i > li).is_some_and(|&(_, n)| n == 4);
+            let is_last = weighted.last().is_some_and(|&(i, _)| i == li);
             let relu = |v: &mut Vec<f64>| v.iter_mut().for_each(|x| *x = x.max(0.0));
             if layer.ends_with("_pool") {
                 let (oh, ow) = (hh / 2, ww / 2);
@@ -238,7 +241,9 @@ fn keras_forward(file: &[u8], x: &[f32], [n, h, w, c]: [usize; 4], bn_eps: f64) 
                     let ch = i % cc;
                     *x = (*x - m[ch]) / (v[ch] + bn_eps).sqrt() * g[ch] + be[ch];
                 }
-                relu(&mut a);
+                if !flat || !relu_before_bn {
+                    relu(&mut a);
+                }
             } else if t.len() == 2 {
                 assert!(flat, "dense before flatten");
                 let (k, b) = (&t[0].1, &t[1].1);
@@ -251,7 +256,7 @@ fn keras_forward(file: &[u8], x: &[f32], [n, h, w, c]: [usize; 4], bn_eps: f64) 
                     }
                 }
                 a = r;
-                if layer != "predictions" {
+                if !is_last && !(next_is_bn && !relu_before_bn) {
                     relu(&mut a);
                 }
             }
@@ -301,7 +306,7 @@ fn keras_weights_import_and_compute_what_keras_computes() {
         assert_eq!(imported.imported.preprocess.map(|p| p.normalize), Some(vgg::image::Normalize::Caffe));
         let dims = [2, 3, 64, 64];
         let x = draws(7, 2 * 3 * 64 * 64, 1.0);
-        let want = keras_forward(&file, &nhwc(&x, dims), [2, 64, 64, 3], 1e-3);
+        let want = keras_forward(&file, &nhwc(&x, dims), [2, 64, 64, 3], 1e-3, true);
         let err = rel_err(&engine.forward(&x, dims), &want);
         assert!(err < 1e-5, "old names {old_names}: {err:e}");
     }
@@ -318,7 +323,7 @@ fn saved_keras_models_with_batchnorm_import() {
     let file = keras_file(&layers, false, Some(json));
     let (config, engine, _) = engine_of(&file);
     assert_eq!(config.arch_name(), "vgg11_bn");
-    assert_eq!(config.head, Head::Cifar { hidden: vec![24] });
+    assert_eq!(config.head, Head::mlp(vec![24], [1, 1]));
     assert_eq!(config.in_channels, 1);
     let dims = [3, 1, 32, 32];
     let x = draws(9, 3 * 32 * 32, 1.0);
@@ -327,7 +332,7 @@ fn saved_keras_models_with_batchnorm_import() {
     let json_default = r#"{"class_name": "Sequential", "config": {"layers": []}}"#;
     let file_default = keras_file(&layers, false, Some(json_default));
     let (_, engine_default, _) = engine_of(&file_default);
-    let want = keras_forward(&file_default, &nhwc(&x, dims), [3, 32, 32, 1], 1e-3);
+    let want = keras_forward(&file_default, &nhwc(&x, dims), [3, 32, 32, 1], 1e-3, true);
     let err = rel_err(&engine_default.forward(&x, dims), &want);
     assert!(err < 1e-5, "{err:e}");
     // … and check that the recorded 0.01 was used where the JSON gave it.
@@ -337,6 +342,65 @@ fn saved_keras_models_with_batchnorm_import() {
     assert!(v.iter().zip(v0).all(|(a, b)| (a - b - 0.009).abs() < 1e-6));
     assert_eq!(sd["features.5.running_var"].data, sd_default["features.5.running_var"].data);
     assert_ne!(engine.forward(&x, dims), engine_default.forward(&x, dims));
+}
+
+/// A fine-tuning head as Keras code writes it (Flatten → Dense → BatchNormalization → … over the
+/// 2x2 map): an MLP head over the pooled map with the BatchNorms folded into the dense layers. The
+/// BatchNorm before or after the ReLU is told by the saved model's JSON (the Dense layer's
+/// activation); a weights-only file is assumed `Dense(activation="relu")` and says so.
+#[test]
+fn keras_dense_heads_with_batchnorm_import_folded() {
+    let mut layers = keras_layers(&[1, 1, 2, 2, 2], [8, 16, 32, 64, 64], 3, false, &[256]);
+    let bn = |name: &str, n: usize, seed: u64| -> Layer {
+        (
+            name.into(),
+            vec![
+                ("gamma", vec![n], draws(seed, n, 0.3).iter().map(|v| v + 1.0).collect()),
+                ("beta", vec![n], draws(seed + 1, n, 0.2)),
+                ("moving_mean", vec![n], draws(seed + 2, n, 0.3)),
+                ("moving_variance", vec![n], draws(seed + 3, n, 0.4).iter().map(|v| v + 0.6).collect()),
+            ],
+        )
+    };
+    let dense = |name: &str, i: usize, o: usize, seed: u64| -> Layer {
+        (
+            name.into(),
+            vec![
+                ("kernel", vec![i, o], draws(seed, i * o, (3.0 / i as f32).sqrt())),
+                ("bias", vec![o], draws(seed + 1, o, 0.1)),
+            ],
+        )
+    };
+    layers.push(dense("dense", 256, 16, 50));
+    layers.push(bn("batch_normalization", 16, 60));
+    layers.push(dense("dense_1", 16, 12, 70));
+    layers.push(bn("batch_normalization_1", 12, 80));
+    layers.push(dense("dense_2", 12, 5, 90));
+    let dims = [2, 3, 64, 64];
+    let x = draws(13, 2 * 3 * 64 * 64, 1.0);
+    let mut outs = vec![];
+    for activation in [Some("linear"), Some("relu"), None] {
+        let json = activation.map(|a| {
+            format!(
+                r#"{{"class_name": "Functional", "config": {{"layers": [
+                {{"class_name": "Dense", "config": {{"name": "dense", "activation": "{a}"}}}},
+                {{"class_name": "Dense", "config": {{"name": "dense_1", "activation": "{a}"}}}}]}}}}"#
+            )
+        });
+        let file = keras_file(&layers, false, json.as_deref());
+        let (config, engine, imported) = engine_of(&file);
+        assert_eq!(config.head, Head::mlp(vec![16, 12], [2, 2]), "{activation:?}");
+        let notes = imported.imported.notes.join("; ");
+        assert!(notes.contains("folded into a dense layer"), "{notes}");
+        assert_eq!(activation.is_none(), notes.contains("assumed"), "{notes}");
+        let relu_first = activation != Some("linear");
+        let want = keras_forward(&file, &nhwc(&x, dims), [2, 64, 64, 3], 1e-3, relu_first);
+        let got = engine.forward(&x, dims);
+        let err = rel_err(&got, &want);
+        assert!(err < 1e-5, "{activation:?}: {err:e}");
+        outs.push(got);
+    }
+    assert_ne!(outs[0], outs[1], "BatchNorm before and after the ReLU are different networks");
 }
 
 /// The project's `.h5` writer: Keras' layout (checked by the hand computation above, reading the
@@ -368,7 +432,7 @@ fn written_h5_files_read_back_and_compute_the_same() {
         let engine = Engine::from_state_dict(&config, sd.clone()).unwrap();
         let dims = [2, in_ch, size, size];
         let x = draws(11, 2 * in_ch * size * size, 1.0);
-        let want = keras_forward(&bytes, &nhwc(&x, dims), [2, size, size, in_ch], 1e-5);
+        let want = keras_forward(&bytes, &nhwc(&x, dims), [2, size, size, in_ch], 1e-5, true);
         let err = rel_err(&engine.forward(&x, dims), &want);
         assert!(err < 1e-5, "{arch}: {err:e}");
     }
@@ -427,14 +491,25 @@ fn convert_and_classify_with_h5_files() {
     let out = vgg_bin().args(["convert"]).arg(&h5).arg(&back).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let image = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fashion-mnist/3-dress.png");
-    let top = |weights: &std::path::Path| {
-        let out = vgg_bin().args(["classify", image, "--json", "--weights"]).arg(weights).output().unwrap();
+    let top = |extra: &[&std::ffi::OsStr]| -> Vec<(u64, f64)> {
+        let out = vgg_bin().args(["classify", image, "--json"]).args(extra).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        j.to_string()
+        j["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["index"].as_u64().unwrap(), t["prob"].as_f64().unwrap()))
+            .collect()
     };
-    assert_eq!(top(&h5), top(&back));
-    let out = vgg_bin().args(["classify", image, "--json"]).output().unwrap();
-    let builtin: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(top(&h5), builtin.to_string());
+    let weights = std::ffi::OsStr::new("--weights");
+    let (from_h5, from_back, builtin) = (top(&[weights, h5.as_os_str()]), top(&[weights, back.as_os_str()]), top(&[]));
+    // The same tensors: the same classes, probabilities equal up to f32 summation order.
+    for other in [&from_back, &builtin] {
+        assert_eq!(from_h5.len(), other.len());
+        for (a, b) in from_h5.iter().zip(other) {
+            assert_eq!(a.0, b.0);
+            assert!((a.1 - b.1).abs() <= 1e-6 * b.1, "{from_h5:?} vs {other:?}");
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 use vgg::weights::safetensors::Meta;
-use vgg::weights::{Dtype, safetensors};
+use vgg::weights::{Dtype, TensorEntry, safetensors};
 
 use super::ModelArgs;
 
@@ -26,7 +26,8 @@ pub struct FeaturesArgs {
     /// Channels in the grid.
     #[arg(long, default_value_t = 64)]
     channels: usize,
-    /// Output file: safetensors (the activations), or a PNG with --grid.
+    /// Output file: safetensors (the activations, plus the preprocessed image as `input`), or a
+    /// PNG with --grid.
     #[arg(long)]
     out: PathBuf,
     /// Print a JSON object describing what was written.
@@ -63,7 +64,9 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     if names.is_empty() {
         bail!("--layers is empty");
     }
-    let acts = vgg::features::extract(model, img.to_tensor(&model.devices()), &names)?;
+    let mut acts = vgg::features::extract(model, img.to_tensor(&model.devices()), &names)?;
+    // The tensor the network saw, so that another runtime can be fed exactly the same.
+    acts.entry("input".into()).or_insert_with(|| TensorEntry::f32(vec![1, c, h, w], img.data.clone()));
     let meta = Meta {
         config: Some(model.config().clone()),
         preprocess: Some(loaded.preprocess.clone()),

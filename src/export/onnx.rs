@@ -242,7 +242,7 @@ pub fn to_onnx(
             }
             LayerKind::Dropout => continue,
             LayerKind::Linear { in_features: inp, out_features: o } => {
-                if i == plan.trunk && matches!(config.head, Head::Cifar { .. }) {
+                if i == plan.trunk && config.head.averages_to_one() {
                     g.node("GlobalAveragePool", "avgpool", &[&cur], "avgpool", vec![]);
                     cur = "avgpool".into();
                 }

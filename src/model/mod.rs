@@ -12,7 +12,7 @@ use std::ops::ControlFlow;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use crate::config::{ConfigError, Head, LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, LayerKind, Plan, VggConfig};
+use crate::config::{ConfigError, LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, LayerKind, Plan, VggConfig};
 pub use layers::{BatchNorm2d, Conv, Fc};
 
 /// A convolution with its optional BatchNorm: one row of Table 1.
@@ -198,7 +198,7 @@ impl Vgg {
                 }
                 (LayerKind::Linear { .. }, a) => {
                     let mut a = a;
-                    if i == trunk && matches!(self.config.head, Head::Cifar { .. }) {
+                    if i == trunk && self.config.head.averages_to_one() {
                         // The CIFAR head expects a 1x1 map; larger inputs are averaged to it.
                         a = Activation::Map(layers::adaptive_avg_pool(a.map(), [1, 1]));
                     }

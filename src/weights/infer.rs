@@ -69,17 +69,20 @@ pub fn infer_config(sd: &StateDict) -> Option<VggConfig> {
     let outs: Vec<usize> = fcs.iter().map(|(_, s)| s[0]).collect();
     let idx: Vec<usize> = fcs.iter().map(|(i, _)| *i).collect();
     let num_classes = *outs.last()?;
-    if idx == [0, 3, 6] && fcs[0].1.get(1).is_some_and(|&i| i % c == 0 && i / c > 1) {
-        let side = ((fcs[0].1[1] / c) as f64).sqrt() as usize;
-        if side * side * c == fcs[0].1[1] {
-            cfg.head = Head::Imagenet { hidden: outs[0], pool: [side, side] };
-            cfg.num_classes = num_classes;
-            return Some(cfg);
-        }
+    // The flattened map the first layer reads: C x side x side.
+    let first_in = fcs[0].1.get(1).copied().unwrap_or(0);
+    let side = ((first_in / c) as f64).sqrt().round() as usize;
+    let pooled = side > 1 && side * side * c == first_in;
+    if idx == [0, 3, 6] && pooled && outs[0] == outs[1] {
+        cfg.head = Head::Imagenet { hidden: outs[0], pool: [side, side] };
+        cfg.num_classes = num_classes;
+        return Some(cfg);
     }
-    // A CIFAR-style MLP: indices step by 2 without dropout, by 3 with it.
+    // A CIFAR-style MLP (over a pooled map: any dense head): indices step by 2 without dropout,
+    // by 3 with it.
     let step = if idx.len() > 1 { idx[1] - idx[0] } else { 2 };
-    cfg.head = Head::Cifar { hidden: outs[..outs.len() - 1].to_vec() };
+    let pool = if pooled { [side, side] } else { [1, 1] };
+    cfg.head = Head::mlp(outs[..outs.len() - 1].to_vec(), pool);
     cfg.num_classes = num_classes;
     cfg.dropout = if step == 3 { 0.5 } else { 0.0 };
     Some(cfg)
@@ -135,8 +138,21 @@ mod tests {
             .with_in_channels(1);
         assert_eq!(infer_config(&fake(&c)), Some(c));
         let c = VggConfig::new(Depth::B, false)
-            .with_head(Head::Cifar { hidden: vec![64, 32] })
+            .with_head(Head::Cifar { hidden: vec![64, 32], pool: None })
             .with_num_classes(7)
+            .with_width(0.25);
+        assert_eq!(infer_config(&fake(&c)), Some(c));
+        // A Keras-style dense head over the pooled 7x7 map, three layers with dropout (0, 3, 6)
+        // like torchvision's but of unequal widths, and one without dropout.
+        let c = VggConfig::new(Depth::D, false)
+            .with_head(Head::mlp(vec![64, 128], [7, 7]))
+            .with_num_classes(4)
+            .with_width(0.25);
+        assert_eq!(infer_config(&fake(&c)), Some(c));
+        let c = VggConfig::new(Depth::A, true)
+            .with_head(Head::mlp(vec![16, 32, 8], [2, 2]))
+            .with_num_classes(4)
+            .with_dropout(0.0)
             .with_width(0.25);
         assert_eq!(infer_config(&fake(&c)), Some(c));
         let c = VggConfig::new(Depth::E, false).with_head(Head::None).with_width(0.25);

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use hdf5_pure::{AttrValue, File, FileBuilder};
 
-use super::onnx::{Dense, Imported, place_head};
+use super::onnx::{Dense, Imported, bn_affine, fold_head_affine, place_head};
 use super::safetensors::{CONFIG_KEY, PREPROCESS_KEY};
 use super::{Dtype, StateDict, TensorEntry, WeightsError};
 use crate::config::{Depth, Head, LayerKind, VggConfig};
@@ -68,9 +68,26 @@ fn list_attr(attrs: &HashMap<String, AttrValue>, name: &str) -> Option<Vec<Strin
 
 /// One weighted layer of the file, in torchvision's layout.
 enum Item {
-    Conv { name: String, shape: [usize; 4], w: Vec<f32>, b: Vec<f32> },
-    Bn { name: String, g: Vec<f32>, b: Vec<f32>, m: Vec<f32>, v: Vec<f32> },
-    Dense { d: Dense },
+    Conv {
+        name: String,
+        shape: [usize; 4],
+        w: Vec<f32>,
+        b: Vec<f32>,
+    },
+    /// `gap`: weightless layers (an activation, a dropout) came between it and the layer before.
+    Bn {
+        name: String,
+        g: Vec<f32>,
+        b: Vec<f32>,
+        m: Vec<f32>,
+        v: Vec<f32>,
+        eps: f32,
+        gap: bool,
+    },
+    Dense {
+        name: String,
+        d: Dense,
+    },
 }
 
 /// Reads a Keras `.h5` weights or model file.
@@ -104,6 +121,7 @@ pub fn read(bytes: &[u8], path: &str) -> Result<KerasImport, WeightsError> {
     let ours = config.is_some();
 
     let mut items = Vec::new();
+    let mut gap = false;
     for layer in &layer_names {
         let g = top.group(layer).map_err(|e| bad(format!("layer '{layer}' is listed but missing: {e}")))?;
         let ga = g.attrs().map_err(|e| bad(format!("layer '{layer}': {e}")))?;
@@ -127,7 +145,10 @@ pub fn read(bytes: &[u8], path: &str) -> Result<KerasImport, WeightsError> {
         let mut t = datas.into_iter();
         let name = layer.clone();
         let item = match shapes[..] {
-            [] => continue,
+            [] => {
+                gap = true;
+                continue;
+            }
             [[kh, kw, ci, co], ref rest @ ..] if rest.is_empty() || rest == [[*co]] => {
                 let k = t.next().expect("counted");
                 let mut w = vec![0f32; k.len()];
@@ -145,11 +166,9 @@ pub fn read(bytes: &[u8], path: &str) -> Result<KerasImport, WeightsError> {
                 Item::Conv { name, shape: [co, ci, kh, kw], w, b }
             }
             [[c1], [c2], [c3], [c4]] if c1 == c2 && c2 == c3 && c3 == c4 => {
-                let (g, b, m, mut v) = (t.next().unwrap(), t.next().unwrap(), t.next().unwrap(), t.next().unwrap());
+                let (g, b, m, v) = (t.next().unwrap(), t.next().unwrap(), t.next().unwrap(), t.next().unwrap());
                 let eps = if ours { 1e-5 } else { bn_epsilon(model_config.as_ref(), layer).unwrap_or(KERAS_BN_EPS) };
-                // The engine's epsilon is PyTorch's 1e-5; Keras' (1e-3 by default) moves into the variance.
-                v.iter_mut().for_each(|x| *x += eps - 1e-5);
-                Item::Bn { name, g, b, m, v }
+                Item::Bn { name, g, b, m, v, eps, gap }
             }
             [[inp, out], ref rest @ ..] if rest.is_empty() || rest == [[*out]] => {
                 let (inp, out) = (*inp, *out);
@@ -161,7 +180,7 @@ pub fn read(bytes: &[u8], path: &str) -> Result<KerasImport, WeightsError> {
                     }
                 }
                 let b = t.next().unwrap_or_else(|| vec![0.0; out]);
-                Item::Dense { d: Dense { w, out, inp, b } }
+                Item::Dense { name, d: Dense { w, out, inp, b } }
             }
             _ => {
                 return Err(bad(format!(
@@ -170,28 +189,48 @@ pub fn read(bytes: &[u8], path: &str) -> Result<KerasImport, WeightsError> {
             }
         };
         items.push(item);
+        gap = false;
     }
     let mut notes = vec![];
     let mut sd = StateDict::new();
     let channels = place_trunk(&mut sd, &items).map_err(&bad)?;
-    let mut dense = Vec::new();
-    let mut in_head = false;
+    let mut dense: Vec<Dense> = Vec::new();
+    let mut pending: Option<(Vec<f32>, Vec<f32>)> = None;
+    let mut last_dense = String::new();
     for it in items {
         match it {
-            Item::Dense { d, .. } => {
-                in_head = true;
+            Item::Dense { name, mut d } => {
+                if let Some((s, t)) = pending.take() {
+                    d.absorb_input(&s, &t);
+                }
                 dense.push(d);
+                last_dense = name;
             }
-            Item::Conv { name, .. } if in_head => {
+            Item::Conv { name, .. } if !dense.is_empty() => {
                 return Err(bad(format!("layer '{name}': a convolution after the dense layers")));
             }
-            Item::Bn { name, .. } if in_head => {
-                return Err(bad(format!(
-                    "layer '{name}': a BatchNormalization in the dense head (the VGG heads here have none)"
-                )));
+            Item::Bn { name, g, b, m, v, eps, gap } if !dense.is_empty() => {
+                // BatchNorm in the dense head: folded into the dense layer before it when it comes
+                // before that layer's ReLU, else into the next one — exact in inference.
+                let after_relu =
+                    gap || dense_activation(model_config.as_ref(), &last_dense).is_none_or(|a| a != "linear");
+                if !gap && dense_activation(model_config.as_ref(), &last_dense).is_none() {
+                    notes.push(format!(
+                        "'{name}' follows dense layer '{last_dense}' directly: assumed to come after its ReLU (Dense(activation='relu'), as Keras code usually writes it); a whole saved model (model.save) records which"
+                    ));
+                }
+                let (s, t) = bn_affine(&g, &b, &m, &v, eps);
+                fold_head_affine(&mut dense, &mut pending, after_relu, s, t)
+                    .map_err(|e| bad(format!("layer '{name}': {e}")))?;
+                notes.push(format!("'{name}': a BatchNormalization in the dense head, folded into a dense layer"));
             }
-            _ => {}
+            Item::Bn { .. } | Item::Conv { .. } => {}
         }
+    }
+    if pending.is_some() {
+        return Err(bad(
+            "a BatchNormalization after the last dense layer's ReLU: no dense layer to fold it into".into()
+        ));
     }
     place_head(&mut sd, dense, channels, true, &mut notes).map_err(&bad)?;
     if let Some(cfg) = &config {
@@ -232,24 +271,30 @@ fn renumber_head(sd: StateDict, config: &VggConfig) -> StateDict {
         .collect()
 }
 
+/// The activation of the Dense layer `name` in a saved model's JSON configuration.
+fn dense_activation(config: Option<&serde_json::Value>, name: &str) -> Option<String> {
+    layer_config(config?, name)?.get("activation")?.as_str().map(str::to_string)
+}
+
+/// The `config` object of the layer `name` anywhere in a model's JSON configuration.
+fn layer_config<'a>(v: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(c) = m.get("config")
+                && c.get("name").and_then(|n| n.as_str()) == Some(name)
+            {
+                return Some(c);
+            }
+            m.values().find_map(|x| layer_config(x, name))
+        }
+        serde_json::Value::Array(a) => a.iter().find_map(|x| layer_config(x, name)),
+        _ => None,
+    }
+}
+
 /// The epsilon of the BatchNormalization layer `name` in a saved model's JSON configuration.
 fn bn_epsilon(config: Option<&serde_json::Value>, name: &str) -> Option<f32> {
-    fn find(v: &serde_json::Value, name: &str) -> Option<f32> {
-        match v {
-            serde_json::Value::Object(m) => {
-                if let Some(c) = m.get("config")
-                    && c.get("name").and_then(|n| n.as_str()) == Some(name)
-                    && let Some(e) = c.get("epsilon").and_then(|e| e.as_f64())
-                {
-                    return Some(e as f32);
-                }
-                m.values().find_map(|x| find(x, name))
-            }
-            serde_json::Value::Array(a) => a.iter().find_map(|x| find(x, name)),
-            _ => None,
-        }
-    }
-    find(config?, name)
+    layer_config(config?, name)?.get("epsilon")?.as_f64().map(|e| e as f32)
 }
 
 /// Matches the file's convolutions and BatchNorms against each configuration's trunk and puts them
@@ -287,8 +332,11 @@ fn place_trunk(sd: &mut StateDict, items: &[Item]) -> Result<usize, String> {
                     sd.insert(format!("{}.weight", l.key), TensorEntry::f32(shape.to_vec(), w.clone()));
                     sd.insert(format!("{}.bias", l.key), TensorEntry::f32(vec![shape[0]], b.clone()));
                 }
-                Item::Bn { g, b, m, v, .. } => {
+                Item::Bn { g, b, m, v, eps, .. } => {
                     let c = g.len();
+                    // The engine's epsilon is PyTorch's 1e-5; Keras' (1e-3 by default) moves into the variance.
+                    let v: Vec<f32> = v.iter().map(|x| x + eps - 1e-5).collect();
+                    let v = &v;
                     for (leaf, data) in [("weight", g), ("bias", b), ("running_mean", m), ("running_var", v)] {
                         sd.insert(format!("{}.{leaf}", l.key), TensorEntry::f32(vec![c], data.clone()));
                     }

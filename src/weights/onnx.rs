@@ -268,6 +268,60 @@ pub(super) struct Dense {
     pub(super) b: Vec<f32>,
 }
 
+impl Dense {
+    /// `y ↦ s·y + t` applied to this layer's output (a BatchNorm between it and its ReLU).
+    pub(super) fn scale_output(&mut self, s: &[f32], t: &[f32]) {
+        for o in 0..self.out {
+            self.w[o * self.inp..][..self.inp].iter_mut().for_each(|w| *w *= s[o]);
+            self.b[o] = self.b[o] * s[o] + t[o];
+        }
+    }
+
+    /// `x ↦ s·x + t` applied to this layer's input (a BatchNorm after the previous ReLU):
+    /// W' = W·diag(s), b' = b + W·t.
+    pub(super) fn absorb_input(&mut self, s: &[f32], t: &[f32]) {
+        for o in 0..self.out {
+            let row = &mut self.w[o * self.inp..][..self.inp];
+            let shift: f32 = row.iter().zip(t).map(|(w, t)| w * t).sum();
+            self.b[o] += shift;
+            row.iter_mut().zip(s).for_each(|(w, s)| *w *= s);
+        }
+    }
+}
+
+/// A BatchNorm in evaluation mode as the affine map it is: scale and shift per feature.
+pub(super) fn bn_affine(g: &[f32], b: &[f32], m: &[f32], v: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let s: Vec<f32> = g.iter().zip(v).map(|(g, v)| g / (v + eps).sqrt()).collect();
+    let t = b.iter().zip(m).zip(&s).map(|((b, m), s)| b - m * s).collect();
+    (s, t)
+}
+
+/// Folds a per-feature affine map of the head into the last dense layer (when no ReLU came
+/// between) or keeps it for the next one (composed with one already waiting).
+pub(super) fn fold_head_affine(
+    dense: &mut [Dense],
+    pending: &mut Option<(Vec<f32>, Vec<f32>)>,
+    after_relu: bool,
+    s: Vec<f32>,
+    t: Vec<f32>,
+) -> Result<(), String> {
+    if !after_relu {
+        let d = dense.last_mut().ok_or("an affine map before any dense layer")?;
+        d.scale_output(&s, &t);
+        return Ok(());
+    }
+    *pending = Some(match pending.take() {
+        // x ↦ s2·(s1·x + t1) + t2
+        Some((s1, t1)) => {
+            let st: Vec<f32> = s1.iter().zip(&s).map(|(a, b)| a * b).collect();
+            let tt = t1.iter().zip(&s).zip(&t).map(|((t1, s2), t2)| t1 * s2 + t2).collect();
+            (st, tt)
+        }
+        None => (s, t),
+    });
+    Ok(())
+}
+
 /// Puts the dense layers of an imported head under torchvision's `classifier.N` keys: its
 /// three-layer ImageNet head over a pooled map, or a CIFAR-style MLP over the channel vector.
 /// `hwc`: the first layer's inputs are in Keras' (h, w, c) flatten order, reordered to (c, h, w).
@@ -301,13 +355,22 @@ pub(super) fn place_head(
             notes.push("the first dense layer's rows reordered from Keras' (h, w, c) flatten to (c, h, w)".into());
         }
     }
+    // torchvision's head is three layers with equal hidden widths over a pooled map; any other
+    // dense head is an MLP over the channel vector or over a pooled map of C x side x side.
     let imagenet = dense.len() == 3 && dense[0].out == dense[1].out && dense[0].inp > channels;
-    if !imagenet && dense.first().is_some_and(|d| d.inp != channels) {
-        return Err(format!(
-            "a head of {} dense layers over a flattened map of {} features: neither torchvision's three-layer head nor an MLP over the {channels} channels",
-            dense.len(),
-            dense[0].inp
-        ));
+    if let Some(first) = dense.first() {
+        let side = ((first.inp / channels.max(1)) as f64).sqrt().round() as usize;
+        if side * side * channels != first.inp {
+            return Err(format!(
+                "the first dense layer takes {} features: not the trunk's {channels} channels over a square map",
+                first.inp
+            ));
+        }
+    }
+    for w in dense.windows(2) {
+        if w[1].inp != w[0].out {
+            return Err(format!("a dense layer of {} inputs after one of {} outputs", w[1].inp, w[0].out));
+        }
     }
     for (i, d) in dense.into_iter().enumerate() {
         let key = if imagenet { 3 * i } else { 2 * i };
@@ -331,6 +394,10 @@ fn walk(
     let (mut nhwc_input, mut hwc_flatten, mut flat) = (false, false, false);
     let mut dense: Vec<Dense> = Vec::new();
     let mut softmax = false;
+    // Head state: a ReLU since the last dense layer, its bias already added, and an affine map
+    // (a BatchNorm after a ReLU) waiting for the next dense layer.
+    let (mut relu_since_dense, mut bias_done) = (false, false);
+    let mut pending: Option<(Vec<f32>, Vec<f32>)> = None;
     let init = |name: &str, n: &Node| -> Result<&(Vec<usize>, Vec<f32>), String> {
         inits.get(name).ok_or_else(|| format!("{}: input '{name}' is not a constant weight", n.label()))
     };
@@ -388,10 +455,17 @@ fn walk(
                 let _ = ci;
                 idx += 1;
             }
+            "BatchNormalization" if flat => {
+                // BatchNorm1d in the head: folded into the dense layer before it (or after it,
+                // when it follows the ReLU) — exact in inference.
+                let get = |i: usize| init(n.inputs.get(i).map(String::as_str).unwrap_or(""), n).map(|t| t.1.clone());
+                let eps = n.floats.get("epsilon").copied().unwrap_or(1e-5);
+                let (s, t) = bn_affine(&get(1)?, &get(2)?, &get(3)?, &get(4)?, eps);
+                fold_head_affine(&mut dense, &mut pending, relu_since_dense, s, t)
+                    .map_err(|e| format!("{}: {e}", n.label()))?;
+                notes.push(format!("{}: a BatchNorm in the dense head, folded into a dense layer", n.label()));
+            }
             "BatchNormalization" => {
-                if flat {
-                    return refuse("a BatchNorm in the dense head (the VGG heads here have none)");
-                }
                 let get = |i: usize| init(n.inputs.get(i).map(String::as_str).unwrap_or(""), n).map(|t| t.1.clone());
                 let (g, b, m, mut v) = (get(1)?, get(2)?, get(3)?, get(4)?);
                 // The engine's epsilon is PyTorch's 1e-5; another (Keras: 1e-3) moves into the variance.
@@ -411,6 +485,7 @@ fn walk(
                 if !flat {
                     idx += 1;
                 }
+                relu_since_dense = true;
             }
             "MaxPool" => {
                 let ok = n.attr("kernel_shape") == Some(&[2, 2][..])
@@ -456,22 +531,50 @@ fn walk(
                     Some(name) if n.op == "Gemm" => init(name, n)?.1.clone(),
                     _ => vec![0.0; out],
                 };
-                dense.push(Dense { w: wt, out, inp, b });
+                let mut d = Dense { w: wt, out, inp, b };
+                if let Some((s, t)) = pending.take() {
+                    if s.len() != inp {
+                        return refuse("a BatchNorm of another width than this layer's input");
+                    }
+                    d.absorb_input(&s, &t);
+                }
+                dense.push(d);
+                relu_since_dense = false;
+                bias_done = n.op == "Gemm" && n.inputs.get(2).is_some_and(|b| !b.is_empty());
             }
+            // A MatMul's bias, or the shift of a BatchNorm that tf2onnx split into Mul and Add.
             "Add" if flat && !dense.is_empty() => {
                 let (_, b) = init(n.inputs.get(1).map(String::as_str).unwrap_or(""), n)?;
-                let d = dense.last_mut().expect("checked");
-                if b.len() != d.out {
-                    return refuse("a bias of another width than its dense layer");
+                let width = dense.last().expect("checked").out;
+                if b.len() != width {
+                    return refuse("an Add of another width than its dense layer");
                 }
-                d.b.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                if !bias_done && !relu_since_dense {
+                    let d = dense.last_mut().expect("checked");
+                    d.b.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    bias_done = true;
+                } else {
+                    fold_head_affine(&mut dense, &mut pending, relu_since_dense, vec![1.0; width], b.clone())
+                        .map_err(|e| format!("{}: {e}", n.label()))?;
+                }
+            }
+            "Mul" if flat && !dense.is_empty() => {
+                let (_, s) = init(n.inputs.get(1).map(String::as_str).unwrap_or(""), n)?;
+                let width = dense.last().expect("checked").out;
+                if s.len() != width {
+                    return refuse("a Mul of another width than its dense layer");
+                }
+                fold_head_affine(&mut dense, &mut pending, relu_since_dense, s.clone(), vec![0.0; width])
+                    .map_err(|e| format!("{}: {e}", n.label()))?;
+                bias_done = true;
+                notes.push(format!(
+                    "{}: a per-feature scale in the dense head (a BatchNorm as tf2onnx writes it), folded into a dense layer",
+                    n.label()
+                ));
             }
             "Softmax" if flat => {
                 softmax = true;
                 notes.push("the final Softmax is dropped: the model outputs logits (classify applies it)".into());
-            }
-            "Mul" if flat => {
-                return refuse("a BatchNorm folded into the dense head (Mul/Add): the VGG heads here have none");
             }
             other => return refuse(&format!("{other} is not part of a VGG graph")),
         }
@@ -479,6 +582,9 @@ fn walk(
     }
     if idx == 0 {
         return Err("no convolutions: not a VGG graph".into());
+    }
+    if pending.is_some() {
+        return Err("a BatchNorm after the last dense layer's ReLU: no dense layer to fold it into".into());
     }
     place_head(&mut sd, dense, channels, hwc_flatten, &mut notes)?;
     let preprocess = match meta.get(super::safetensors::PREPROCESS_KEY) {
