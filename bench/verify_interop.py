@@ -112,6 +112,7 @@ def check_keras(tmp):
     png = os.path.join(tmp, "rand64.png")
     write_png(png, img)
     keras_x = preprocess_input(img[None].astype(np.float32))
+    rng = np.random.default_rng(4)
 
     # Keras → vgg: a whole saved model (legacy HDF5, the applications' layout).
     model = keras.applications.VGG16(weights=None, input_shape=(64, 64, 3), classes=5)
@@ -138,30 +139,31 @@ def check_keras(tmp):
     fm = os.path.join(tmp, "fmnist.h5")
     run("convert", "fashion-mnist", fm)
     x, logits = features("assets/fashion-mnist/3-dress.png", "fashion-mnist", "fc7", os.path.join(tmp, "fm.safetensors"))
-    layers = [keras.Input((32, 32, 1))]
-    for b, (n, c) in enumerate(zip([1, 1, 2, 2, 2], [24, 48, 96, 192, 192]), start=1):
-        for i in range(1, n + 1):
-            layers += [
-                keras.layers.Conv2D(c, 3, padding="same", name=f"block{b}_conv{i}"),
-                keras.layers.BatchNormalization(epsilon=1e-5, name=f"block{b}_bn{i}"),
-                keras.layers.ReLU(),
-            ]
-        layers.append(keras.layers.MaxPooling2D(name=f"block{b}_pool"))
-    layers += [
-        keras.layers.Flatten(name="flatten"),
-        keras.layers.Dense(512, activation="relu", name="fc1"),
-        keras.layers.Dense(10, name="predictions"),
-    ]
-    net = keras.Sequential(layers)
+    def vgg11_bn(eps):
+        layers = [keras.Input((32, 32, 1))]
+        for b, (n, c) in enumerate(zip([1, 1, 2, 2, 2], [24, 48, 96, 192, 192]), start=1):
+            for i in range(1, n + 1):
+                layers += [
+                    keras.layers.Conv2D(c, 3, padding="same", name=f"block{b}_conv{i}"),
+                    keras.layers.BatchNormalization(epsilon=eps, name=f"block{b}_bn{i}"),
+                    keras.layers.ReLU(),
+                ]
+            layers.append(keras.layers.MaxPooling2D(name=f"block{b}_pool"))
+        layers += [
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(512, activation="relu", name="fc1"),
+            keras.layers.Dense(10, name="predictions"),
+        ]
+        return keras.Sequential(layers)
+
+    net = vgg11_bn(1e-5)
     net.load_weights(fm)
     got = net.predict(x.transpose(0, 2, 3, 1), verbose=0)
     check("vgg convert fashion-mnist .h5 (BatchNorm, gray, CIFAR head) → Keras Sequential", got, logits)
 
     # Keras → vgg with BatchNorm at Keras' default epsilon (1e-3, read from the saved JSON).
-    for layer in net.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.epsilon = 1e-3
-    rng = np.random.default_rng(4)
+    net = vgg11_bn(1e-3)  # Keras' default epsilon
+    net.load_weights(fm)
     for layer in net.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             g, be, m, v = layer.get_weights()
@@ -174,6 +176,33 @@ def check_keras(tmp):
                       "--normalize", "gray", "--resize", "0", "--crop", "0")
     want = net.predict(x.transpose(0, 2, 3, 1), verbose=0)
     check("Keras Sequential VGG-11-BN (epsilon 1e-3) .h5 read by vgg", got, want)
+
+    # Keras → vgg: a fine-tuning head of any depth with BatchNorm between the dense layers
+    # (2048 → 64 → 128 → 256 → 4 on the 2x2x512 map of a 64x64 input), folded on import.
+    base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(64, 64, 3))
+    h = keras.layers.Flatten()(base.output)
+    for width in [64, 128, 256]:
+        h = keras.layers.Dense(width, activation="relu")(h)
+        h = keras.layers.BatchNormalization()(h)
+    out = keras.layers.Dense(4, activation="softmax")(h)
+    tuned = keras.Model(base.input, out)
+    for layer in tuned.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            g, be, m, v = layer.get_weights()
+            layer.set_weights([g * rng.uniform(0.5, 1.5, g.shape), be + rng.normal(0, 0.1, be.shape),
+                               m + rng.normal(0, 0.1, m.shape), v * rng.uniform(0.5, 2.0, v.shape)])
+    t_path = os.path.join(tmp, "keras_tuned.h5")
+    tuned.save(t_path)
+    want = np.asarray(tuned.predict(keras_x, verbose=0))
+    x, logits = features(png, t_path, "fc9", os.path.join(tmp, "t.safetensors"), "--resize", "0", "--crop", "0")
+    check("Keras VGG16 + Dense/BatchNorm head (2048-64-128-256-4) .h5 read by vgg", softmax(logits), want)
+    import onnxruntime as ort
+
+    t_onnx = os.path.join(tmp, "tuned.onnx")
+    run("convert", t_path, t_onnx, "--size", "64")
+    sess = ort.InferenceSession(t_onnx, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    check("that model converted to ONNX (pooled MLP head) in onnxruntime", softmax(got), want)
 
 
 def main():
