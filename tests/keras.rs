@@ -63,7 +63,9 @@ fn keras_layers(blocks: &[usize], widths: [usize; 5], in_ch: usize, bn: bool, de
         }
         layers.push((format!("block{}_pool", b + 1), vec![]));
     }
-    layers.push(("flatten".into(), vec![]));
+    if !dense.is_empty() {
+        layers.push(("flatten".into(), vec![]));
+    }
     let mut inp = 0;
     for (j, &out) in dense.iter().enumerate() {
         if j == 0 {
@@ -310,6 +312,27 @@ fn keras_weights_import_and_compute_what_keras_computes() {
         let err = rel_err(&engine.forward(&x, dims), &want);
         assert!(err < 1e-5, "old names {old_names}: {err:e}");
     }
+}
+
+/// A `…_notop.h5` file (the trunk only): a VGG without a head, whose output is pool5.
+#[test]
+fn notop_files_import_as_the_trunk() {
+    let layers = keras_layers(&[2, 2, 4, 4, 4], [8, 16, 32, 64, 64], 3, false, &[]);
+    let file = keras_file(&layers, true, None);
+    let imported = keras::read(&file, "notop.h5").unwrap().imported;
+    let config = vgg::weights::infer::infer_config(&imported.state_dict).unwrap();
+    assert_eq!((config.arch_name().as_str(), &config.head), ("vgg19", &Head::None));
+    let device = burn::tensor::Device::default();
+    let mut model = vgg::Vgg::new(&config, &device).unwrap();
+    model.load_state_dict(&imported.state_dict, vgg::weights::Strict::Yes).unwrap();
+    let dims = [1, 3, 64, 64];
+    let x = draws(17, 3 * 64 * 64, 1.0);
+    let nhwc_out = keras_forward(&file, &nhwc(&x, dims), [1, 64, 64, 3], 1e-3, true);
+    // pool5 is 2x2x64: Keras' (h, w, c) to (c, h, w).
+    let want: Vec<f64> = (0..64 * 4).map(|i| nhwc_out[(i % 4) * 64 + i / 4]).collect();
+    let t = burn::tensor::Tensor::<4>::from_data(burn::tensor::TensorData::new(x.clone(), dims), &device);
+    let err = rel_err(&values(model.features(t)), &want);
+    assert!(err < 1e-5, "{err:e}");
 }
 
 /// A whole saved model (`model.save("x.h5")`: weights under `model_weights`, the architecture as
