@@ -258,7 +258,7 @@ fn keras_forward(file: &[u8], x: &[f32], [n, h, w, c]: [usize; 4], bn_eps: f64, 
                     }
                 }
                 a = r;
-                if !is_last && !(next_is_bn && !relu_before_bn) {
+                if !is_last && (!next_is_bn || relu_before_bn) {
                     relu(&mut a);
                 }
             }

@@ -364,6 +364,12 @@ fn place_trunk(sd: &mut StateDict, items: &[Item]) -> Result<usize, String> {
     ))
 }
 
+/// (torchvision key, Keras dataset path) of every tensor written.
+pub type KeyMap = Vec<(String, String)>;
+
+/// One dataset of a Keras layer: leaf name (`kernel`), shape, values.
+type Weight = (&'static str, Vec<usize>, Vec<f32>);
+
 /// Keras' name of a trunk layer from the paper's: `conv3_2` → `block3_conv2`, `bn3_2` →
 /// `block3_bn2`, `pool3` → `block3_pool`.
 fn keras_name(paper: &str) -> Option<String> {
@@ -385,11 +391,7 @@ fn keras_name(paper: &str) -> Option<String> {
 ///
 /// Returns the file's bytes and, for each key of `sd` that was written, its Keras path
 /// (`block1_conv1/block1_conv1/kernel:0`).
-pub fn write(
-    sd: &StateDict,
-    config: &VggConfig,
-    preprocess: &Preprocess,
-) -> Result<(Vec<u8>, Vec<(String, String)>), WeightsError> {
+pub fn write(sd: &StateDict, config: &VggConfig, preprocess: &Preprocess) -> Result<(Vec<u8>, KeyMap), WeightsError> {
     let get = |key: &str| -> Result<&TensorEntry, WeightsError> {
         sd.get(key).ok_or_else(|| WeightsError::Format { path: "keras".into(), what: format!("missing key '{key}'") })
     };
@@ -398,7 +400,7 @@ pub fn write(
     let mut layer_names = vec!["input_1".to_string()];
     let mut mapping = Vec::new();
     // (layer name, [(weight name, shape, data)])
-    let mut layers: Vec<(String, Vec<(&str, Vec<usize>, Vec<f32>)>)> = vec![("input_1".into(), vec![])];
+    let mut layers: Vec<(String, Vec<Weight>)> = vec![("input_1".into(), vec![])];
     for l in &plan.layers[..plan.trunk] {
         let Some(name) = keras_name(&l.name) else { continue };
         let weights = match l.kind {
