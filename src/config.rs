@@ -421,17 +421,16 @@ impl VggConfig {
         let plain = |layers: &mut Vec<Layer>, name: String, key: String, kind: LayerKind, n: usize| {
             layers.push(Layer { name, key, kind, out_shape: vec![n], params: 0, macs: 0 });
         };
+        // The adaptive average pool before the flatten; returns the flattened size.
+        let avgpool = |layers: &mut Vec<Layer>, pool: [usize; 2]| {
+            let kind = LayerKind::AdaptiveAvgPool { out: pool };
+            let out_shape = vec![c, pool[0], pool[1]];
+            layers.push(Layer { name: "avgpool".into(), key: "avgpool".into(), kind, out_shape, params: 0, macs: 0 });
+            c * pool[0] * pool[1]
+        };
         match &self.head {
             Head::Imagenet { hidden, pool } => {
-                layers.push(Layer {
-                    name: "avgpool".into(),
-                    key: "avgpool".into(),
-                    kind: LayerKind::AdaptiveAvgPool { out: *pool },
-                    out_shape: vec![c, pool[0], pool[1]],
-                    params: 0,
-                    macs: 0,
-                });
-                let flat = c * pool[0] * pool[1];
+                let flat = avgpool(&mut layers, *pool);
                 // torchvision always keeps its Dropout modules, so the indices are 0, 3, 6.
                 fc(&mut layers, "fc6".into(), 0, flat, *hidden);
                 plain(&mut layers, "relu6".into(), "classifier.1".into(), LayerKind::Relu, *hidden);
@@ -445,15 +444,7 @@ impl VggConfig {
                 let mut idx = 0;
                 let mut i = c;
                 if let Some(pool) = pool {
-                    layers.push(Layer {
-                        name: "avgpool".into(),
-                        key: "avgpool".into(),
-                        kind: LayerKind::AdaptiveAvgPool { out: *pool },
-                        out_shape: vec![c, pool[0], pool[1]],
-                        params: 0,
-                        macs: 0,
-                    });
-                    i = c * pool[0] * pool[1];
+                    i = avgpool(&mut layers, *pool);
                 }
                 let mut n = 6;
                 for &o in hidden {

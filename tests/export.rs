@@ -29,6 +29,19 @@ fn burn_forward(m: &Vgg, x: &[f32], dims: [usize; 4]) -> Vec<f32> {
     }
 }
 
+/// NCHW to NHWC, the layout Keras graphs take.
+fn to_nhwc(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let mut o = vec![0f32; x.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..h * w {
+                o[(i * h * w + p) * c + ch] = x[(i * c + ch) * h * w + p];
+            }
+        }
+    }
+    o
+}
+
 fn tract_run(bytes: &[u8], x: &[f32], dims: [usize; 4]) -> Vec<f32> {
     let model = tract_onnx::onnx()
         .model_for_read(&mut std::io::Cursor::new(bytes))
@@ -334,14 +347,7 @@ fn keras_style_onnx_imports_with_the_flatten_order_undone() {
     }
     let dims = [2, 3, 64, 64];
     let x = values(formula_input("keras", dims, &Device::default()));
-    let mut nhwc = vec![0f32; x.len()];
-    for n in 0..2 {
-        for c in 0..3 {
-            for p in 0..64 * 64 {
-                nhwc[(n * 64 * 64 + p) * 3 + c] = x[(n * 3 + c) * 64 * 64 + p];
-            }
-        }
-    }
+    let nhwc = to_nhwc(&x, dims);
     let source = tract_run(&bytes, &nhwc, [2, 64, 64, 3]);
     let engine = vgg::engine::Engine::from_state_dict(&inferred, imported.state_dict).unwrap();
     let logits = engine.forward(&x, dims);
@@ -365,14 +371,7 @@ fn keras_dense_heads_with_batchnorm_import_folded() {
     let sd = formula_state_dict(&config.plan([64, 64]));
     let dims = [2, 3, 64, 64];
     let x = values(formula_input("keras-bn", dims, &Device::default()));
-    let mut nhwc = vec![0f32; x.len()];
-    for n in 0..2 {
-        for c in 0..3 {
-            for p in 0..64 * 64 {
-                nhwc[(n * 64 * 64 + p) * 3 + c] = x[(n * 3 + c) * 64 * 64 + p];
-            }
-        }
-    }
+    let nhwc = to_nhwc(&x, dims);
     let mut outputs = Vec::new();
     for after_relu in [false, true] {
         let bytes = keras_style_onnx(&config, &sd, [64, 64], Some(after_relu));
