@@ -29,19 +29,6 @@ fn burn_forward(m: &Vgg, x: &[f32], dims: [usize; 4]) -> Vec<f32> {
     }
 }
 
-/// NCHW to NHWC, the layout Keras graphs take.
-fn to_nhwc(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
-    let mut o = vec![0f32; x.len()];
-    for i in 0..n {
-        for ch in 0..c {
-            for p in 0..h * w {
-                o[(i * h * w + p) * c + ch] = x[(i * c + ch) * h * w + p];
-            }
-        }
-    }
-    o
-}
-
 fn tract_run(bytes: &[u8], x: &[f32], dims: [usize; 4]) -> Vec<f32> {
     let model = tract_onnx::onnx()
         .model_for_read(&mut std::io::Cursor::new(bytes))

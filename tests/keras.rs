@@ -268,18 +268,6 @@ fn keras_forward(file: &[u8], x: &[f32], [n, h, w, c]: [usize; 4], bn_eps: f64, 
     out
 }
 
-fn nhwc(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
-    let mut o = vec![0f32; x.len()];
-    for i in 0..n {
-        for ch in 0..c {
-            for p in 0..h * w {
-                o[(i * h * w + p) * c + ch] = x[(i * c + ch) * h * w + p];
-            }
-        }
-    }
-    o
-}
-
 fn engine_of(bytes: &[u8]) -> (VggConfig, Engine, keras::KerasImport) {
     let imported = keras::read(bytes, "test.h5").unwrap();
     let config = match &imported.config {
@@ -308,7 +296,7 @@ fn keras_weights_import_and_compute_what_keras_computes() {
         assert_eq!(imported.imported.preprocess.map(|p| p.normalize), Some(vgg::image::Normalize::Caffe));
         let dims = [2, 3, 64, 64];
         let x = draws(7, 2 * 3 * 64 * 64, 1.0);
-        let want = keras_forward(&file, &nhwc(&x, dims), [2, 64, 64, 3], 1e-3, true);
+        let want = keras_forward(&file, &to_nhwc(&x, dims), [2, 64, 64, 3], 1e-3, true);
         let err = rel_err(&engine.forward(&x, dims), &want);
         assert!(err < 1e-5, "old names {old_names}: {err:e}");
     }
@@ -327,7 +315,7 @@ fn notop_files_import_as_the_trunk() {
     model.load_state_dict(&imported.state_dict, vgg::weights::Strict::Yes).unwrap();
     let dims = [1, 3, 64, 64];
     let x = draws(17, 3 * 64 * 64, 1.0);
-    let nhwc_out = keras_forward(&file, &nhwc(&x, dims), [1, 64, 64, 3], 1e-3, true);
+    let nhwc_out = keras_forward(&file, &to_nhwc(&x, dims), [1, 64, 64, 3], 1e-3, true);
     // pool5 is 2x2x64: Keras' (h, w, c) to (c, h, w).
     let want: Vec<f64> = (0..64 * 4).map(|i| nhwc_out[(i % 4) * 64 + i / 4]).collect();
     let t = burn::tensor::Tensor::<4>::from_data(burn::tensor::TensorData::new(x.clone(), dims), &device);
@@ -355,7 +343,7 @@ fn saved_keras_models_with_batchnorm_import() {
     let json_default = r#"{"class_name": "Sequential", "config": {"layers": []}}"#;
     let file_default = keras_file(&layers, false, Some(json_default));
     let (_, engine_default, _) = engine_of(&file_default);
-    let want = keras_forward(&file_default, &nhwc(&x, dims), [3, 32, 32, 1], 1e-3, true);
+    let want = keras_forward(&file_default, &to_nhwc(&x, dims), [3, 32, 32, 1], 1e-3, true);
     let err = rel_err(&engine_default.forward(&x, dims), &want);
     assert!(err < 1e-5, "{err:e}");
     // … and check that the recorded 0.01 was used where the JSON gave it.
@@ -417,7 +405,7 @@ fn keras_dense_heads_with_batchnorm_import_folded() {
         assert!(notes.contains("folded into a dense layer"), "{notes}");
         assert_eq!(activation.is_none(), notes.contains("assumed"), "{notes}");
         let relu_first = activation != Some("linear");
-        let want = keras_forward(&file, &nhwc(&x, dims), [2, 64, 64, 3], 1e-3, relu_first);
+        let want = keras_forward(&file, &to_nhwc(&x, dims), [2, 64, 64, 3], 1e-3, relu_first);
         let got = engine.forward(&x, dims);
         let err = rel_err(&got, &want);
         assert!(err < 1e-5, "{activation:?}: {err:e}");
@@ -455,7 +443,7 @@ fn written_h5_files_read_back_and_compute_the_same() {
         let engine = Engine::from_state_dict(&config, sd.clone()).unwrap();
         let dims = [2, in_ch, size, size];
         let x = draws(11, 2 * in_ch * size * size, 1.0);
-        let want = keras_forward(&bytes, &nhwc(&x, dims), [2, size, size, in_ch], 1e-5, true);
+        let want = keras_forward(&bytes, &to_nhwc(&x, dims), [2, size, size, in_ch], 1e-5, true);
         let err = rel_err(&engine.forward(&x, dims), &want);
         assert!(err < 1e-5, "{arch}: {err:e}");
     }

@@ -31,6 +31,19 @@ pub fn manifest() -> serde_json::Value {
 #[allow(unused_imports)]
 pub use vgg::formula::{input as formula_input, s, state_dict as formula_state_dict, tensor as formula};
 
+/// NCHW to NHWC, the layout Keras graphs take.
+pub fn to_nhwc(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let mut o = vec![0f32; x.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..h * w {
+                o[(i * h * w + p) * c + ch] = x[(i * c + ch) * h * w + p];
+            }
+        }
+    }
+    o
+}
+
 /// `‖out − ref‖ / ‖ref‖`.
 pub fn rel_err(out: &[f32], reference: &[f64]) -> f64 {
     assert_eq!(out.len(), reference.len(), "lengths differ");
