@@ -79,6 +79,42 @@ fn main() {
         }
     }
 
+    // The convolutions of a training step of the CIFAR VGG-16-BN at batch 64 (the peer benchmark):
+    // forward, weight gradient and input gradient, each counted as the direct computation.
+    for (h, ci, co) in [(32, 64, 64), (16, 128, 128), (8, 256, 256), (4, 512, 512), (2, 512, 512)] {
+        let sh = ConvShape { n: 64, h, w: h, ci, co, k: 3 };
+        let x = data(64 * h * h * ci, 1);
+        let wk = data(9 * ci * co, 2);
+        let b = data(co, 3);
+        let dz = data(64 * h * h * co, 4);
+        let mut out = vec![0f32; 64 * h * h * co];
+        let mut dx = vec![0f32; x.len()];
+        let flops = 2.0 * (64 * h * h * 9 * ci * co) as f64;
+        let label = format!("train b64 {h}x{h} {ci}->{co}");
+        let name = format!("{label} forward im2col");
+        if on(&name) {
+            report(&name, time(|| conv::forward_im2col(&x, &wk, &b, &sh, &mut out)), flops, "GFLOP/s");
+        }
+        let name = format!("{label} forward winograd");
+        if on(&name) && winograd::suits(&sh) {
+            let u = winograd::transform_filter(&wk, ci, co);
+            report(&name, time(|| winograd::forward(&x, &u, &b, &sh, &mut out)), flops, "GFLOP/s");
+        }
+        let name = format!("{label} weight gradient");
+        if on(&name) {
+            let t = time(|| {
+                std::hint::black_box(conv::backward(&x, &wk, &dz, &sh, None));
+            });
+            report(&name, t, flops, "GFLOP/s");
+        }
+        let name = format!("{label} input gradient");
+        if on(&name) {
+            let cache = OnceLock::new();
+            let t = time(|| conv::backward_input_cached(&wk, &cache, &dz, &sh, &mut dx));
+            report(&name, t, flops, "GFLOP/s");
+        }
+    }
+
     // The packed GEMM against the `gemm` crate on a Winograd-sized product (tiles x ci by ci x co).
     for (m, k, n) in [(196, 512, 512), (3136, 64, 64)] {
         let a = data(m * k, 4);

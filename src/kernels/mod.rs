@@ -1,5 +1,5 @@
 //! CPU kernels for training and inference on NHWC activations: convolution as im2col + GEMM (forward
-//! and both gradients) or Winograd F(4x4, 3x3) (forward and input gradient), BatchNorm fused with
+//! and both gradients) or Winograd F(4x4, 3x3) (forward and both gradients), BatchNorm fused with
 //! ReLU, max and adaptive average pooling, fully connected layers and the loss.
 //!
 //! They exist because burn-flex spends most of a small VGG's training step outside its GEMM (layout
