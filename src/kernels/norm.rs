@@ -29,38 +29,109 @@ impl Affine {
     }
 }
 
-/// Mean and biased variance of each channel of `[rows, c]` (two passes, f64).
+/// Mean and biased variance of each channel of `[rows, c]`: two passes, f32 sums over blocks of 64
+/// rows carried in f64; the second pass sums `x − mean` and its square, so that the f32 rounding of
+/// the mean is corrected for (`var = E[d²] − E[d]²`).
 pub fn batch_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let rows = (x.len() / c).max(1) as f64;
-    let sums = channel_sums::<1>(x, c, ROWS_PER_CHUNK, |chunk, _, acc| {
-        for r in chunk.chunks_exact(c) {
-            for (a, v) in acc.iter_mut().zip(r) {
-                a[0] += *v as f64;
-            }
-        }
-    });
+    let fast = super::avx2_fma();
+    let sums = channel_sums::<2>(x, c, ROWS_PER_CHUNK, |chunk, _, acc| row_sums(chunk, c, None, acc, fast));
     let mean: Vec<f64> = sums.iter().map(|s| s[0] / rows).collect();
-    let sq = channel_sums::<1>(x, c, ROWS_PER_CHUNK, |chunk, _, acc| {
-        for r in chunk.chunks_exact(c) {
-            for ((a, v), m) in acc.iter_mut().zip(r).zip(&mean) {
-                let d = *v as f64 - m;
-                a[0] += d * d;
+    let meanf: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let centred = channel_sums::<2>(x, c, ROWS_PER_CHUNK, |chunk, _, acc| row_sums(chunk, c, Some(&meanf), acc, fast));
+    let mut var = Vec::with_capacity(c);
+    let mut mean_out = Vec::with_capacity(c);
+    for (s, m) in centred.iter().zip(&meanf) {
+        let d = s[0] / rows;
+        mean_out.push(*m as f64 + d);
+        var.push((s[1] / rows - d * d).max(0.0));
+    }
+    (mean_out, var)
+}
+
+/// Per-channel sums of the rows of `chunk` (and of their squares) into `acc`, after subtracting
+/// `centre` when given.
+fn row_sums(chunk: &[f32], c: usize, centre: Option<&[f32]>, acc: &mut [[f64; 2]], fast: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is only true when the CPU has AVX2 and FMA (see `avx2_fma`).
+        return unsafe { row_sums_avx2(chunk, c, centre, acc) };
+    }
+    let _ = fast;
+    row_sums_body(chunk, c, centre, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_sums_avx2(chunk: &[f32], c: usize, centre: Option<&[f32]>, acc: &mut [[f64; 2]]) {
+    row_sums_body(chunk, c, centre, acc)
+}
+
+#[inline(always)]
+fn row_sums_body(chunk: &[f32], c: usize, centre: Option<&[f32]>, acc: &mut [[f64; 2]]) {
+    let (mut s0, mut s1) = (vec![0f32; c], vec![0f32; c]);
+    for block in chunk.chunks(64 * c) {
+        s0.fill(0.0);
+        s1.fill(0.0);
+        let (t0, t1) = (&mut s0[..c], &mut s1[..c]);
+        match centre {
+            None => {
+                for r in block.chunks_exact(c) {
+                    let r = &r[..c];
+                    for ch in 0..c {
+                        t0[ch] += r[ch];
+                    }
+                }
+            }
+            Some(m) => {
+                let m = &m[..c];
+                for r in block.chunks_exact(c) {
+                    let r = &r[..c];
+                    for ch in 0..c {
+                        let d = r[ch] - m[ch];
+                        t0[ch] += d;
+                        t1[ch] += d * d;
+                    }
+                }
             }
         }
-    });
-    (mean, sq.iter().map(|s| s[0] / rows).collect())
+        for ch in 0..c {
+            acc[ch][0] += t0[ch] as f64;
+            acc[ch][1] += t1[ch] as f64;
+        }
+    }
 }
 
 /// `out = relu((x − mean)·scale + β)` per channel.
 pub fn affine_relu(x: &[f32], a: &Affine, out: &mut [f32]) {
     let c = a.scale.len();
+    let fast = super::avx2_fma();
     out.par_chunks_mut(ROWS_PER_CHUNK * c).zip(x.par_chunks(ROWS_PER_CHUNK * c)).for_each(|(o, xi)| {
-        for (or, xr) in o.chunks_exact_mut(c).zip(xi.chunks_exact(c)) {
-            for ((((o, x), m), s), t) in or.iter_mut().zip(xr).zip(&a.mean).zip(&a.scale).zip(&a.shift) {
-                *o = ((x - m) * s + t).max(0.0);
-            }
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            // SAFETY: as in `row_sums`.
+            return unsafe { affine_relu_avx2(xi, a, o) };
         }
+        affine_relu_body(xi, a, o)
     });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn affine_relu_avx2(x: &[f32], a: &Affine, out: &mut [f32]) {
+    affine_relu_body(x, a, out)
+}
+
+#[inline(always)]
+fn affine_relu_body(x: &[f32], a: &Affine, out: &mut [f32]) {
+    let c = a.scale.len();
+    let (m, s, t) = (&a.mean[..c], &a.scale[..c], &a.shift[..c]);
+    for (or, xr) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        let (or, xr) = (&mut or[..c], &xr[..c]);
+        for ch in 0..c {
+            or[ch] = ((xr[ch] - m[ch]) * s[ch] + t[ch]).max(0.0);
+        }
+    }
 }
 
 /// `out = relu(x)`.
@@ -85,9 +156,7 @@ pub fn relu_inplace(x: &mut [f32]) {
 pub fn relu_backward(y: &[f32], g: &mut [f32]) {
     g.par_chunks_mut(1 << 16).zip(y.par_chunks(1 << 16)).for_each(|(g, y)| {
         for (g, y) in g.iter_mut().zip(y) {
-            if *y <= 0.0 {
-                *g = 0.0;
-            }
+            *g = if *y > 0.0 { *g } else { 0.0 };
         }
     });
 }
@@ -107,6 +176,7 @@ pub fn bn_relu_backward(
     let rows = (z.len() / c) as f64;
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let meanf: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let fast = super::avx2_fma();
     // Pass 1: apply the ReLU mask (recomputed from z exactly as the forward computed it) and sum
     // g and g·x̂ per channel.
     let sums: Vec<[f64; 2]> = {
@@ -114,29 +184,14 @@ pub fn bn_relu_backward(
             .par_chunks_mut(ROWS_PER_CHUNK * c)
             .zip(z.par_chunks(ROWS_PER_CHUNK * c))
             .map(|(gi, zi)| {
-                // f32 sums over blocks of 64 rows (branch-free and vectorisable), carried in f64.
                 let mut acc = vec![[0f64; 2]; c];
-                let (mut s0, mut s1) = (vec![0f32; c], vec![0f32; c]);
-                for (gb, zb) in gi.chunks_mut(64 * c).zip(zi.chunks(64 * c)) {
-                    s0.fill(0.0);
-                    s1.fill(0.0);
-                    for (gr, zr) in gb.chunks_exact_mut(c).zip(zb.chunks_exact(c)) {
-                        let (gr, zr) = (&mut gr[..c], &zr[..c]);
-                        let (am, sc, sh, mf) = (&a.mean[..c], &a.scale[..c], &a.shift[..c], &meanf[..c]);
-                        let (t0, t1) = (&mut s0[..c], &mut s1[..c]);
-                        for ch in 0..c {
-                            let on = (zr[ch] - am[ch]) * sc[ch] + sh[ch] > 0.0;
-                            let gv = if on { gr[ch] } else { 0.0 };
-                            gr[ch] = gv;
-                            t0[ch] += gv;
-                            t1[ch] += gv * (zr[ch] - mf[ch]);
-                        }
-                    }
-                    for ch in 0..c {
-                        acc[ch][0] += s0[ch] as f64;
-                        acc[ch][1] += s1[ch] as f64 * invstd[ch];
-                    }
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    // SAFETY: as in `row_sums`.
+                    unsafe { mask_sums_avx2(gi, zi, a, &meanf, &invstd, &mut acc) };
+                    return acc;
                 }
+                mask_sums(gi, zi, a, &meanf, &invstd, &mut acc);
                 acc
             })
             .collect();
@@ -149,22 +204,79 @@ pub fn bn_relu_backward(
         }
         total
     };
-    // Pass 2: dz = γ/σ · (g − mean(g) − x̂·mean(g·x̂)).
-    let k: Vec<[f32; 4]> = (0..c)
-        .map(|ch| {
-            let s = gamma[ch] as f64 * invstd[ch];
-            let mg = sums[ch][0] / rows;
-            let mgx = sums[ch][1] / rows;
-            [s as f32, (s * mg) as f32, (s * mgx * invstd[ch]) as f32, mean[ch] as f32]
-        })
-        .collect();
+    // Pass 2: dz = γ/σ · (g − mean(g) − x̂·mean(g·x̂)), coefficients per channel in separate
+    // arrays (an array of per-channel structs kept this loop scalar).
+    let mut k = [vec![0f32; c], vec![0f32; c], vec![0f32; c], vec![0f32; c]];
+    for ch in 0..c {
+        let s = gamma[ch] as f64 * invstd[ch];
+        let mg = sums[ch][0] / rows;
+        let mgx = sums[ch][1] / rows;
+        k[0][ch] = s as f32;
+        k[1][ch] = (s * mg) as f32;
+        k[2][ch] = (s * mgx * invstd[ch]) as f32;
+        k[3][ch] = mean[ch] as f32;
+    }
     g.par_chunks_mut(ROWS_PER_CHUNK * c).zip(z.par_chunks(ROWS_PER_CHUNK * c)).for_each(|(gi, zi)| {
-        for (gr, zr) in gi.chunks_exact_mut(c).zip(zi.chunks_exact(c)) {
-            for ch in 0..c {
-                let [s, smg, w, m] = k[ch];
-                gr[ch] = s * gr[ch] - smg - w * (zr[ch] - m);
-            }
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            // SAFETY: as in `row_sums`.
+            return unsafe { input_grad_avx2(gi, zi, &k) };
         }
+        input_grad(gi, zi, &k)
     });
     (sums.iter().map(|s| s[1] as f32).collect(), sums.iter().map(|s| s[0] as f32).collect())
+}
+
+/// Pass 1 of [`bn_relu_backward`] over a chunk of rows: f32 sums over blocks of 64 rows
+/// (branch-free and vectorisable), carried in f64.
+#[inline(always)]
+fn mask_sums(gi: &mut [f32], zi: &[f32], a: &Affine, meanf: &[f32], invstd: &[f64], acc: &mut [[f64; 2]]) {
+    let c = meanf.len();
+    let (mut s0, mut s1) = (vec![0f32; c], vec![0f32; c]);
+    let (am, sc, sh, mf) = (&a.mean[..c], &a.scale[..c], &a.shift[..c], &meanf[..c]);
+    for (gb, zb) in gi.chunks_mut(64 * c).zip(zi.chunks(64 * c)) {
+        s0.fill(0.0);
+        s1.fill(0.0);
+        let (t0, t1) = (&mut s0[..c], &mut s1[..c]);
+        for (gr, zr) in gb.chunks_exact_mut(c).zip(zb.chunks_exact(c)) {
+            let (gr, zr) = (&mut gr[..c], &zr[..c]);
+            for ch in 0..c {
+                let on = (zr[ch] - am[ch]) * sc[ch] + sh[ch] > 0.0;
+                let gv = if on { gr[ch] } else { 0.0 };
+                gr[ch] = gv;
+                t0[ch] += gv;
+                t1[ch] += gv * (zr[ch] - mf[ch]);
+            }
+        }
+        for ch in 0..c {
+            acc[ch][0] += t0[ch] as f64;
+            acc[ch][1] += t1[ch] as f64 * invstd[ch];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn mask_sums_avx2(gi: &mut [f32], zi: &[f32], a: &Affine, meanf: &[f32], invstd: &[f64], acc: &mut [[f64; 2]]) {
+    mask_sums(gi, zi, a, meanf, invstd, acc)
+}
+
+/// Pass 2 of [`bn_relu_backward`] over a chunk of rows, with `k` = (γ/σ, γ/σ·mean(g),
+/// γ/σ²·mean(g·x̂), mean) per channel.
+#[inline(always)]
+fn input_grad(gi: &mut [f32], zi: &[f32], k: &[Vec<f32>; 4]) {
+    let c = k[0].len();
+    let (s, smg, w, m) = (&k[0][..c], &k[1][..c], &k[2][..c], &k[3][..c]);
+    for (gr, zr) in gi.chunks_exact_mut(c).zip(zi.chunks_exact(c)) {
+        let (gr, zr) = (&mut gr[..c], &zr[..c]);
+        for ch in 0..c {
+            gr[ch] = s[ch] * gr[ch] - smg[ch] - w[ch] * (zr[ch] - m[ch]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn input_grad_avx2(gi: &mut [f32], zi: &[f32], k: &[Vec<f32>; 4]) {
+    input_grad(gi, zi, k)
 }
