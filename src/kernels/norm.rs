@@ -112,6 +112,7 @@ pub fn affine_relu(x: &[f32], a: &Affine, out: &mut [f32]) {
             // SAFETY: as in `row_sums`.
             return unsafe { affine_relu_avx2(xi, a, o) };
         }
+        let _ = fast;
         affine_relu_body(xi, a, o)
     });
 }
@@ -191,6 +192,7 @@ pub fn bn_relu_backward(
                     unsafe { mask_sums_avx2(gi, zi, a, &meanf, &invstd, &mut acc) };
                     return acc;
                 }
+                let _ = fast;
                 mask_sums(gi, zi, a, &meanf, &invstd, &mut acc);
                 acc
             })
@@ -222,6 +224,7 @@ pub fn bn_relu_backward(
             // SAFETY: as in `row_sums`.
             return unsafe { input_grad_avx2(gi, zi, &k) };
         }
+        let _ = fast;
         input_grad(gi, zi, &k)
     });
     (sums.iter().map(|s| s[1] as f32).collect(), sums.iter().map(|s| s[0] as f32).collect())
