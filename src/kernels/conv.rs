@@ -237,7 +237,6 @@ pub fn backward_cached(
     dx: Option<&mut [f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
     let (dw, db) = if super::winograd_enabled() && winograd::suits_weight_grad(sh) {
-        assert_eq!(dz.len(), sh.n * sh.hw() * sh.co);
         (winograd::weight_grad(x, dz, sh), bias_grad(dz, sh.co))
     } else {
         weight_grad_im2col(x, dz, sh)
@@ -257,24 +256,18 @@ pub fn weight_grad_im2col(x: &[f32], dz: &[f32], sh: &ConvShape) -> (Vec<f32>, V
     assert_eq!(dz.len(), total * co);
     let (per, par) = sh.split();
     let block = sh.block_rows();
-    let parts: Vec<(Vec<f32>, Vec<f64>)> = dz
+    let parts: Vec<Vec<f32>> = dz
         .par_chunks(per * co)
         .enumerate()
         .map(|(t, dzi)| {
             let rows_here = dzi.len() / co;
             let mut dw = vec![0f32; kd * co];
-            let mut db = vec![0f64; co];
             let need = if sh.k == 1 { 0 } else { block.min(rows_here) * kd };
             with_patches(need, |p| {
                 for b0 in (0..rows_here).step_by(block) {
                     let rows = block.min(rows_here - b0);
                     let r0 = t * per + b0;
                     let dzb = &dzi[b0 * co..(b0 + rows) * co];
-                    for r in dzb.chunks_exact(co) {
-                        for (a, v) in db.iter_mut().zip(r) {
-                            *a += *v as f64;
-                        }
-                    }
                     let pm: &[f32] = if sh.k == 1 {
                         &x[r0 * kd..(r0 + rows) * kd]
                     } else {
@@ -285,20 +278,16 @@ pub fn weight_grad_im2col(x: &[f32], dz: &[f32], sh: &ConvShape) -> (Vec<f32>, V
                     sgemm(kd, co, rows, pm, [1, kd], dzb, [co, 1], &mut dw, co, true, par);
                 }
             });
-            (dw, db)
+            dw
         })
         .collect();
     let mut dw = vec![0f32; kd * co];
-    let mut db = vec![0f64; co];
-    for (pw, pb) in parts {
+    for pw in parts {
         for (a, v) in dw.iter_mut().zip(pw) {
             *a += v;
         }
-        for (a, v) in db.iter_mut().zip(pb) {
-            *a += v;
-        }
     }
-    (dw, db.into_iter().map(|v| v as f32).collect())
+    (dw, bias_grad(dz, co))
 }
 
 /// Per-channel sums of `dz` (`[rows, co]`): the bias gradient, summed in f64 per thread's range of
