@@ -10,7 +10,7 @@ use std::time::Instant;
 use vgg::kernels::conv::{self, ConvShape};
 use vgg::kernels::half::{HalfBuf, HalfKind};
 use vgg::kernels::packed::{self, PackedB};
-use vgg::kernels::{dense, norm, winograd};
+use vgg::kernels::{dense, direct, norm, winograd};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
@@ -111,6 +111,44 @@ fn main() {
         if on(&name) {
             let cache = OnceLock::new();
             let t = time(|| conv::backward_input_cached(&wk, &cache, &dz, &sh, &mut dx));
+            report(&name, t, flops, "GFLOP/s");
+        }
+    }
+
+    // First layers (1 or 3 input channels): direct loops against im2col + GEMM, forward and weight
+    // gradient (the Fashion-MNIST model at batch 64, VGG-16 at batch 1 and 8).
+    for (label, n, h, ci, co) in [
+        ("fmnist b64 32x32 1->24", 64, 32, 1, 24),
+        ("conv1_1 b1 224x224 3->64", 1, 224, 3, 64),
+        ("conv1_1 b8 224x224 3->64", 8, 224, 3, 64),
+    ] {
+        let sh = ConvShape { n, h, w: h, ci, co, k: 3 };
+        let x = data(n * h * h * ci, 1);
+        let wk = data(9 * ci * co, 2);
+        let b = data(co, 3);
+        let dz = data(n * h * h * co, 4);
+        let mut out = vec![0f32; n * h * h * co];
+        let flops = 2.0 * (n * h * h * 9 * ci * co) as f64;
+        let name = format!("first {label} forward im2col");
+        if on(&name) {
+            report(&name, time(|| conv::forward_im2col(&x, &wk, &b, &sh, &mut out)), flops, "GFLOP/s");
+        }
+        let name = format!("first {label} forward direct");
+        if on(&name) {
+            report(&name, time(|| direct::forward(&x, &wk, &b, &sh, &mut out)), flops, "GFLOP/s");
+        }
+        let name = format!("first {label} weight gradient im2col");
+        if on(&name) {
+            let t = time(|| {
+                std::hint::black_box(conv::weight_grad_im2col(&x, &dz, &sh));
+            });
+            report(&name, t, flops, "GFLOP/s");
+        }
+        let name = format!("first {label} weight gradient direct");
+        if on(&name) {
+            let t = time(|| {
+                std::hint::black_box(direct::weight_grad(&x, &dz, &sh));
+            });
             report(&name, t, flops, "GFLOP/s");
         }
     }

@@ -668,7 +668,7 @@ impl Engine {
                     // Winograd's rounding error (~3e-6 relative, 30x direct f32's) is amplified by
                     // train-mode BatchNorm over small batches past the fixture tolerances; the input
                     // gradients and evaluation stay within them and take the Winograd path.
-                    conv::forward_im2col(x, &wk, bias, &sh, &mut out);
+                    conv::forward_exact(x, &wk, bias, &sh, &mut out);
                 } else {
                     conv::forward_cached(x, &wk, transformed, bias, &sh, &mut out);
                 }

@@ -32,8 +32,8 @@ pub struct BenchArgs {
     /// Untimed runs first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// fast (this crate's CPU kernels), im2col (the same without Winograd: every convolution as
-    /// im2col + GEMM) or burn (burn-flex through burn's modules and autodiff).
+    /// fast (this crate's CPU kernels), im2col (the same without Winograd: im2col + GEMM, the first
+    /// layer's direct loops kept) or burn (burn-flex through burn's modules and autodiff).
     #[arg(long, default_value = "fast")]
     engine: String,
     /// Also time each layer of the fast engine's inference (median over the timed runs), printed

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{sgemm, winograd};
+use super::{direct, sgemm, winograd};
 
 thread_local! {
     /// Each worker thread's im2col buffer, kept between calls: allocating and zeroing a fresh one
@@ -180,6 +180,16 @@ pub fn forward_cached(
         let u = cache.get_or_init(|| winograd::transform_filter(wk, sh.ci, sh.co));
         winograd::forward(x, u, bias, sh, out);
     } else {
+        forward_exact(x, wk, bias, sh, out);
+    }
+}
+
+/// [`forward`] without Winograd's rounding (training's forward, where train-mode BatchNorm amplifies
+/// it): direct loops for the first layer's few input channels, im2col + GEMM otherwise.
+pub fn forward_exact(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
+    if direct::suits(sh) {
+        direct::forward(x, wk, bias, sh, out);
+    } else {
         forward_im2col(x, wk, bias, sh, out);
     }
 }
@@ -236,7 +246,9 @@ pub fn backward_cached(
     sh: &ConvShape,
     dx: Option<&mut [f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (dw, db) = if super::winograd_enabled() && winograd::suits_weight_grad(sh) {
+    let (dw, db) = if direct::suits(sh) {
+        (direct::weight_grad(x, dz, sh), bias_grad(dz, sh.co))
+    } else if super::winograd_enabled() && winograd::suits_weight_grad(sh) {
         (winograd::weight_grad(x, dz, sh), bias_grad(dz, sh.co))
     } else {
         weight_grad_im2col(x, dz, sh)

@@ -1,5 +1,6 @@
 //! CPU kernels for training and inference on NHWC activations: convolution as im2col + GEMM (forward
-//! and both gradients) or Winograd F(4x4, 3x3) (forward and both gradients), BatchNorm fused with
+//! and both gradients), Winograd F(4x4, 3x3) (forward and both gradients) or, for the first layer's
+//! few input channels, direct loops (forward and weight gradient), BatchNorm fused with
 //! ReLU, max and adaptive average pooling, fully connected layers and the loss.
 //!
 //! They exist because burn-flex spends most of a small VGG's training step outside its GEMM (layout
@@ -12,6 +13,7 @@
 
 pub mod conv;
 pub mod dense;
+pub mod direct;
 pub mod half;
 pub mod norm;
 pub mod packed;
