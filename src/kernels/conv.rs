@@ -153,10 +153,27 @@ fn im2col(x: &[f32], sh: &ConvShape, r0: usize, rows: usize, p: &mut [f32]) {
                 if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                     dst.fill(0.0);
                 } else {
-                    dst.copy_from_slice(&xs[(iy as usize * w + ix as usize) * ci..][..ci]);
+                    copy_run(dst, &xs[(iy as usize * w + ix as usize) * ci..][..ci]);
                 }
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` in whole eight-float moves: with a length known only at run time,
+/// `copy_from_slice` is a `memcpy` call per channel run, nine per output pixel in [`im2col`].
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let s: [f32; 8] = s.try_into().expect("eight floats");
+        let d: &mut [f32; 8] = d.try_into().expect("eight floats");
+        *d = s;
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
     }
 }
 
