@@ -188,6 +188,36 @@ pub struct Engine {
     names: Vec<String>,
     eps: f64,
     momentum: f64,
+    /// The previous training step's activations, whose allocations the next step writes into.
+    spare_acts: Vec<Vec<f32>>,
+    /// The previous training step's gradient buffers, for the next step's input gradients.
+    spare_grads: BufPool,
+}
+
+/// Buffers kept by length for reuse without zeroing: every kernel that writes into one overwrites
+/// all of it (zeroing fresh buffers was ~7% of a small model's training step). Debug builds fill a
+/// reused buffer with NaN, so that the tests catch a kernel that does not.
+#[derive(Debug, Clone, Default)]
+struct BufPool(std::collections::HashMap<usize, Vec<Vec<f32>>>);
+
+impl BufPool {
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        match self.0.get_mut(&len).and_then(Vec::pop) {
+            Some(mut v) => {
+                if cfg!(debug_assertions) {
+                    v.fill(f32::NAN);
+                }
+                v
+            }
+            None => vec![0.0; len],
+        }
+    }
+
+    fn give(&mut self, v: Vec<f32>) {
+        if !v.is_empty() {
+            self.0.entry(v.len()).or_default().push(v);
+        }
+    }
 }
 
 /// A tensor handed to the engine: f32, or already in 16 bits.
@@ -377,7 +407,17 @@ impl Engine {
             names.push(layer.name.clone());
         }
         let head_start = head_start.min(ops.len());
-        Ok(Self { config: config.clone(), ops, head_start, params, names, eps: 1e-5, momentum: 0.1 })
+        Ok(Self {
+            config: config.clone(),
+            ops,
+            head_start,
+            params,
+            names,
+            eps: 1e-5,
+            momentum: 0.1,
+            spare_acts: vec![],
+            spare_grads: BufPool::default(),
+        })
     }
 
     /// Parameters in torchvision's `state_dict` order, in the engine's layout, with their gradients.
@@ -589,8 +629,10 @@ impl Engine {
         let mut acts = vec![to_nhwc(x, dims)];
         let mut shapes = vec![Shape::Map([n, h, w, c])];
         let mut saved = Vec::with_capacity(self.ops.len());
+        let mut spare = std::mem::take(&mut self.spare_acts);
         for i in 0..self.ops.len() {
-            let (out, shape, s) = self.op_forward(&self.ops[i], &acts[i], shapes[i], true, &mut rng);
+            let mut buf = spare.get_mut(i + 1).map(std::mem::take).unwrap_or_default();
+            let (out, shape, s) = self.op_forward_into(&self.ops[i], &acts[i], shapes[i], true, &mut rng, &mut buf);
             if let Saved::Stats { mean, var, .. } = &s {
                 self.update_running(i, mean, var, shapes[i].len() / c_of(shapes[i]));
             }
@@ -611,6 +653,8 @@ impl Engine {
             let need_dx = i > lowest;
             grad = self.op_backward(i, &acts[i], shapes[i], &saved[i], grad, need_dx);
         }
+        self.spare_grads.give(grad);
+        self.spare_acts = acts;
         StepResult { loss, hits }
     }
 
@@ -651,8 +695,18 @@ impl Engine {
     ) -> (Vec<f32>, Shape, Saved) {
         let mut buffer = |len: usize| {
             let mut v = std::mem::take(spare);
-            v.clear();
-            v.resize(len, 0.0);
+            if v.len() >= len {
+                // Every op overwrites its whole output, so a reused buffer is not zeroed first
+                // (zeroing was ~7% of a small model's training step). Debug builds fill it with
+                // NaN instead, so that the tests catch an op that does not.
+                v.truncate(len);
+                if cfg!(debug_assertions) {
+                    v.fill(f32::NAN);
+                }
+            } else {
+                v.clear();
+                v.resize(len, 0.0);
+            }
             v
         };
         match (op, shape) {
@@ -762,12 +816,13 @@ impl Engine {
         match (&op, shape) {
             (&Op::Conv { w, b, ci, co, k, ref cache }, Shape::Map([n, h, wd, _])) => {
                 let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
-                let mut dx = if need_dx { vec![0f32; x.len()] } else { vec![] };
+                let mut dx = if need_dx { self.spare_grads.take(x.len()) } else { vec![] };
                 let wk = &self.params[w].value;
                 let (dw, db) =
                     conv::backward_cached(x, wk, &cache.input_grad, &g, &sh, need_dx.then_some(dx.as_mut_slice()));
                 self.params[w].grad = dw;
                 self.params[b].grad = db;
+                self.spare_grads.give(g);
                 dx
             }
             (Op::BnRelu { g: gi, b, .. }, _) => {
@@ -779,14 +834,15 @@ impl Engine {
                 g
             }
             (&Op::Linear { w, b, out, .. }, Shape::Flat([n, _])) => {
-                let mut dx = if need_dx { vec![0f32; x.len()] } else { vec![] };
+                let mut dx = if need_dx { self.spare_grads.take(x.len()) } else { vec![] };
                 let (dw, db) =
                     dense::linear_backward(x, &self.params[w].value, &g, n, out, need_dx.then_some(dx.as_mut_slice()));
                 self.params[w].grad = dw;
                 self.params[b].grad = db;
+                self.spare_grads.give(g);
                 dx
             }
-            (op, _) => passive_backward(op, x, shape, saved, g),
+            (op, _) => passive_backward(op, x, shape, saved, g, &mut self.spare_grads),
         }
     }
 }
@@ -959,13 +1015,13 @@ impl Engine {
                 dx
             }
             (Op::Dropout, _) => g,
-            (op, _) => passive_backward(op, x, shape, saved, g),
+            (op, _) => passive_backward(op, x, shape, saved, g, &mut BufPool::default()),
         }
     }
 }
 
 /// Backward of an op without parameters (ReLU, pooling, flatten, dropout) to its input.
-fn passive_backward(op: &Op, x: &[f32], shape: Shape, saved: &Saved, mut g: Vec<f32>) -> Vec<f32> {
+fn passive_backward(op: &Op, x: &[f32], shape: Shape, saved: &Saved, mut g: Vec<f32>, bufs: &mut BufPool) -> Vec<f32> {
     match (op, shape) {
         (Op::Relu, _) => {
             // The forward output is relu(x): positive exactly where x is.
@@ -974,29 +1030,33 @@ fn passive_backward(op: &Op, x: &[f32], shape: Shape, saved: &Saved, mut g: Vec<
         }
         (Op::MaxPool, Shape::Map(s)) => {
             let Saved::Arg(arg) = saved else { unreachable!("max-pool saved its arguments") };
-            let mut dx = vec![0f32; x.len()];
+            let mut dx = bufs.take(x.len());
             pool::max2_backward(&g, arg, s, &mut dx);
+            bufs.give(g);
             dx
         }
         (Op::AvgPool2, Shape::Map(s)) => {
-            let mut dx = vec![0f32; x.len()];
+            let mut dx = bufs.take(x.len());
             pool::avg2_backward(&g, s, &mut dx);
+            bufs.give(g);
             dx
         }
         (&Op::AvgPool { out }, Shape::Map(s)) => {
             if [s[1], s[2]] == out {
                 return g;
             }
-            let mut dx = vec![0f32; x.len()];
+            let mut dx = bufs.take(x.len());
             pool::adaptive_avg_backward(&g, s, out, &mut dx);
+            bufs.give(g);
             dx
         }
         (Op::Flatten, Shape::Map([n, h, w, c])) => {
             if h * w == 1 {
                 return g;
             }
-            let mut dx = vec![0f32; x.len()];
+            let mut dx = bufs.take(x.len());
             pool::nhwc_to_nchw(&g, [n, h, w, c], &mut dx, true);
+            bufs.give(g);
             dx
         }
         (Op::Dropout, _) => {
