@@ -194,23 +194,30 @@ pub struct Engine {
     spare_grads: BufPool,
 }
 
-/// Buffers kept by length for reuse without zeroing: every kernel that writes into one overwrites
-/// all of it (zeroing fresh buffers was ~7% of a small model's training step). Debug builds fill a
-/// reused buffer with NaN, so that the tests catch a kernel that does not.
+/// `len` floats in `v`'s allocation, not zeroed where `v` already holds that many: every kernel
+/// that writes into such a buffer overwrites all of it (zeroing fresh buffers was ~7% of a small
+/// model's training step). Debug builds fill a reused buffer with NaN instead, so that the tests
+/// catch a kernel that does not.
+fn reuse(mut v: Vec<f32>, len: usize) -> Vec<f32> {
+    if v.len() >= len {
+        v.truncate(len);
+        if cfg!(debug_assertions) {
+            v.fill(f32::NAN);
+        }
+    } else {
+        v.clear();
+        v.resize(len, 0.0);
+    }
+    v
+}
+
+/// Gradient buffers kept by length for [`reuse`].
 #[derive(Debug, Clone, Default)]
 struct BufPool(std::collections::HashMap<usize, Vec<Vec<f32>>>);
 
 impl BufPool {
     fn take(&mut self, len: usize) -> Vec<f32> {
-        match self.0.get_mut(&len).and_then(Vec::pop) {
-            Some(mut v) => {
-                if cfg!(debug_assertions) {
-                    v.fill(f32::NAN);
-                }
-                v
-            }
-            None => vec![0.0; len],
-        }
+        reuse(self.0.get_mut(&len).and_then(Vec::pop).unwrap_or_default(), len)
     }
 
     fn give(&mut self, v: Vec<f32>) {
@@ -693,22 +700,7 @@ impl Engine {
         rng: &mut StdRng,
         spare: &mut Vec<f32>,
     ) -> (Vec<f32>, Shape, Saved) {
-        let mut buffer = |len: usize| {
-            let mut v = std::mem::take(spare);
-            if v.len() >= len {
-                // Every op overwrites its whole output, so a reused buffer is not zeroed first
-                // (zeroing was ~7% of a small model's training step). Debug builds fill it with
-                // NaN instead, so that the tests catch an op that does not.
-                v.truncate(len);
-                if cfg!(debug_assertions) {
-                    v.fill(f32::NAN);
-                }
-            } else {
-                v.clear();
-                v.resize(len, 0.0);
-            }
-            v
-        };
+        let mut buffer = |len: usize| reuse(std::mem::take(spare), len);
         match (op, shape) {
             (&Op::Conv { w, b, ci, co, k, ref cache }, Shape::Map([n, h, wd, c])) => {
                 debug_assert_eq!(c, ci);
