@@ -665,6 +665,52 @@ impl Engine {
         StepResult { loss, hits }
     }
 
+    /// Recomputes every BatchNorm's running statistics from `batches` (NCHW, with their dims), as
+    /// `torch.optim.swa_utils.update_bn` does: statistics reset, then the equally weighted mean of
+    /// each batch's mean and unbiased variance (BatchNorm with `momentum=None`), and
+    /// `num_batches_tracked` the number of batches. Weights averaged over training (SWA) need this
+    /// because no forward pass ever produced statistics for them; it also refreshes statistics that a
+    /// momentum average took from the last few hundred augmented batches only. Returns the number
+    /// of batches seen; with none, the statistics are left as they were.
+    pub fn update_bn(&mut self, batches: &mut dyn Iterator<Item = (Vec<f32>, [usize; 4])>) -> usize {
+        self.store_f32();
+        let Some(last_bn) = self.ops.iter().rposition(|op| matches!(op, Op::BnRelu { .. })) else {
+            return 0;
+        };
+        let mut sums: Vec<Option<(Vec<f64>, Vec<f64>)>> = vec![None; self.ops.len()];
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut count = 0usize;
+        for (x, dims) in batches {
+            let [n, c, h, w] = dims;
+            let mut act = to_nhwc(&x, dims);
+            let mut shape = Shape::Map([n, h, w, c]);
+            for (i, sum) in sums.iter_mut().enumerate().take(last_bn + 1) {
+                let (out, next, saved) = self.op_forward(&self.ops[i], &act, shape, true, &mut rng);
+                if let Saved::Stats { mean, var, .. } = saved {
+                    let count = shape.len() / c_of(shape);
+                    let unbias = if count > 1 { count as f64 / (count - 1) as f64 } else { 1.0 };
+                    let (m, v) = sum.get_or_insert_with(|| (vec![0.0; mean.len()], vec![0.0; var.len()]));
+                    m.iter_mut().zip(&mean).for_each(|(a, b)| *a += b);
+                    v.iter_mut().zip(&var).for_each(|(a, b)| *a += b * unbias);
+                }
+                act = out;
+                shape = next;
+            }
+            count += 1;
+        }
+        if count == 0 {
+            return 0;
+        }
+        for (op, sum) in self.ops.iter_mut().zip(sums) {
+            if let (Op::BnRelu { running: r, .. }, Some((m, v))) = (op, sum) {
+                r.mean = m.iter().map(|s| (s / count as f64) as f32).collect();
+                r.var = v.iter().map(|s| (s / count as f64) as f32).collect();
+                r.tracked = count as f32;
+            }
+        }
+        count
+    }
+
     fn op_params(&self, i: usize) -> Vec<usize> {
         match self.ops[i] {
             Op::Conv { w, b, .. } | Op::Linear { w, b, .. } => vec![w, b],

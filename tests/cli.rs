@@ -181,6 +181,8 @@ fn bad_input_gives_messages_and_exit_codes_not_panics() {
     let broken = tmp("broken.jpg");
     std::fs::write(&broken, b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
     let good = fixtures().join("images/chelsea.png");
+    let out = tmp("swa-run");
+    let out = out.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["classify", "missing.png", "--weights", w], "missing.png"),
         (vec!["classify", broken.to_str().unwrap(), "--weights", w], "broken.jpg"),
@@ -192,6 +194,7 @@ fn bad_input_gives_messages_and_exit_codes_not_panics() {
         ),
         (vec!["classify", good.to_str().unwrap(), "--weights", "torchvision:vgg99"], "vgg99"),
         (vec!["summary", "--arch", "vgg16", "--head", "transformer"], "transformer"),
+        (vec!["train", "--epochs", "2", "--swa", "2", "--limit", "64", "--out", out], "averaging must start before"),
     ];
     for (args, needle) in cases {
         let o = vgg(&args);

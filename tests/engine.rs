@@ -303,3 +303,47 @@ fn half_storage_is_f32_arithmetic_on_rounded_weights() {
         assert!(err < bound, "{kind:?}: {err:e}");
     }
 }
+
+/// `torch.optim.swa_utils.update_bn` (BatchNorm with `momentum=None` over a loader, statistics
+/// reset first): on one batch, the running statistics are that batch's mean and unbiased variance,
+/// which the PyTorch fixture gives through one training forward from known statistics
+/// (`running = 0.9 * before + 0.1 * batch`); over several batches, the mean of each batch's.
+#[test]
+fn update_bn_recomputes_running_statistics_as_pytorch() {
+    let m = with_formula(&fixture_config());
+    let before = m.state_dict();
+    let x = input("cifar_train", [8, 3, 32, 32]);
+    let mut engine = Engine::new(&m).unwrap();
+    assert_eq!(engine.update_bn(&mut std::iter::once((x.clone(), [8, 3, 32, 32]))), 1);
+    let sd = engine.state_dict();
+    for key in
+        ["features.1.running_mean", "features.1.running_var", "features.26.running_mean", "features.26.running_var"]
+    {
+        let after = npy(&format!("train/after_forward.{key}.npy")).data;
+        let batch: Vec<f64> = after.iter().zip(&before[key].data).map(|(a, b)| (a - 0.9 * *b as f64) / 0.1).collect();
+        let err = rel_err(&sd[key].data, &batch);
+        println!("{key}: relative error {err:.2e}");
+        assert!(err < 1e-4, "{key}: {err}");
+    }
+    assert_eq!(sd["features.1.num_batches_tracked"].data, vec![1.0]);
+    // Two batches: the equally weighted mean of what each gives alone (not a momentum average).
+    let (x1, x2) = (x[..4 * 3 * 32 * 32].to_vec(), x[4 * 3 * 32 * 32..].to_vec());
+    let alone = |x: &[f32]| {
+        let mut e = Engine::new(&m).unwrap();
+        e.update_bn(&mut std::iter::once((x.to_vec(), [4, 3, 32, 32])));
+        e.state_dict()
+    };
+    let (a, b) = (alone(&x1), alone(&x2));
+    let mut e = Engine::new(&m).unwrap();
+    assert_eq!(e.update_bn(&mut [(x1, [4, 3, 32, 32]), (x2, [4, 3, 32, 32])].into_iter()), 2);
+    let both = e.state_dict();
+    for key in ["features.5.running_mean", "features.5.running_var", "features.26.running_var"] {
+        let mean: Vec<f64> = a[key].data.iter().zip(&b[key].data).map(|(p, q)| (*p as f64 + *q as f64) / 2.0).collect();
+        let err = rel_err(&both[key].data, &mean);
+        assert!(err < 1e-6, "{key}: {err}");
+        assert!(rel_err(&both[key].data, &a[key].data.iter().map(|&v| v as f64).collect::<Vec<_>>()) > 1e-3);
+    }
+    assert_eq!(both["features.26.num_batches_tracked"].data, vec![2.0]);
+    // The weights themselves are untouched.
+    assert_eq!(both["features.0.weight"].data, before["features.0.weight"].data);
+}

@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use burn::tensor::Device;
 use common::*;
 use vgg::config::Head;
-use vgg::train::fit::{self, Event, FitConfig, RunDir, Schedule, TrainError};
+use vgg::train::fit::{self, Event, FitConfig, RunDir, Schedule, SwaConfig, TrainError};
 use vgg::train::sgd::SgdConfig;
 use vgg::{Vgg, VggConfig};
 
@@ -41,6 +41,7 @@ fn fit_config(epochs: usize, lr: f64) -> FitConfig {
         crop: Default::default(),
         lighting: 0.0,
         erase: 0.0,
+        swa: None,
     }
 }
 
@@ -157,6 +158,71 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     }
 }
 
+/// Stochastic weight averaging: the average of the snapshots is the final model, its BatchNorm
+/// statistics recomputed; the average travels in the checkpoint, so an interrupted run resumes to the
+/// same result.
+#[test]
+fn weight_averaging_averages_the_late_epochs_and_resumes() {
+    let (train, test) = data(640, 200);
+    let swa = SwaConfig { start: 1, lr: 0.01, anneal_epochs: 1, per_epoch: 1 };
+    let cfg = FitConfig { swa: Some(swa), ..fit_config(3, 0.05) };
+    // SWALR: the schedule's rate at the start of averaging, cosine down to the constant rate.
+    let base = fit_config(3, 0.05);
+    assert!((cfg.lr_at(10, 30, 10, &[]) - base.lr_at(10, 30, 10, &[])).abs() < 1e-12);
+    assert!(cfg.lr_at(15, 30, 10, &[]) < base.lr_at(10, 30, 10, &[]) && cfg.lr_at(15, 30, 10, &[]) > 0.01);
+    assert_eq!(cfg.lr_at(20, 30, 10, &[]), 0.01);
+    assert_eq!(cfg.lr_at(5, 30, 10, &[]), base.lr_at(5, 30, 10, &[]));
+    let four = SwaConfig { per_epoch: 4, ..swa };
+    assert_eq!((1..=10).filter(|&s| four.averages_after(s, 10)).collect::<Vec<_>>(), [3, 5, 8, 10]);
+
+    let init = Vgg::new(&config(), &Device::default()).unwrap().state_dict();
+    let straight = tmpdir("swa-straight");
+    let (a, sa) =
+        fit::fit(model_from(&init), &train, &test, &cfg, &straight, false, &mut |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(sa.swa_count, 2);
+    let last = sa.history.last().unwrap();
+    assert!(last.last_weights_test_acc.is_some() && sa.history[1].last_weights_test_acc.is_none());
+    // Stopped after epoch 2: one snapshot, which is that epoch's weights.
+    let broken = tmpdir("swa-broken");
+    let _ = fit::fit(model_from(&init), &train, &test, &cfg, &broken, false, &mut |e| match e {
+        Event::EpochEnd(m) if m.epoch == 2 => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .unwrap();
+    let mut m2 = model_from(&init);
+    let (opt, partial) = fit::load_last(&broken.last(), &mut m2).unwrap();
+    assert_eq!((partial.epochs_done, partial.swa_count), (2, 1));
+    let w2 = m2.state_dict();
+    let is_param = |k: &str| !k.contains("running_") && !k.ends_with("num_batches_tracked");
+    for (k, t) in w2.iter().filter(|(k, _)| is_param(k)) {
+        assert_eq!(opt[&format!("{}{k}", fit::SWA_PREFIX)].data, t.data, "{k}");
+    }
+    let fresh = Vgg::new(&config(), &Device::default()).unwrap().state_dict();
+    let (b, _) =
+        fit::fit(model_from(&fresh), &train, &test, &cfg, &broken, true, &mut |_| ControlFlow::Continue(())).unwrap();
+    let (wa, wb) = (a.state_dict(), b.state_dict());
+    for (k, t) in &wa {
+        let reference: Vec<f64> = t.data.iter().map(|&v| v as f64).collect();
+        if reference.iter().any(|&v| v != 0.0) {
+            assert!(rel_err(&wb[k].data, &reference) < 1e-6, "{k}: resumed run differs");
+        }
+    }
+    // The final weights are the mean of epochs 2 and 3; the BatchNorm statistics come from one
+    // pass over the 640 training images in batches of 64.
+    let (m3, _) = fit::load_for_eval(&straight.unaveraged(), &Device::default()).unwrap();
+    let w3 = m3.state_dict();
+    for (k, t) in wa.iter().filter(|(k, _)| is_param(k)) {
+        let mean: Vec<f64> = w2[k].data.iter().zip(&w3[k].data).map(|(p, q)| (*p as f64 + *q as f64) / 2.0).collect();
+        if mean.iter().any(|&v| v != 0.0) {
+            assert!(rel_err(&t.data, &mean) < 1e-6, "{k} is not the average");
+        }
+    }
+    assert_eq!(wa["features.1.num_batches_tracked"].data, vec![10.0]);
+    assert_ne!(wa["features.1.running_mean"].data, w3["features.1.running_mean"].data);
+    // What evaluation reports for the final epoch is the averaged model.
+    assert_eq!(fit::evaluate(&a, &test, 32, sa.norm, 100, &mut |_| {}).acc, last.test_acc);
+}
+
 #[test]
 fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_good_checkpoint() {
     let (train, test) = data(256, 64);
@@ -218,6 +284,7 @@ fn step_multistep_and_plateau_schedules_follow_pytorch() {
                 lr: 0.0,
                 images_per_s: 0.0,
                 seconds: 0.0,
+                last_weights_test_acc: None,
             })
             .collect()
     };

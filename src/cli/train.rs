@@ -137,6 +137,20 @@ pub struct TrainArgs {
     /// the mean); 0 turns it off.
     #[arg(long, default_value_t = 0.0)]
     erase: f64,
+    /// Stochastic weight averaging after this many epochs: the learning rate moves to --swa-lr, the
+    /// weights of the remaining epochs are averaged, and the average (BatchNorm statistics
+    /// recomputed on the training images) is the final model, as torch.optim.swa_utils.
+    #[arg(long)]
+    swa: Option<usize>,
+    /// Learning rate of the averaging phase (default: a fifth of --lr, as in the SWA paper's VGG-16).
+    #[arg(long)]
+    swa_lr: Option<f64>,
+    /// Epochs of the cosine move to --swa-lr.
+    #[arg(long, default_value_t = 1)]
+    swa_anneal: usize,
+    /// Snapshots averaged per epoch.
+    #[arg(long, default_value_t = 1)]
+    swa_freq: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Start from these weights (torchvision:NAME or a file), loaded non-strictly: a head of another
@@ -230,6 +244,18 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         crop,
         lighting: a.lighting,
         erase: a.erase,
+        swa: match a.swa {
+            None => None,
+            Some(start) if start >= a.epochs => {
+                bail!("--swa {start}: averaging must start before the last epoch (--epochs {})", a.epochs)
+            }
+            Some(start) => Some(vgg::train::fit::SwaConfig {
+                start,
+                lr: a.swa_lr.unwrap_or(a.lr / 5.0),
+                anneal_epochs: a.swa_anneal,
+                per_epoch: a.swa_freq.max(1),
+            }),
+        },
     };
     let device = burn::tensor::Device::default().autodiff();
     device.seed(a.seed);

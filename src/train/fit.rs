@@ -20,7 +20,7 @@ use crate::data::augment::{self, CropAug, Pca};
 use crate::engine::Engine;
 use crate::model::Vgg;
 use crate::weights::safetensors::{self as st, Meta};
-use crate::weights::{self, Dtype, StateDict, Strict, WeightsError};
+use crate::weights::{self, Dtype, StateDict, Strict, TensorEntry, WeightsError};
 
 /// How the learning rate moves over training.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -117,6 +117,33 @@ pub struct FitConfig {
     /// Probability of random erasing of a training image (torchvision's RandomErasing; 0: off).
     #[serde(default)]
     pub erase: f64,
+    /// Stochastic weight averaging (`torch.optim.swa_utils`); `None`: the last weights are the model.
+    #[serde(default)]
+    pub swa: Option<SwaConfig>,
+}
+
+/// Stochastic weight averaging (Izmailov et al., 2018) as `torch.optim.swa_utils` runs it: the
+/// schedule until `start` epochs, then `SWALR` (cosine from the rate reached to `lr` over
+/// `anneal_epochs`, then constant), the weights averaged `per_epoch` times in each later epoch, and
+/// at the end the average with BatchNorm statistics recomputed on the training images (`update_bn`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SwaConfig {
+    /// Epochs of the ordinary schedule before averaging begins.
+    pub start: usize,
+    /// The constant learning rate of the averaging phase.
+    pub lr: f64,
+    /// Epochs of the cosine move from the schedule's rate to `lr`.
+    pub anneal_epochs: usize,
+    /// Snapshots averaged per epoch (evenly spaced, the last at the epoch's end).
+    pub per_epoch: usize,
+}
+
+impl SwaConfig {
+    /// Whether the average takes the weights after `step` (1-based) of an epoch of `steps` steps.
+    pub fn averages_after(&self, step: usize, steps: usize) -> bool {
+        let k = self.per_epoch.clamp(1, steps.max(1));
+        (1..=k).any(|j| (j * steps).div_ceil(k) == step)
+    }
 }
 
 /// The parameter keys frozen by [`FitConfig::freeze`].
@@ -147,6 +174,22 @@ impl FitConfig {
 
     /// The learning rate at `step` of `total`, after the epochs of `history`.
     pub fn lr_at(&self, step: usize, total: usize, steps_per_epoch: usize, history: &[EpochMetrics]) -> f64 {
+        if let Some(swa) = self.swa {
+            let from = swa.start * steps_per_epoch;
+            if step >= from {
+                let base = self.schedule_lr(from, total, steps_per_epoch, history);
+                let p = (step - from) as f64 / (swa.anneal_epochs * steps_per_epoch).max(1) as f64;
+                return if p >= 1.0 {
+                    swa.lr
+                } else {
+                    swa.lr + (base - swa.lr) * (1.0 + (std::f64::consts::PI * p).cos()) / 2.0
+                };
+            }
+        }
+        self.schedule_lr(step, total, steps_per_epoch, history)
+    }
+
+    fn schedule_lr(&self, step: usize, total: usize, steps_per_epoch: usize, history: &[EpochMetrics]) -> f64 {
         let t = step as f64 / total.max(1) as f64;
         let cos = |a: f64, b: f64, p: f64| b + (a - b) * (1.0 + (std::f64::consts::PI * p).cos()) / 2.0;
         match &self.schedule {
@@ -220,6 +263,10 @@ pub struct EpochMetrics {
     pub images_per_s: f64,
     /// Wall time of the epoch, evaluation included.
     pub seconds: f64,
+    /// With weight averaging, in the last epoch: the test accuracy of the last weights, before
+    /// they were replaced by the average (whose accuracy is `test_acc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_weights_test_acc: Option<f64>,
 }
 
 /// Per-channel normalisation of 8-bit pixels, and the principal components of RGB datasets (for
@@ -536,12 +583,16 @@ pub struct TrainState {
     pub history: Vec<EpochMetrics>,
     /// Best test accuracy so far.
     pub best_acc: f64,
+    /// Snapshots in the weight average (stochastic weight averaging).
+    #[serde(default)]
+    pub swa_count: usize,
 }
 
 const STATE_KEY: &str = "vgg.train_state";
 
 /// Where a run writes: `last.safetensors` (weights, momentum, state), `best.safetensors` (weights
-/// of the best epoch, ready for `vgg classify`/`vgg eval`) and `metrics.jsonl`.
+/// of the best epoch, ready for `vgg classify`/`vgg eval`), `metrics.jsonl`, and with weight
+/// averaging `unaveraged.safetensors`.
 pub struct RunDir(pub PathBuf);
 
 impl RunDir {
@@ -552,6 +603,10 @@ impl RunDir {
     /// The best weights.
     pub fn best(&self) -> PathBuf {
         self.0.join("best.safetensors")
+    }
+    /// With weight averaging: the last weights before they were replaced by the average.
+    pub fn unaveraged(&self) -> PathBuf {
+        self.0.join("unaveraged.safetensors")
     }
     /// Metrics, one JSON object per epoch.
     pub fn metrics(&self) -> PathBuf {
@@ -638,7 +693,10 @@ pub fn fit(
         (opt_sd, state)
     } else {
         let norm = PixelNorm::of(train);
-        (StateDict::new(), TrainState { epochs_done: 0, fit: fit.clone(), norm, history: vec![], best_acc: -1.0 })
+        (
+            StateDict::new(),
+            TrainState { epochs_done: 0, fit: fit.clone(), norm, history: vec![], best_acc: -1.0, swa_count: 0 },
+        )
     };
     let opt_cfg = fit.optimizer();
     // The fast engine trains its own copy of the weights; the model is brought up to date at the end
@@ -649,13 +707,27 @@ pub fn fit(
             Runner::Engine(Box::new(engine), opt)
         }
         _ => {
-            if !matches!(opt_cfg, OptimizerConfig::Sgd(_)) || fit.clip_grad_norm.is_some() {
+            if !matches!(opt_cfg, OptimizerConfig::Sgd(_)) || fit.clip_grad_norm.is_some() || fit.swa.is_some() {
                 return Err(TrainError::Checkpoint(
-                    "AdamW and gradient clipping run on the fast engine only, which does not run this model".into(),
+                    "AdamW, gradient clipping and weight averaging run on the fast engine only, which does not run this model"
+                        .into(),
                 ));
             }
             Runner::Burn(SgdState::from_state_dict(&opt_sd, &device))
         }
+    };
+    // The running average of the weights, in the engine's layout, aligned with its parameters.
+    let mut swa_avg: Vec<Vec<f32>> = match &runner {
+        Runner::Engine(engine, _) if state.swa_count > 0 => engine
+            .params()
+            .iter()
+            .map(|p| {
+                opt_sd.get(&format!("{SWA_PREFIX}{}", p.key)).map(|e| p.from_torch(&e.data)).ok_or_else(|| {
+                    TrainError::Checkpoint(format!("{} lacks the weight average of {}", dir.last().display(), p.key))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        _ => vec![],
     };
     let norm = state.norm;
     let pre = preprocess_for(train, fit, norm);
@@ -705,6 +777,9 @@ pub fn fit(
                             clip_grad_norm(engine, max, &is_frozen);
                         }
                         opt.step(engine, &opt_cfg, lr, &is_frozen);
+                        if fit.swa.is_some_and(|s| epoch > s.start && s.averages_after(b + 1, steps_per_epoch)) {
+                            average_into(&mut swa_avg, &mut state.swa_count, engine);
+                        }
                         (loss_v, r.hits)
                     }
                     Runner::Burn(sgd) => {
@@ -735,8 +810,34 @@ pub fn fit(
             return Ok((model, state));
         }
         let train_secs = started.elapsed().as_secs_f64();
-        let (ev, opt_sd) = match &runner {
+        let mut last_weights_test_acc = None;
+        let (ev, opt_sd) = match &mut runner {
             Runner::Engine(engine, opt) => {
+                if epoch == fit.epochs && state.swa_count > 0 {
+                    let raw = evaluate_with(
+                        &|x, dims| engine.forward(&x, dims),
+                        model.config().num_classes,
+                        test,
+                        fit.canvas,
+                        norm,
+                        256,
+                        false,
+                        &mut |_| {},
+                    );
+                    last_weights_test_acc = Some(raw.acc);
+                    let meta =
+                        Meta { config: Some(model.config().clone()), preprocess: Some(pre.clone()), extra: vec![] };
+                    st::write(&dir.unaveraged(), &engine.state_dict(), &meta, Dtype::F32)?;
+                    for (p, avg) in engine.params_mut().iter_mut().zip(&swa_avg) {
+                        p.value.clone_from(avg);
+                    }
+                    let order: Vec<usize> = (0..train.len()).collect();
+                    let mut batches = order.chunks(fit.batch_size).map(|chunk| {
+                        let (x, _) = make_batch(train, chunk, fit.canvas, 0, norm, None);
+                        (x, [chunk.len(), c, fit.canvas, fit.canvas])
+                    });
+                    engine.update_bn(&mut batches);
+                }
                 model.load_state_dict(&engine.state_dict(), Strict::Yes)?;
                 let ev = evaluate_with(
                     &|x, dims| engine.forward(&x, dims),
@@ -748,7 +849,11 @@ pub fn fit(
                     false,
                     &mut |_| {},
                 );
-                (ev, opt.to_state_dict(engine, &opt_cfg))
+                let mut opt_sd = opt.to_state_dict(engine, &opt_cfg);
+                for (p, avg) in engine.params().iter().zip(&swa_avg) {
+                    opt_sd.insert(format!("{SWA_PREFIX}{}", p.key), TensorEntry::f32(p.shape.clone(), p.to_torch(avg)));
+                }
+                (ev, opt_sd)
             }
             Runner::Burn(sgd) => {
                 let ev = {
@@ -768,6 +873,7 @@ pub fn fit(
             lr,
             images_per_s: seen as f64 / train_secs,
             seconds: started.elapsed().as_secs_f64(),
+            last_weights_test_acc,
         };
         state.epochs_done = epoch;
         state.history.push(m.clone());
@@ -798,6 +904,25 @@ fn write_pictures(dir: &RunDir, state: &TrainState, ev: &Evaluation, test: &Data
     let epoch = state.history.last().map_or(0, |m| m.epoch);
     let title = format!("epoch {epoch}: test accuracy {:.2}%", ev.acc * 100.0);
     let _ = crate::plot::confusion(&ev.confusion, &test.classes, &title).save(&dir.0.join("confusion.png"));
+}
+
+/// Prefix of the weight average's entries in a checkpoint.
+pub const SWA_PREFIX: &str = "swa_average.";
+
+/// Adds the engine's current weights to the running average (`AveragedModel`'s equal-weight mean).
+fn average_into(avg: &mut Vec<Vec<f32>>, count: &mut usize, engine: &Engine) {
+    if *count == 0 || avg.is_empty() {
+        *avg = engine.params().iter().map(|p| p.values().into_owned()).collect();
+        *count = 1;
+        return;
+    }
+    *count += 1;
+    let n = *count as f32;
+    for (a, p) in avg.iter_mut().zip(engine.params()) {
+        for (x, &v) in a.iter_mut().zip(p.values().iter()) {
+            *x += (v - *x) / n;
+        }
+    }
 }
 
 /// Who runs the steps: the fast engine with its optimizer, or burn's autodiff with PyTorch's SGD.

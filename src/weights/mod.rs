@@ -219,5 +219,5 @@ pub fn load_bytes(bytes: &[u8], name: &str) -> Result<StateDict, WeightsError> {
 /// Whether a checkpoint key holds optimizer state rather than model weights (PyTorch's names:
 /// `momentum_buffer.*`, `exp_avg.*`, `exp_avg_sq.*`, and this project's `adam_step`).
 pub fn is_optimizer_key(k: &str) -> bool {
-    ["momentum_buffer.", "exp_avg.", "exp_avg_sq."].iter().any(|p| k.starts_with(p)) || k == "adam_step"
+    ["momentum_buffer.", "exp_avg.", "exp_avg_sq.", "swa_average."].iter().any(|p| k.starts_with(p)) || k == "adam_step"
 }
