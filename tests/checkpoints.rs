@@ -109,7 +109,7 @@ fn unexpected_keys_are_refused_when_strict() {
 
 #[test]
 fn truncated_files_give_errors_not_panics() {
-    let dir = std::env::temp_dir().join(format!("vgg-trunc-{}", std::process::id()));
+    let dir = scratch("vgg-trunc");
     std::fs::create_dir_all(&dir).unwrap();
     for f in FILES {
         let bytes = std::fs::read(fixtures().join("checkpoints").join(f)).unwrap();
@@ -140,7 +140,7 @@ fn safetensors_round_trip_keeps_keys_values_and_architecture() {
         VggConfig::from_arch("vgg13_bn").unwrap().with_width(0.125).with_head(vgg::Head::cifar()).with_num_classes(10);
     let m = Vgg::new(&config, &device).unwrap();
     let sd = m.state_dict();
-    let dir = std::env::temp_dir().join(format!("vgg-st-{}", std::process::id()));
+    let dir = scratch("vgg-st");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("m.safetensors");
     let meta = weights::safetensors::Meta { config: Some(config.clone()), ..Default::default() };

@@ -18,7 +18,7 @@ fn vgg(args: &[&str]) -> Output {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vgg-cli-{}", std::process::id()));
+    let d = scratch("vgg-cli");
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
 }

@@ -1,5 +1,9 @@
 //! Fashion-MNIST from Debian's `dataset-fashion-mnist` (installed by .ci/run), and damaged files.
 
+mod common;
+
+use common::scratch;
+
 use std::io::Write;
 
 use vgg::data::{self, DataError};
@@ -23,7 +27,7 @@ fn fashion_mnist_has_its_published_shape_and_balance() {
 
 #[test]
 fn damaged_files_name_the_file_and_the_problem() {
-    let dir = std::env::temp_dir().join(format!("vgg-data-{}", std::process::id()));
+    let dir = scratch("vgg-data");
     std::fs::create_dir_all(&dir).unwrap();
     let src = std::path::Path::new(data::FASHION_MNIST_DIR);
     for f in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
@@ -70,7 +74,7 @@ fn write_cifar(dir: &std::path::Path, files: &[&str], label_bytes: usize, per_fi
 
 #[test]
 fn cifar_binary_files_load_in_order_with_rgb_planes() {
-    let dir = std::env::temp_dir().join(format!("vgg-cifar-{}", std::process::id()));
+    let dir = scratch("vgg-cifar");
     let files = [
         "data_batch_1.bin",
         "data_batch_2.bin",
@@ -163,7 +167,7 @@ fn random_erasing_blanks_one_rectangle_of_torchvisions_size_range() {
 
 #[test]
 fn image_folders_split_by_class_and_resize() {
-    let root = std::env::temp_dir().join(format!("vgg-folder-{}", std::process::id()));
+    let root = scratch("vgg-folder");
     for (class, rgb) in [("blue", [0u8, 0, 255]), ("red", [255u8, 0, 0])] {
         std::fs::create_dir_all(root.join(class)).unwrap();
         for i in 0..5 {

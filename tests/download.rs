@@ -1,6 +1,10 @@
 //! The real download path (ureq, sha256 check, cache, atomic rename) against an HTTP server this
 //! test runs on 127.0.0.1.
 
+mod common;
+
+use common::scratch;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -31,7 +35,7 @@ fn serve(body: Vec<u8>, requests: usize) -> String {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vgg-dl-{}", std::process::id()));
+    let d = scratch("vgg-dl");
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
 }

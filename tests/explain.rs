@@ -168,7 +168,7 @@ fn vgg(args: &[&str]) -> Output {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vgg-explain-{}", std::process::id()));
+    let d = scratch("vgg-explain");
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
 }

@@ -115,7 +115,7 @@ fn export_refuses_weights_that_do_not_fit() {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vgg-export-{}", std::process::id()));
+    let d = scratch("vgg-export");
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
 }

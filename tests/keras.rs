@@ -479,7 +479,7 @@ fn vgg_bin() -> Command {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vgg-keras-{}", std::process::id()));
+    let d = scratch("vgg-keras");
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
 }

@@ -68,7 +68,7 @@ fn vgg16_top5_on_the_photos_matches_torchvision() {
 
 #[test]
 fn corrupt_and_missing_images_give_clear_errors() {
-    let dir = std::env::temp_dir().join(format!("vgg-img-{}", std::process::id()));
+    let dir = scratch("vgg-img");
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("broken.png");
     let png = std::fs::read(fixtures().join("images/chelsea.png")).unwrap();

@@ -51,7 +51,7 @@ fn data(n_train: usize, n_test: usize) -> (vgg::data::Dataset, vgg::data::Datase
 }
 
 fn tmpdir(name: &str) -> RunDir {
-    let d = std::env::temp_dir().join(format!("vgg-train-{name}-{}", std::process::id()));
+    let d = scratch(&format!("vgg-train-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     RunDir(d)
 }

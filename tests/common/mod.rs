@@ -74,3 +74,27 @@ pub fn builtin_model() -> vgg::pretrained::Loaded {
     )
     .unwrap()
 }
+
+/// `<temp>/<prefix>-<pid>`, created, for this test process's files. The first call for a prefix
+/// also removes what earlier test processes left under it (directories whose pid no longer runs),
+/// so that repeated test runs do not fill the disk.
+pub fn scratch(prefix: &str) -> PathBuf {
+    static CLEANED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let tmp = std::env::temp_dir();
+    let mut cleaned = CLEANED.lock().unwrap_or_else(|e| e.into_inner());
+    if !cleaned.iter().any(|p| p == prefix) && std::path::Path::new("/proc/self").exists() {
+        cleaned.push(prefix.to_string());
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-'));
+            if let Some(pid) = pid.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+                if pid != std::process::id().to_string() && !std::path::Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+    let dir = tmp.join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
+}
