@@ -87,10 +87,11 @@ pub fn scratch(prefix: &str) -> PathBuf {
         for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let pid = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-'));
-            if let Some(pid) = pid.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
-                if pid != std::process::id().to_string() && !std::path::Path::new("/proc").join(pid).exists() {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
+            let stale = pid.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())).is_some_and(|pid| {
+                pid != std::process::id().to_string() && !std::path::Path::new("/proc").join(pid).exists()
+            });
+            if stale {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }
