@@ -731,6 +731,10 @@ pub fn fit(
     };
     let norm = state.norm;
     let pre = preprocess_for(train, fit, norm);
+    let classes = model.config().num_classes;
+    let test_on = |engine: &Engine| {
+        evaluate_with(&|x, dims| engine.forward(&x, dims), classes, test, fit.canvas, norm, 256, false, &mut |_| {})
+    };
     let frozen = frozen_keys(&model, fit.freeze.as_deref())?;
     let is_frozen = |k: &str| frozen.contains(k);
     let [c, _, _] = train.shape;
@@ -814,17 +818,7 @@ pub fn fit(
         let (ev, opt_sd) = match &mut runner {
             Runner::Engine(engine, opt) => {
                 if epoch == fit.epochs && state.swa_count > 0 {
-                    let raw = evaluate_with(
-                        &|x, dims| engine.forward(&x, dims),
-                        model.config().num_classes,
-                        test,
-                        fit.canvas,
-                        norm,
-                        256,
-                        false,
-                        &mut |_| {},
-                    );
-                    last_weights_test_acc = Some(raw.acc);
+                    last_weights_test_acc = Some(test_on(engine).acc);
                     let meta =
                         Meta { config: Some(model.config().clone()), preprocess: Some(pre.clone()), extra: vec![] };
                     st::write(&dir.unaveraged(), &engine.state_dict(), &meta, Dtype::F32)?;
@@ -839,16 +833,7 @@ pub fn fit(
                     engine.update_bn(&mut batches);
                 }
                 model.load_state_dict(&engine.state_dict(), Strict::Yes)?;
-                let ev = evaluate_with(
-                    &|x, dims| engine.forward(&x, dims),
-                    model.config().num_classes,
-                    test,
-                    fit.canvas,
-                    norm,
-                    256,
-                    false,
-                    &mut |_| {},
-                );
+                let ev = test_on(engine);
                 let mut opt_sd = opt.to_state_dict(engine, &opt_cfg);
                 for (p, avg) in engine.params().iter().zip(&swa_avg) {
                     opt_sd.insert(format!("{SWA_PREFIX}{}", p.key), TensorEntry::f32(p.shape.clone(), p.to_torch(avg)));
