@@ -687,8 +687,7 @@ impl Engine {
             for (i, sum) in sums.iter_mut().enumerate().take(last_bn + 1) {
                 let (out, next, saved) = self.op_forward(&self.ops[i], &act, shape, true, &mut rng);
                 if let Saved::Stats { mean, var, .. } = saved {
-                    let count = shape.len() / c_of(shape);
-                    let unbias = if count > 1 { count as f64 / (count - 1) as f64 } else { 1.0 };
+                    let unbias = unbias_factor(shape.len() / c_of(shape));
                     let (m, v) = sum.get_or_insert_with(|| (vec![0.0; mean.len()], vec![0.0; var.len()]));
                     m.iter_mut().zip(&mean).for_each(|(a, b)| *a += b);
                     v.iter_mut().zip(&var).for_each(|(a, b)| *a += b * unbias);
@@ -722,7 +721,7 @@ impl Engine {
     fn update_running(&mut self, i: usize, mean: &[f64], var: &[f64], count: usize) {
         let m = self.momentum;
         let Op::BnRelu { running: r, .. } = &mut self.ops[i] else { return };
-        let unbias = if count > 1 { count as f64 / (count - 1) as f64 } else { 1.0 };
+        let unbias = unbias_factor(count);
         for ch in 0..mean.len() {
             r.mean[ch] = ((1.0 - m) * r.mean[ch] as f64 + m * mean[ch]) as f32;
             r.var[ch] = ((1.0 - m) * r.var[ch] as f64 + m * var[ch] * unbias) as f32;
@@ -1107,6 +1106,12 @@ fn passive_backward(op: &Op, x: &[f32], shape: Shape, saved: &Saved, mut g: Vec<
         }
         (op, shape) => unreachable!("{op:?} on {shape:?}"),
     }
+}
+
+/// n / (n - 1): turns a batch's biased variance over `n` values into the unbiased one that
+/// PyTorch's running variance takes.
+fn unbias_factor(n: usize) -> f64 {
+    if n > 1 { n as f64 / (n - 1) as f64 } else { 1.0 }
 }
 
 fn c_of(s: Shape) -> usize {

@@ -179,11 +179,7 @@ impl FitConfig {
             if step >= from {
                 let base = self.schedule_lr(from, total, steps_per_epoch, history);
                 let p = (step - from) as f64 / (swa.anneal_epochs * steps_per_epoch).max(1) as f64;
-                return if p >= 1.0 {
-                    swa.lr
-                } else {
-                    swa.lr + (base - swa.lr) * (1.0 + (std::f64::consts::PI * p).cos()) / 2.0
-                };
+                return if p >= 1.0 { swa.lr } else { cosine(base, swa.lr, p) };
             }
         }
         self.schedule_lr(step, total, steps_per_epoch, history)
@@ -191,7 +187,6 @@ impl FitConfig {
 
     fn schedule_lr(&self, step: usize, total: usize, steps_per_epoch: usize, history: &[EpochMetrics]) -> f64 {
         let t = step as f64 / total.max(1) as f64;
-        let cos = |a: f64, b: f64, p: f64| b + (a - b) * (1.0 + (std::f64::consts::PI * p).cos()) / 2.0;
         match &self.schedule {
             Schedule::Constant => self.lr,
             Schedule::Cosine => {
@@ -199,14 +194,14 @@ impl FitConfig {
                 if step < warm {
                     self.lr * (step + 1) as f64 / warm as f64
                 } else {
-                    cos(self.lr, 0.0, (step - warm) as f64 / (total - warm).max(1) as f64)
+                    cosine(self.lr, 0.0, (step - warm) as f64 / (total - warm).max(1) as f64)
                 }
             }
             Schedule::OneCycle => {
                 let start = self.lr / 25.0;
                 let end = start / 1e4;
                 let up = 0.3;
-                if t < up { cos(start, self.lr, t / up) } else { cos(self.lr, end, (t - up) / (1.0 - up)) }
+                if t < up { cosine(start, self.lr, t / up) } else { cosine(self.lr, end, (t - up) / (1.0 - up)) }
             }
             Schedule::Step { step: s } => self.lr * 0.1f64.powi((step / steps_per_epoch / s.max(&1)) as i32),
             Schedule::MultiStep { milestones } => {
@@ -219,6 +214,11 @@ impl FitConfig {
             }
         }
     }
+}
+
+/// Half a cosine from `a` (at `p = 0`) to `b` (at `p = 1`).
+fn cosine(a: f64, b: f64, p: f64) -> f64 {
+    b + (a - b) * (1.0 + (std::f64::consts::PI * p).cos()) / 2.0
 }
 
 /// Why training stopped.
@@ -731,6 +731,8 @@ pub fn fit(
     };
     let norm = state.norm;
     let pre = preprocess_for(train, fit, norm);
+    // What `best.safetensors` and `unaveraged.safetensors` record besides the tensors.
+    let weights_meta = Meta { config: Some(model.config().clone()), preprocess: Some(pre.clone()), extra: vec![] };
     let classes = model.config().num_classes;
     let test_on = |engine: &Engine| {
         evaluate_with(&|x, dims| engine.forward(&x, dims), classes, test, fit.canvas, norm, 256, false, &mut |_| {})
@@ -819,9 +821,7 @@ pub fn fit(
             Runner::Engine(engine, opt) => {
                 if epoch == fit.epochs && state.swa_count > 0 {
                     last_weights_test_acc = Some(test_on(engine).acc);
-                    let meta =
-                        Meta { config: Some(model.config().clone()), preprocess: Some(pre.clone()), extra: vec![] };
-                    st::write(&dir.unaveraged(), &engine.state_dict(), &meta, Dtype::F32)?;
+                    st::write(&dir.unaveraged(), &engine.state_dict(), &weights_meta, Dtype::F32)?;
                     for (p, avg) in engine.params_mut().iter_mut().zip(&swa_avg) {
                         p.value.clone_from(avg);
                     }
@@ -864,8 +864,7 @@ pub fn fit(
         state.history.push(m.clone());
         if m.test_acc > state.best_acc {
             state.best_acc = m.test_acc;
-            let meta = Meta { config: Some(model.config().clone()), preprocess: Some(pre.clone()), extra: vec![] };
-            st::write(&dir.best(), &model.state_dict(), &meta, Dtype::F32)?;
+            st::write(&dir.best(), &model.state_dict(), &weights_meta, Dtype::F32)?;
         }
         save_last(dir, &model, opt_sd, &state, &pre)?;
         let lines: String =
@@ -896,7 +895,7 @@ pub const SWA_PREFIX: &str = "swa_average.";
 
 /// Adds the engine's current weights to the running average (`AveragedModel`'s equal-weight mean).
 fn average_into(avg: &mut Vec<Vec<f32>>, count: &mut usize, engine: &Engine) {
-    if *count == 0 || avg.is_empty() {
+    if *count == 0 {
         *avg = engine.params().iter().map(|p| p.values().into_owned()).collect();
         *count = 1;
         return;
