@@ -81,7 +81,20 @@ fn main() {
 
     // The convolutions of a training step of the CIFAR VGG-16-BN at batch 64 (the peer benchmark):
     // forward, weight gradient and input gradient, each counted as the direct computation.
-    for (h, ci, co) in [(32, 64, 64), (16, 128, 128), (8, 256, 256), (4, 512, 512), (2, 512, 512)] {
+    // Then those of the shipped Fashion-MNIST model (VGG-11-BN x0.375) at batch 64.
+    for (h, ci, co) in [
+        (32, 64, 64),
+        (16, 128, 128),
+        (8, 256, 256),
+        (4, 512, 512),
+        (2, 512, 512),
+        (16, 24, 48),
+        (8, 48, 96),
+        (8, 96, 96),
+        (4, 96, 192),
+        (4, 192, 192),
+        (2, 192, 192),
+    ] {
         let sh = ConvShape { n: 64, h, w: h, ci, co, k: 3 };
         let x = data(64 * h * h * ci, 1);
         let wk = data(9 * ci * co, 2);
@@ -154,7 +167,7 @@ fn main() {
     }
 
     // The packed GEMM against the `gemm` crate on a Winograd-sized product (tiles x ci by ci x co).
-    for (m, k, n) in [(196, 512, 512), (3136, 64, 64)] {
+    for (m, k, n) in [(196, 512, 512), (3136, 64, 64), (2048, 864, 96), (512, 1728, 192), (1024, 216, 48)] {
         let a = data(m * k, 4);
         let bm = data(k * n, 5);
         let mut c = vec![0f32; m * n];

@@ -629,6 +629,34 @@ impl Engine {
         seed: u64,
         frozen: &dyn Fn(&str) -> bool,
     ) -> StepResult {
+        self.train_step_timed(x, dims, labels, smoothing, seed, frozen, None)
+    }
+
+    /// [`Engine::train_step`] that also times each op's forward and backward: (`"<name> fwd"` or
+    /// `"<name> bwd"`, seconds), forward ops in order, then the loss, then the backward ops in the
+    /// order they run. The per-layer view of `vgg bench --train --layers`.
+    pub fn profile_train_step(&mut self, x: &[f32], dims: [usize; 4], labels: &[usize]) -> Vec<(String, f64)> {
+        let mut times = Vec::with_capacity(2 * self.ops.len() + 1);
+        self.train_step_timed(x, dims, labels, 0.0, 0, &|_| false, Some(&mut times));
+        times
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn train_step_timed(
+        &mut self,
+        x: &[f32],
+        dims: [usize; 4],
+        labels: &[usize],
+        smoothing: f64,
+        seed: u64,
+        frozen: &dyn Fn(&str) -> bool,
+        mut times: Option<&mut Vec<(String, f64)>>,
+    ) -> StepResult {
+        let mut lap = |name: &str, suffix: &str, t: std::time::Instant| {
+            if let Some(times) = times.as_deref_mut() {
+                times.push((format!("{name} {suffix}").trim_end().to_string(), t.elapsed().as_secs_f64()));
+            }
+        };
         let [n, c, h, w] = dims;
         // Gradients and optimizer updates need f32 weights.
         self.store_f32();
@@ -638,6 +666,7 @@ impl Engine {
         let mut saved = Vec::with_capacity(self.ops.len());
         let mut spare = std::mem::take(&mut self.spare_acts);
         for i in 0..self.ops.len() {
+            let t = std::time::Instant::now();
             let mut buf = spare.get_mut(i + 1).map(std::mem::take).unwrap_or_default();
             let (out, shape, s) = self.op_forward_into(&self.ops[i], &acts[i], shapes[i], true, &mut rng, &mut buf);
             if let Saved::Stats { mean, var, .. } = &s {
@@ -646,9 +675,12 @@ impl Engine {
             acts.push(out);
             shapes.push(shape);
             saved.push(s);
+            lap(&self.names[i], "fwd", t);
         }
+        let t = std::time::Instant::now();
         let classes = self.config.num_classes;
         let (loss, mut grad, hits) = dense::cross_entropy(acts.last().expect("output"), labels, classes, smoothing);
+        lap("loss", "", t);
         // Backward stops below the lowest op that has a trainable parameter.
         let lowest = (0..self.ops.len())
             .find(|&i| self.op_params(i).iter().any(|&p| !frozen(&self.params[p].key)))
@@ -657,8 +689,10 @@ impl Engine {
             p.grad.clear();
         }
         for i in (lowest..self.ops.len()).rev() {
+            let t = std::time::Instant::now();
             let need_dx = i > lowest;
             grad = self.op_backward(i, &acts[i], shapes[i], &saved[i], grad, need_dx);
+            lap(&self.names[i], "bwd", t);
         }
         self.spare_grads.give(grad);
         self.spare_acts = acts;

@@ -260,7 +260,7 @@ fn classify_without_weights_uses_the_built_in_fashion_mnist_model() {
 
 #[test]
 fn bench_reports_one_json_object() {
-    for extra in [&[][..], &["--train"][..], &["--half", "bf16"][..]] {
+    for extra in [&[][..], &["--train"][..], &["--half", "bf16"][..], &["--train", "--layers"][..]] {
         let mut args =
             vec!["bench", "--arch", "vgg11_bn", "--width", "0.125", "--head", "cifar", "--num-classes", "10"];
         args.extend(["--size", "32", "--batch", "2", "--iters", "2", "--warmup", "1", "--json"]);
@@ -269,12 +269,22 @@ fn bench_reports_one_json_object() {
         assert!(o.status.success(), "{}", stderr(&o));
         let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
         assert_eq!(v["arch"], "vgg11_bn");
-        assert_eq!(v["mode"], if extra == ["--train"] { "train" } else { "infer" });
+        assert_eq!(v["mode"], if extra.contains(&"--train") { "train" } else { "infer" });
         assert_eq!(v["weights"], if extra.contains(&"bf16") { "bf16" } else { "f32" });
         let (median, p90) = (v["median_s"].as_f64().unwrap(), v["p90_s"].as_f64().unwrap());
         assert!(median > 0.0 && p90 >= median);
         assert!((v["img_per_s"].as_f64().unwrap() - 2.0 / median).abs() < 1e-6 * (2.0 / median));
         assert!(v["peak_rss_mb"].as_f64().unwrap() > 1.0);
+        if extra.contains(&"--layers") {
+            // Every layer's forward in order, the loss, the backward from the top down, the update.
+            let names: Vec<&str> =
+                v["layers"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+            let at = |n: &str| names.iter().position(|x| *x == n).unwrap_or_else(|| panic!("no {n} in {names:?}"));
+            assert!(at("conv1_1 fwd") < at("conv5_2 fwd") && at("conv5_2 fwd") < at("fc7 fwd"));
+            assert!(at("fc7 fwd") < at("loss") && at("loss") < at("fc7 bwd"));
+            assert!(at("conv5_2 bwd") < at("conv1_1 bwd") && names.last() == Some(&"optimizer"));
+            assert_eq!(names.len(), 2 * names.iter().filter(|n| n.ends_with(" fwd")).count() + 2);
+        }
     }
 }
 

@@ -36,8 +36,9 @@ pub struct BenchArgs {
     /// layer's direct loops kept) or burn (burn-flex through burn's modules and autodiff).
     #[arg(long, default_value = "fast")]
     engine: String,
-    /// Also time each layer of the fast engine's inference (median over the timed runs), printed
-    /// as a table, or as `"layers"` with --json.
+    /// Also time each layer of the fast engine (median over the timed runs; with --train each
+    /// layer's forward and backward, the loss and the optimizer), printed as a table, or as
+    /// `"layers"` with --json.
     #[arg(long)]
     layers: bool,
     /// Inference with the weights stored in 16 bits (f32 arithmetic): half the memory.
@@ -102,25 +103,27 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .collect();
     let labels: Vec<usize> = (0..a.batch).map(|i| i % config.num_classes.max(1)).collect();
     let sgd = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
-    if a.layers && (a.train || !fast) {
-        bail!("--layers times the fast engine's inference (not --train or --engine burn)");
+    if a.layers && !fast {
+        bail!("--layers times the fast engine (not --engine burn)");
     }
     let mut layer_times: Vec<(String, f64)> = Vec::new();
+    let median_of = |runs: Vec<Vec<(String, f64)>>| -> Vec<(String, f64)> {
+        runs[0]
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let mut t: Vec<f64> = runs.iter().map(|r| r[i].1).collect();
+                t.sort_by(f64::total_cmp);
+                (name.clone(), t[t.len() / 2])
+            })
+            .collect()
+    };
     let mut run: Box<dyn FnMut()> = match (fast, a.train) {
         (true, false) => {
             let engine = engine()?;
             if a.layers {
-                let runs: Vec<Vec<(String, f64)>> =
-                    (0..a.warmup + a.iters).map(|_| engine.profile(&x, dims)).skip(a.warmup).collect();
-                layer_times = runs[0]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (name, _))| {
-                        let mut t: Vec<f64> = runs.iter().map(|r| r[i].1).collect();
-                        t.sort_by(f64::total_cmp);
-                        (name.clone(), t[t.len() / 2])
-                    })
-                    .collect();
+                layer_times =
+                    median_of((0..a.warmup + a.iters).map(|_| engine.profile(&x, dims)).skip(a.warmup).collect());
             }
             Box::new(move || {
                 std::hint::black_box(engine.forward(&x, dims));
@@ -130,6 +133,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let mut engine = engine()?;
             let mut opt = OptimizerState::default();
             let cfg = OptimizerConfig::Sgd(sgd);
+            if a.layers {
+                let runs = (0..a.warmup + a.iters)
+                    .map(|_| {
+                        let mut times = engine.profile_train_step(&x, dims, &labels);
+                        let t = Instant::now();
+                        opt.step(&mut engine, &cfg, 0.01, &|_| false);
+                        times.push(("optimizer".into(), t.elapsed().as_secs_f64()));
+                        times
+                    })
+                    .skip(a.warmup)
+                    .collect();
+                layer_times = median_of(runs);
+            }
             Box::new(move || {
                 engine.train_step(&x, dims, &labels, 0.0, 0, &|_| false);
                 opt.step(&mut engine, &cfg, 0.01, &|_| false);

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{direct, sgemm, winograd};
+use super::{direct, sgemm, small, winograd};
 
 thread_local! {
     /// Each worker thread's im2col buffer, kept between calls: allocating and zeroing a fresh one
@@ -112,7 +112,7 @@ pub fn to_torch(w: &[f32], co: usize, ci: usize, k: usize) -> Vec<f32> {
 
 /// The weights of the input-gradient convolution: kernel rotated by 180° and channels swapped,
 /// `[(ky, kx, co), ci]`, so that dX = conv(dZ) with them.
-fn flipped(wk: &[f32], ci: usize, co: usize, k: usize) -> Vec<f32> {
+pub(crate) fn flipped(wk: &[f32], ci: usize, co: usize, k: usize) -> Vec<f32> {
     // A transpose of each (ky, kx) plane, in 32x32 blocks: element by element, the writes strode
     // through the whole plane (~20 ms per step for the 512-channel layers).
     const B: usize = 32;
@@ -193,7 +193,9 @@ pub fn forward_cached(
     sh: &ConvShape,
     out: &mut [f32],
 ) {
-    if super::winograd_enabled() && winograd::suits(sh) {
+    if small::suits(sh) {
+        small::forward(x, wk, bias, sh, out);
+    } else if super::winograd_enabled() && winograd::suits(sh) {
         let u = cache.get_or_init(|| winograd::transform_filter(wk, sh.ci, sh.co));
         winograd::forward(x, u, bias, sh, out);
     } else {
@@ -202,9 +204,12 @@ pub fn forward_cached(
 }
 
 /// [`forward`] without Winograd's rounding (training's forward, where train-mode BatchNorm amplifies
-/// it): direct loops for the first layer's few input channels, im2col + GEMM otherwise.
+/// it): direct loops for the first layer's few input channels, one dense product for maps of at
+/// most 2x2, im2col + GEMM otherwise.
 pub fn forward_exact(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
-    if direct::suits(sh) {
+    if small::suits(sh) {
+        small::forward(x, wk, bias, sh, out);
+    } else if direct::suits(sh) {
         direct::forward(x, wk, bias, sh, out);
     } else {
         forward_im2col(x, wk, bias, sh, out);
@@ -263,7 +268,9 @@ pub fn backward_cached(
     sh: &ConvShape,
     dx: Option<&mut [f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (dw, db) = if direct::suits(sh) {
+    let (dw, db) = if small::suits(sh) {
+        (small::weight_grad(x, dz, sh), bias_grad(dz, sh.co))
+    } else if direct::suits(sh) {
         (direct::weight_grad(x, dz, sh), bias_grad(dz, sh.co))
     } else if super::winograd_enabled() && winograd::suits_weight_grad(sh) {
         (winograd::weight_grad(x, dz, sh), bias_grad(dz, sh.co))
@@ -351,7 +358,9 @@ pub fn backward_input_cached(
 ) {
     let back = ConvShape { ci: sh.co, co: sh.ci, ..*sh };
     let zero = vec![0.0; sh.ci];
-    if super::winograd_enabled() && winograd::suits(&back) {
+    if small::suits(sh) {
+        small::input_grad(wk, dz, sh, dx);
+    } else if super::winograd_enabled() && winograd::suits(&back) {
         let u = cache.get_or_init(|| winograd::transform_filter(&flipped(wk, sh.ci, sh.co, sh.k), back.ci, back.co));
         winograd::forward(dz, u, &zero, &back, dx);
     } else {

@@ -18,6 +18,7 @@ pub mod half;
 pub mod norm;
 pub mod packed;
 pub mod pool;
+pub mod small;
 pub mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
