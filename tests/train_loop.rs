@@ -42,6 +42,7 @@ fn fit_config(epochs: usize, lr: f64) -> FitConfig {
         lighting: 0.0,
         erase: 0.0,
         swa: None,
+        precise_bn: false,
     }
 }
 
@@ -221,6 +222,36 @@ fn weight_averaging_averages_the_late_epochs_and_resumes() {
     assert_ne!(wa["features.1.running_mean"].data, w3["features.1.running_mean"].data);
     // What evaluation reports for the final epoch is the averaged model.
     assert_eq!(fit::evaluate(&a, &test, 32, sa.norm, 100, &mut |_| {}).acc, last.test_acc);
+}
+
+/// Precise BatchNorm: the same training as without it, then the statistics recomputed over the
+/// training images (one pass in batches of 64: ten batches tracked); the metrics keep the accuracy
+/// before the recomputation.
+#[test]
+fn precise_batchnorm_recomputes_the_statistics_after_the_last_epoch() {
+    let (train, test) = data(640, 200);
+    let init = Vgg::new(&config(), &Device::default()).unwrap().state_dict();
+    let run = |precise_bn: bool, name: &str| {
+        let cfg = FitConfig { precise_bn, ..fit_config(2, 0.05) };
+        fit::fit(model_from(&init), &train, &test, &cfg, &tmpdir(name), false, &mut |_| ControlFlow::Continue(()))
+            .unwrap()
+    };
+    let (plain, sp) = run(false, "precise-off");
+    let (precise, sq) = run(true, "precise-on");
+    let (wp, wq) = (plain.state_dict(), precise.state_dict());
+    for (k, t) in &wp {
+        if k.contains("running_") {
+            assert_ne!(t.data, wq[k].data, "{k} was not recomputed");
+        } else if k.ends_with("num_batches_tracked") {
+            assert_eq!(wq[k].data, vec![10.0], "{k}");
+        } else {
+            assert_eq!(t.data, wq[k].data, "{k}: precise BatchNorm changed a parameter");
+        }
+    }
+    let (lp, lq) = (sp.history.last().unwrap(), sq.history.last().unwrap());
+    assert_eq!(lq.last_weights_test_acc, Some(lp.test_acc));
+    assert_eq!(fit::evaluate(&precise, &test, 32, sq.norm, 100, &mut |_| {}).acc, lq.test_acc);
+    assert!(sq.history[0].last_weights_test_acc.is_none());
 }
 
 #[test]

@@ -151,6 +151,10 @@ pub struct TrainArgs {
     /// Snapshots averaged per epoch.
     #[arg(long, default_value_t = 1)]
     swa_freq: usize,
+    /// After the last epoch, recompute the BatchNorm statistics over the training images without
+    /// augmentation (PreciseBN), instead of the running averages of the last augmented batches.
+    #[arg(long)]
+    precise_bn: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Start from these weights (torchvision:NAME or a file), loaded non-strictly: a head of another
@@ -256,6 +260,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
                 per_epoch: a.swa_freq.max(1),
             }),
         },
+        precise_bn: a.precise_bn,
     };
     let device = burn::tensor::Device::default().autodiff();
     device.seed(a.seed);

@@ -120,6 +120,11 @@ pub struct FitConfig {
     /// Stochastic weight averaging (`torch.optim.swa_utils`); `None`: the last weights are the model.
     #[serde(default)]
     pub swa: Option<SwaConfig>,
+    /// After the last epoch, recompute the BatchNorm statistics over the (unaugmented) training
+    /// images, as fvcore's PreciseBN and `swa_utils.update_bn` do, instead of keeping the momentum
+    /// averages of the last few hundred augmented batches. Implied by `swa`.
+    #[serde(default)]
+    pub precise_bn: bool,
 }
 
 /// Stochastic weight averaging (Izmailov et al., 2018) as `torch.optim.swa_utils` runs it: the
@@ -263,8 +268,9 @@ pub struct EpochMetrics {
     pub images_per_s: f64,
     /// Wall time of the epoch, evaluation included.
     pub seconds: f64,
-    /// With weight averaging, in the last epoch: the test accuracy of the last weights, before
-    /// they were replaced by the average (whose accuracy is `test_acc`).
+    /// With weight averaging or precise BatchNorm, in the last epoch: the test accuracy of the last
+    /// weights with their running statistics, before averaging and recomputing the statistics
+    /// (the result's accuracy is `test_acc`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_weights_test_acc: Option<f64>,
 }
@@ -707,9 +713,13 @@ pub fn fit(
             Runner::Engine(Box::new(engine), opt)
         }
         _ => {
-            if !matches!(opt_cfg, OptimizerConfig::Sgd(_)) || fit.clip_grad_norm.is_some() || fit.swa.is_some() {
+            if !matches!(opt_cfg, OptimizerConfig::Sgd(_))
+                || fit.clip_grad_norm.is_some()
+                || fit.swa.is_some()
+                || fit.precise_bn
+            {
                 return Err(TrainError::Checkpoint(
-                    "AdamW, gradient clipping and weight averaging run on the fast engine only, which does not run this model"
+                    "AdamW, gradient clipping, weight averaging and precise BatchNorm run on the fast engine only, which does not run this model"
                         .into(),
                 ));
             }
@@ -819,11 +829,13 @@ pub fn fit(
         let mut last_weights_test_acc = None;
         let (ev, opt_sd) = match &mut runner {
             Runner::Engine(engine, opt) => {
-                if epoch == fit.epochs && state.swa_count > 0 {
+                if epoch == fit.epochs && (state.swa_count > 0 || fit.precise_bn) {
                     last_weights_test_acc = Some(test_on(engine).acc);
-                    st::write(&dir.unaveraged(), &engine.state_dict(), &weights_meta, Dtype::F32)?;
-                    for (p, avg) in engine.params_mut().iter_mut().zip(&swa_avg) {
-                        p.value.clone_from(avg);
+                    if state.swa_count > 0 {
+                        st::write(&dir.unaveraged(), &engine.state_dict(), &weights_meta, Dtype::F32)?;
+                        for (p, avg) in engine.params_mut().iter_mut().zip(&swa_avg) {
+                            p.value.clone_from(avg);
+                        }
                     }
                     let order: Vec<usize> = (0..train.len()).collect();
                     let mut batches = order.chunks(fit.batch_size).map(|chunk| {
