@@ -4,13 +4,12 @@
 //! Every case runs a few warm-ups, then enough repetitions for about half a second, and prints the
 //! median time with GFLOP/s (arithmetic kernels, counted as the direct computation) or GB/s (the
 //! memory-bound ones). Results go in BENCHMARKS.md with the machine they were measured on.
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use vgg::kernels::conv::{self, ConvShape};
 use vgg::kernels::half::{HalfBuf, HalfKind};
 use vgg::kernels::packed::{self, PackedB};
-use vgg::kernels::{dense, direct, norm, winograd};
+use vgg::kernels::{dense, direct, implicit, norm, winograd};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
@@ -64,6 +63,11 @@ fn main() {
         if on(&name) {
             report(&name, time(|| conv::forward_im2col(&x, &wk, &b, &sh, &mut out)), flops, "GFLOP/s");
         }
+        let name = format!("conv {label} implicit");
+        if on(&name) {
+            let p = implicit::pack_filter(&wk, &sh);
+            report(&name, time(|| implicit::forward(&x, &p, &b, &sh, &mut out)), flops, "GFLOP/s");
+        }
         let name = format!("conv {label} winograd");
         if on(&name) && winograd::suits(&sh) {
             let u = winograd::transform_filter(&wk, ci, co);
@@ -72,7 +76,7 @@ fn main() {
         let name = format!("conv {label} winograd incl. filter transform");
         if on(&name) && winograd::suits(&sh) {
             let t = time(|| {
-                let cache = OnceLock::new();
+                let cache = conv::FilterCache::default();
                 conv::forward_cached(&x, &wk, &cache, &b, &sh, &mut out);
             });
             report(&name, t, flops, "GFLOP/s");
@@ -108,6 +112,11 @@ fn main() {
         if on(&name) {
             report(&name, time(|| conv::forward_im2col(&x, &wk, &b, &sh, &mut out)), flops, "GFLOP/s");
         }
+        let name = format!("{label} forward implicit");
+        if on(&name) {
+            let p = implicit::pack_filter(&wk, &sh);
+            report(&name, time(|| implicit::forward(&x, &p, &b, &sh, &mut out)), flops, "GFLOP/s");
+        }
         let name = format!("{label} forward winograd");
         if on(&name) && winograd::suits(&sh) {
             let u = winograd::transform_filter(&wk, ci, co);
@@ -120,9 +129,16 @@ fn main() {
             });
             report(&name, t, flops, "GFLOP/s");
         }
+        let name = format!("{label} weight gradient winograd (any tile count)");
+        if on(&name) && winograd::suits(&sh) {
+            let t = time(|| {
+                std::hint::black_box(winograd::weight_grad(&x, &dz, &sh));
+            });
+            report(&name, t, flops, "GFLOP/s");
+        }
         let name = format!("{label} input gradient");
         if on(&name) {
-            let cache = OnceLock::new();
+            let cache = conv::FilterCache::default();
             let t = time(|| conv::backward_input_cached(&wk, &cache, &dz, &sh, &mut dx));
             report(&name, t, flops, "GFLOP/s");
         }

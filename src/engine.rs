@@ -9,14 +9,13 @@
 //! [`Engine::new`], and the callers fall back to burn.
 
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::config::{Head, LayerKind, VggConfig};
 use crate::kernels::half::{HalfBuf, HalfKind};
-use crate::kernels::packed::PackedB;
 use crate::kernels::{conv, dense, norm, pool};
 use crate::model::Vgg;
 use crate::weights::{StateDict, Strict, TensorEntry};
@@ -86,8 +85,8 @@ impl ParamBuf {
 /// use; `Arc` so that cloning an op or an engine shares instead of copying them).
 #[derive(Debug, Default)]
 struct ConvCache {
-    forward: OnceLock<Vec<PackedB>>,
-    input_grad: OnceLock<Vec<PackedB>>,
+    forward: conv::FilterCache,
+    input_grad: conv::FilterCache,
 }
 
 /// BatchNorm buffers.
@@ -787,13 +786,13 @@ impl Engine {
                 let mut out = buffer(n * h * wd * co);
                 let (wk, bias) = (self.params[w].values(), &self.params[b].value);
                 // Half-precision storage keeps no transformed f32 filters between calls.
-                let once = OnceLock::new();
+                let once = conv::FilterCache::default();
                 let transformed = if self.params[w].half.is_some() { &once } else { &cache.forward };
                 if train {
                     // Winograd's rounding error (~3e-6 relative, 30x direct f32's) is amplified by
                     // train-mode BatchNorm over small batches past the fixture tolerances; the input
                     // gradients and evaluation stay within them and take the Winograd path.
-                    conv::forward_exact(x, &wk, bias, &sh, &mut out);
+                    conv::forward_exact(x, &wk, transformed, bias, &sh, &mut out);
                 } else {
                     conv::forward_cached(x, &wk, transformed, bias, &sh, &mut out);
                 }
@@ -1064,7 +1063,7 @@ impl Engine {
             (&Op::Conv { w, ci, co, k, ref cache, .. }, Shape::Map([n, h, wd, _])) => {
                 let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
                 let mut dx = vec![0f32; x.len()];
-                let once = OnceLock::new();
+                let once = conv::FilterCache::default();
                 let transformed = if self.params[w].half.is_some() { &once } else { &cache.input_grad };
                 conv::backward_input_cached(&self.params[w].values(), transformed, &g, &sh, &mut dx);
                 dx

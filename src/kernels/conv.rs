@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{direct, sgemm, small, winograd};
+use super::packed::PackedB;
+use super::{direct, implicit, sgemm, small, winograd};
 
 thread_local! {
     /// Each worker thread's im2col buffer, kept between calls: allocating and zeroing a fresh one
@@ -33,6 +34,15 @@ fn with_patches<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
         }
     });
     r
+}
+
+/// Forms of a convolution's filter derived from its weights (Winograd-transformed, packed for the
+/// implicit GEMM), each computed on first use and kept until the weights change: the owner replaces
+/// the cache then.
+#[derive(Debug, Default)]
+pub struct FilterCache {
+    winograd: OnceLock<Vec<PackedB>>,
+    packed: OnceLock<PackedB>,
 }
 
 /// Shape of a convolution over a batch.
@@ -180,37 +190,31 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
 /// `out = conv(x, w) + bias`; `x` is `[n, h, w, ci]`, `out` `[n, h, w, co]`. Goes through Winograd
 /// F(4x4, 3x3) where that pays (see [`winograd::suits`]), transforming the filter for this call.
 pub fn forward(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
-    forward_cached(x, wk, &OnceLock::new(), bias, sh, out)
+    forward_cached(x, wk, &FilterCache::default(), bias, sh, out)
 }
 
-/// [`forward`] with the Winograd-transformed filter kept in `cache` (filled on first use): the
-/// caller clears it when the weights change.
-pub fn forward_cached(
-    x: &[f32],
-    wk: &[f32],
-    cache: &OnceLock<Vec<winograd::PackedB>>,
-    bias: &[f32],
-    sh: &ConvShape,
-    out: &mut [f32],
-) {
-    if small::suits(sh) {
-        small::forward(x, wk, bias, sh, out);
-    } else if super::winograd_enabled() && winograd::suits(sh) {
-        let u = cache.get_or_init(|| winograd::transform_filter(wk, sh.ci, sh.co));
+/// [`forward`] with the derived filters kept in `cache` (filled on first use): the caller replaces
+/// it when the weights change.
+pub fn forward_cached(x: &[f32], wk: &[f32], cache: &FilterCache, bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
+    if !small::suits(sh) && super::winograd_enabled() && winograd::suits(sh) {
+        let u = cache.winograd.get_or_init(|| winograd::transform_filter(wk, sh.ci, sh.co));
         winograd::forward(x, u, bias, sh, out);
     } else {
-        forward_exact(x, wk, bias, sh, out);
+        forward_exact(x, wk, cache, bias, sh, out);
     }
 }
 
 /// [`forward`] without Winograd's rounding (training's forward, where train-mode BatchNorm amplifies
-/// it): direct loops for the first layer's few input channels, one dense product for maps of at
-/// most 2x2, im2col + GEMM otherwise.
-pub fn forward_exact(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
+/// it): one dense product for maps of at most 2x2, direct loops for the first layer's few input
+/// channels, the implicit GEMM for other 3x3 kernels, im2col + GEMM otherwise (1x1).
+pub fn forward_exact(x: &[f32], wk: &[f32], cache: &FilterCache, bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
     if small::suits(sh) {
         small::forward(x, wk, bias, sh, out);
     } else if direct::suits(sh) {
         direct::forward(x, wk, bias, sh, out);
+    } else if super::winograd_enabled() && implicit::suits(sh) {
+        let p = cache.packed.get_or_init(|| implicit::pack_filter(wk, sh));
+        implicit::forward(x, p, bias, sh, out);
     } else {
         forward_im2col(x, wk, bias, sh, out);
     }
@@ -255,7 +259,7 @@ pub fn forward_im2col(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: 
 /// writes the input gradient into it (as a convolution of `dz` with the rotated kernel, so that
 /// every thread writes only its own rows).
 pub fn backward(x: &[f32], wk: &[f32], dz: &[f32], sh: &ConvShape, dx: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
-    backward_cached(x, wk, &OnceLock::new(), dz, sh, dx)
+    backward_cached(x, wk, &FilterCache::default(), dz, sh, dx)
 }
 
 /// [`backward`] with the input-gradient convolution's transformed filter kept in `cache` (see
@@ -263,7 +267,7 @@ pub fn backward(x: &[f32], wk: &[f32], dz: &[f32], sh: &ConvShape, dx: Option<&m
 pub fn backward_cached(
     x: &[f32],
     wk: &[f32],
-    cache: &OnceLock<Vec<winograd::PackedB>>,
+    cache: &FilterCache,
     dz: &[f32],
     sh: &ConvShape,
     dx: Option<&mut [f32]>,
@@ -345,24 +349,23 @@ fn bias_grad(dz: &[f32], co: usize) -> Vec<f32> {
 
 /// The input gradient of [`forward`] alone: `dx = conv(dz, rotated kernel)`.
 pub fn backward_input(wk: &[f32], dz: &[f32], sh: &ConvShape, dx: &mut [f32]) {
-    backward_input_cached(wk, &OnceLock::new(), dz, sh, dx)
+    backward_input_cached(wk, &FilterCache::default(), dz, sh, dx)
 }
 
 /// [`backward_input`] with the transformed rotated filter kept in `cache` (see [`forward_cached`]).
-pub fn backward_input_cached(
-    wk: &[f32],
-    cache: &OnceLock<Vec<winograd::PackedB>>,
-    dz: &[f32],
-    sh: &ConvShape,
-    dx: &mut [f32],
-) {
+pub fn backward_input_cached(wk: &[f32], cache: &FilterCache, dz: &[f32], sh: &ConvShape, dx: &mut [f32]) {
     let back = ConvShape { ci: sh.co, co: sh.ci, ..*sh };
     let zero = vec![0.0; sh.ci];
     if small::suits(sh) {
         small::input_grad(wk, dz, sh, dx);
     } else if super::winograd_enabled() && winograd::suits(&back) {
-        let u = cache.get_or_init(|| winograd::transform_filter(&flipped(wk, sh.ci, sh.co, sh.k), back.ci, back.co));
+        let u = cache
+            .winograd
+            .get_or_init(|| winograd::transform_filter(&flipped(wk, sh.ci, sh.co, sh.k), back.ci, back.co));
         winograd::forward(dz, u, &zero, &back, dx);
+    } else if super::winograd_enabled() && implicit::suits(&back) {
+        let p = cache.packed.get_or_init(|| implicit::pack_filter(&flipped(wk, sh.ci, sh.co, sh.k), &back));
+        implicit::forward(dz, p, &zero, &back, dx);
     } else {
         forward_im2col(dz, &flipped(wk, sh.ci, sh.co, sh.k), &zero, &back, dx);
     }

@@ -15,6 +15,7 @@ pub mod conv;
 pub mod dense;
 pub mod direct;
 pub mod half;
+pub mod implicit;
 pub mod norm;
 pub mod packed;
 pub mod pool;

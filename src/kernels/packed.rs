@@ -59,6 +59,11 @@ impl PackedB {
         self.n.div_ceil(NR)
     }
 
+    /// Panel `p`: `k` rows of [`NR`] floats.
+    pub(crate) fn panel(&self, p: usize) -> &[f32] {
+        &self.data[p * self.k * NR..][..self.k * NR]
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len() * 4

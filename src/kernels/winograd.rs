@@ -34,9 +34,11 @@ const L: usize = 8;
 const CHUNK_BYTES: usize = 24 << 20;
 
 /// Fewest tiles (over the batch) for which the weight gradient goes through Winograd: with fewer,
-/// its 36 GEMMs reduce over too few tiles to beat im2col (the 4x4 maps of a 32x32 input at batch
-/// 64: 64 tiles, 60 against 55 ms).
-const GRAD_MIN_TILES: usize = 128;
+/// its 36 GEMMs reduce over too few tiles to beat im2col. Since the fixed-size lane copies, the
+/// 4x4 maps of a 32x32 input at batch 64 (64 tiles) already gain: 46-70 against 88-124 ms at
+/// 512 channels, 7-10 against 12-18 ms at 192 (`examples/kernel_bench`, 2026-11-29; it was 60
+/// against 55 ms before them, with a threshold of 128).
+const GRAD_MIN_TILES: usize = 32;
 
 /// `G`, 6x3: the filter transform.
 const G: [[f64; 3]; T] = [

@@ -1,0 +1,243 @@
+//! 3x3 convolution as an implicit GEMM: the GEMM micro-kernel reads its left-hand rows straight
+//! from a zero-padded copy of the input instead of from an im2col patch matrix.
+//!
+//! With NHWC and the weights as `[(ky, kx, ci), co]`, the nine taps of six neighbouring output
+//! pixels of one row are six neighbouring input pixels, `ci` floats apart, shifted by the tap's
+//! offset in the padded map. So the product `patches · W` needs no patches: the micro-kernel keeps a
+//! 6x16 block of outputs in registers through all nine taps, broadcasting input channels from the
+//! padded map and reading the filter's packed panels. im2col writes and re-reads nine copies of the
+//! input (the patch matrix is 9x the map), which is where its time goes for maps of few channels;
+//! here the only extra traffic is the padded copy (about 1.3x the map, once). The products and their
+//! order per output are those of im2col + GEMM without blocking of k: the result is as exact as the
+//! reference path's (no Winograd rounding), which is what the training forward needs.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::conv::ConvShape;
+use super::packed::{NR, PackedB};
+
+/// Output pixels per micro-kernel call.
+const MR: usize = 6;
+/// Bytes of filter panels one task keeps hot while it runs over its rows.
+const PANEL_BYTES: usize = 256 << 10;
+
+thread_local! {
+    /// The padded input, kept between calls.
+    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether this path takes the convolution: a 3x3 kernel (padding 1). Any channel count works;
+/// the first layer's 1–4 channels go to [`super::direct`] instead.
+pub fn suits(sh: &ConvShape) -> bool {
+    sh.k == 3
+}
+
+/// The filter `[(ky, kx, ci), co]` packed for [`forward`].
+pub fn pack_filter(wk: &[f32], sh: &ConvShape) -> PackedB {
+    PackedB::new(wk, sh.kdim(), sh.co, [sh.co, 1])
+}
+
+/// `x`, `[n, h, w, c]`, into `xp`, `[n, h + 2, w + 2, c]`, with a border of zeros.
+fn pad(x: &[f32], [n, h, w, c]: [usize; 4], xp: &mut [f32]) {
+    let (hp, wp) = (h + 2, w + 2);
+    xp.par_chunks_mut(wp * c).enumerate().for_each(|(r, row)| {
+        let y = r % hp;
+        if y == 0 || y == hp - 1 {
+            row.fill(0.0);
+            return;
+        }
+        let s = r / hp;
+        row[..c].fill(0.0);
+        row[(w + 1) * c..].fill(0.0);
+        row[c..(w + 1) * c].copy_from_slice(&x[((s * h + y - 1) * w) * c..][..w * c]);
+    });
+    debug_assert_eq!(xp.len(), n * hp * wp * c);
+}
+
+/// `out = conv(x, w) + bias` with `b = pack_filter(w)`; `x` `[n, h, w, ci]`, `out` `[n, h, w, co]`.
+pub fn forward(x: &[f32], b: &PackedB, bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
+    let (n, h, w, ci, co) = (sh.n, sh.h, sh.w, sh.ci, sh.co);
+    assert_eq!(sh.k, 3, "the implicit GEMM is written for 3x3 kernels");
+    assert_eq!(x.len(), n * h * w * ci);
+    assert_eq!(out.len(), n * h * w * co);
+    assert!(b.k() == 9 * ci && b.n() == co, "filter of another shape");
+    assert_eq!(bias.len(), co);
+    if out.is_empty() {
+        return;
+    }
+    let (hp, wp) = (h + 2, w + 2);
+    let mut xp = PADDED.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    xp.resize(n * hp * wp * ci, 0.0);
+    pad(x, [n, h, w, ci], &mut xp[..n * hp * wp * ci]);
+    let panels = b.panels();
+    let mut bias_p = vec![0f32; panels * NR];
+    bias_p[..co].copy_from_slice(bias);
+    // Panels per group: as many as stay in L2 while a task's rows pass under them.
+    let group = (PANEL_BYTES / (9 * ci * NR * 4)).clamp(1, panels);
+    // Tasks of whole output rows: enough of them to balance the threads, each with rows enough to
+    // reuse a group of panels.
+    let rows = n * h;
+    let per_task = rows.div_ceil(4 * rayon::current_num_threads().max(1)).max(1);
+    let offs: [usize; 9] = std::array::from_fn(|t| ((t / 3) * wp + t % 3) * ci);
+    let fast = super::avx2_fma();
+    let xp_ref = &xp[..];
+    out.par_chunks_mut(per_task * w * co).enumerate().for_each(|(task, block)| {
+        let r0 = task * per_task;
+        let nrows = block.len() / (w * co);
+        for g0 in (0..panels).step_by(group) {
+            for r in r0..r0 + nrows {
+                let (s, y) = (r / h, r % h);
+                // Padded row y is input row y - 1: the top-left tap of output row y.
+                let base = (s * hp + y) * wp * ci;
+                let orow = &mut block[(r - r0) * w * co..][..w * co];
+                for p in g0..(g0 + group).min(panels) {
+                    let cols = NR.min(co - p * NR);
+                    let t = Taps { ci, lda: ci, ldc: co, cols };
+                    let bp = b.panel(p);
+                    let bias = &bias_p[p * NR..][..NR];
+                    for x0 in (0..w).step_by(MR) {
+                        let a = &xp_ref[base + x0 * ci..];
+                        let c = &mut orow[x0 * co + p * NR..];
+                        match MR.min(w - x0) {
+                            6 => micro::<6>(a, &offs, bp, bias, c, t, fast),
+                            5 => micro::<5>(a, &offs, bp, bias, c, t, fast),
+                            4 => micro::<4>(a, &offs, bp, bias, c, t, fast),
+                            3 => micro::<3>(a, &offs, bp, bias, c, t, fast),
+                            2 => micro::<2>(a, &offs, bp, bias, c, t, fast),
+                            _ => micro::<1>(a, &offs, bp, bias, c, t, fast),
+                        }
+                    }
+                }
+            }
+        }
+    });
+    PADDED.with(|p| *p.borrow_mut() = xp);
+}
+
+/// One micro-tile's geometry.
+#[derive(Clone, Copy)]
+struct Taps {
+    /// Input channels (the depth of each tap).
+    ci: usize,
+    /// Floats between neighbouring pixels of the padded input.
+    lda: usize,
+    /// Floats between neighbouring output pixels.
+    ldc: usize,
+    /// Valid columns of the panel.
+    cols: usize,
+}
+
+/// `c[R x cols] = bias + Σ_taps a[offs[t]..] · b[t]` for `R` neighbouring output pixels.
+#[inline(always)]
+fn micro<const R: usize>(a: &[f32], offs: &[usize; 9], b: &[f32], bias: &[f32], c: &mut [f32], t: Taps, fast: bool) {
+    // Bounds for the unchecked reads below.
+    assert!(offs[8] + (R - 1) * t.lda + t.ci <= a.len() && 9 * t.ci * NR <= b.len() && bias.len() == NR);
+    assert!((R - 1) * t.ldc + t.cols <= c.len());
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` means the CPU has AVX2 and FMA; the asserts above bound every access.
+        unsafe { avx2::micro::<R>(a.as_ptr(), offs, b.as_ptr(), bias.as_ptr(), c.as_mut_ptr(), t) };
+        return;
+    }
+    let _ = fast;
+    let mut acc = [[0f32; NR]; R];
+    for row in acc.iter_mut() {
+        row.copy_from_slice(bias);
+    }
+    for (tap, off) in offs.iter().enumerate() {
+        for kk in 0..t.ci {
+            let bk = &b[(tap * t.ci + kk) * NR..][..NR];
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = a[off + r * t.lda + kk];
+                for (x, bv) in row.iter_mut().zip(bk) {
+                    *x = av.mul_add(*bv, *x);
+                }
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        c[r * t.ldc..][..t.cols].copy_from_slice(&row[..t.cols]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{NR, Taps};
+    use std::arch::x86_64::*;
+
+    /// SAFETY: the caller guarantees AVX2+FMA and that every read of `a` (R pixels of `ci` floats
+    /// at each offset), `b` (`9 · ci · 16`), `bias` (16) and write of `c` (R rows of `cols`) is valid.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn micro<const R: usize>(
+        a: *const f32,
+        offs: &[usize; 9],
+        b: *const f32,
+        bias: *const f32,
+        c: *mut f32,
+        t: Taps,
+    ) {
+        unsafe {
+            let (z0, z1) = (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)));
+            let mut acc = [[z0, z1]; R];
+            let mut bk = b;
+            for off in offs {
+                let at = a.add(*off);
+                for kk in 0..t.ci {
+                    let b0 = _mm256_loadu_ps(bk);
+                    let b1 = _mm256_loadu_ps(bk.add(8));
+                    for (r, x) in acc.iter_mut().enumerate() {
+                        let av = _mm256_broadcast_ss(&*at.add(r * t.lda + kk));
+                        x[0] = _mm256_fmadd_ps(av, b0, x[0]);
+                        x[1] = _mm256_fmadd_ps(av, b1, x[1]);
+                    }
+                    bk = bk.add(NR);
+                }
+            }
+            for (r, x) in acc.iter().enumerate() {
+                let dst = c.add(r * t.ldc);
+                if t.cols == NR {
+                    _mm256_storeu_ps(dst, x[0]);
+                    _mm256_storeu_ps(dst.add(8), x[1]);
+                } else {
+                    let mut tmp = [0f32; NR];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), x[0]);
+                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), x[1]);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, t.cols);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::conv;
+    use crate::kernels::test_data as data;
+
+    /// Against im2col + GEMM (itself tested against the definition): widths that leave every
+    /// remainder of the six-pixel tiles, partial panels, one-pixel maps, several tasks per image.
+    #[test]
+    fn agrees_with_im2col() {
+        for sh in [
+            ConvShape { n: 3, h: 5, w: 13, ci: 7, co: 20, k: 3 },
+            ConvShape { n: 2, h: 8, w: 8, ci: 48, co: 96, k: 3 },
+            ConvShape { n: 4, h: 1, w: 1, ci: 9, co: 33, k: 3 },
+            ConvShape { n: 1, h: 29, w: 3, ci: 5, co: 16, k: 3 },
+            ConvShape { n: 2, h: 2, w: 11, ci: 300, co: 17, k: 3 },
+        ] {
+            let x = data(sh.n * sh.h * sh.w * sh.ci, 1);
+            let wk = data(9 * sh.ci * sh.co, 2);
+            let bias = data(sh.co, 3);
+            let mut got = vec![f32::NAN; sh.n * sh.h * sh.w * sh.co];
+            let mut want = vec![0f32; got.len()];
+            forward(&x, &pack_filter(&wk, &sh), &bias, &sh, &mut got);
+            conv::forward_im2col(&x, &wk, &bias, &sh, &mut want);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{sh:?} [{i}]: {g} vs {w}");
+            }
+        }
+    }
+}
