@@ -50,6 +50,9 @@ fn main() {
     // (filters transformed once, as the engine caches them).
     for (label, h, ci, co) in [
         ("conv1_2 224x224 64->64", 224, 64, 64),
+        ("conv2_1 112x112 64->128", 112, 64, 128),
+        ("conv2_2 112x112 128->128", 112, 128, 128),
+        ("conv3_1 56x56 128->256", 56, 128, 256),
         ("conv3_2 56x56 256->256", 56, 256, 256),
         ("conv5_2 14x14 512->512", 14, 512, 512),
     ] {
@@ -72,6 +75,16 @@ fn main() {
         if on(&name) && winograd::suits(&sh) {
             let u = winograd::transform_filter(&wk, ci, co);
             report(&name, time(|| winograd::forward(&x, &u, &b, &sh, &mut out)), flops, "GFLOP/s");
+        }
+        let name = format!("conv {label} winograd fused");
+        if on(&name) && winograd::suits(&sh) {
+            let u = winograd::transform_filter(&wk, ci, co);
+            report(&name, time(|| winograd::forward_fused(&x, &u, &b, &sh, &mut out)), flops, "GFLOP/s");
+        }
+        let name = format!("conv {label} winograd chunked");
+        if on(&name) && winograd::suits(&sh) {
+            let u = winograd::transform_filter(&wk, ci, co);
+            report(&name, time(|| winograd::forward_chunked(&x, &u, &b, &sh, &mut out)), flops, "GFLOP/s");
         }
         let name = format!("conv {label} winograd incl. filter transform");
         if on(&name) && winograd::suits(&sh) {

@@ -346,9 +346,24 @@ fn transform_output(
     output_band(m, chunk, first, sh, y0, bias, out)
 }
 
+/// Largest `ci · co` for which [`forward`] fuses its phases per tile row ([`forward_fused`]): every
+/// task reads all 36 filter matrices again, which is cheap at 64x64 and 64x128 (0.6 and 1.2 MB) and
+/// not beyond. Measured on VGG-16's layers at batch 1 (`examples/kernel_bench`, 2026-11-29): conv1_2
+/// 42.7 → 31.2 ms, conv2_1 14.2 → 12.7 ms, conv2_2 (128x128) level, conv3_1 and wider slower.
+const FUSE_MAX_PLANE: usize = 64 * 128;
+
 /// `out = conv(x, w) + bias` with `u = transform_filter(w)`; `x` is `[n, h, w, ci]`, `out`
 /// `[n, h, w, co]`. Requires [`suits`]`(sh)` apart from the size rule (any 3x3 works).
 pub fn forward(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
+    if sh.ci * sh.co <= FUSE_MAX_PLANE {
+        forward_fused(x, u, bias, sh, out)
+    } else {
+        forward_chunked(x, u, bias, sh, out)
+    }
+}
+
+/// [`forward`] in chunks of tile rows of up to [`CHUNK_BYTES`], each phase parallel over the chunk.
+pub fn forward_chunked(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
     let (h, w, ci, co) = (sh.h, sh.w, sh.ci, sh.co);
     assert_eq!(sh.k, 3, "Winograd F(4x4, 3x3) needs a 3x3 kernel");
     assert_eq!(x.len(), sh.n * h * w * ci);
@@ -404,6 +419,44 @@ pub fn forward(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out: &mut
         bands.into_par_iter().for_each(|(first, y0, band)| transform_output(m, tiles, first, sh, y0, bias, band, fast));
     }
     BUFFERS.with(|b| *b.borrow_mut() = bufs);
+}
+
+/// [`forward`] with the three phases fused per tile row: each task transforms one row of tiles,
+/// runs its 36 GEMMs and transforms the products back while they are still in its core's cache,
+/// instead of each phase streaming a whole chunk of tens of megabytes through memory. It pays for
+/// few channels (large maps, little arithmetic per byte of transformed tiles), where the filters
+/// that every task reads again are small.
+pub fn forward_fused(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
+    let (h, w, ci, co) = (sh.h, sh.w, sh.ci, sh.co);
+    assert_eq!(sh.k, 3, "Winograd F(4x4, 3x3) needs a 3x3 kernel");
+    assert_eq!(x.len(), sh.n * h * w * ci);
+    assert_eq!(out.len(), sh.n * h * w * co);
+    assert!(u.len() == E && u.iter().all(|p| p.k() == ci && p.n() == co), "filters of another shape");
+    assert_eq!(bias.len(), co);
+    let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
+    let fast = super::avx2_fma();
+    // Every tile row's output band (four image rows, fewer at the bottom of an image).
+    let mut bands: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(sh.n * th);
+    let mut rest = &mut out[..];
+    for r in 0..sh.n * th {
+        let y0 = (r % th) * M;
+        let (band, tail) = rest.split_at_mut(M.min(h - y0) * w * co);
+        bands.push((r, y0, band));
+        rest = tail;
+    }
+    bands.into_par_iter().for_each(|(r, y0, band)| {
+        let mut bufs = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let (vbuf, mbuf) = &mut bufs;
+        vbuf.resize(vbuf.len().max(tw * E * ci), 0.0);
+        mbuf.resize(mbuf.len().max(tw * E * co), 0.0);
+        let (v, m) = (&mut vbuf[..tw * E * ci], &mut mbuf[..tw * E * co]);
+        transform_input(x, sh, r * tw, v, fast);
+        for (e, me) in m.chunks_exact_mut(tw * co).enumerate() {
+            packed::gemm(tw, &v[e * ci..], E * ci, &u[e], 0..u[e].panels(), me, co, false);
+        }
+        transform_output(m, tw, 0, sh, y0, bias, band, fast);
+        BUFFERS.with(|b| *b.borrow_mut() = bufs);
+    });
 }
 
 /// Whether [`weight_grad`] pays for this convolution: [`suits`], and enough tiles over the batch.
@@ -531,11 +584,16 @@ mod tests {
             let b = data(sh.co, 3);
             let mut want = vec![0f32; sh.n * sh.h * sh.w * sh.co];
             conv::forward_im2col(&x, &wk, &b, &sh, &mut want);
-            let mut got = vec![f32::NAN; want.len()];
-            forward(&x, &transform_filter(&wk, sh.ci, sh.co), &b, &sh, &mut got);
+            let u = transform_filter(&wk, sh.ci, sh.co);
             let scale = (sh.kdim() as f32).sqrt();
+            let mut got = vec![f32::NAN; want.len()];
+            forward_chunked(&x, &u, &b, &sh, &mut got);
             let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
             assert!(worst <= 2e-5 * scale, "{sh:?}: worst difference {worst}");
+            // The fused phases compute the same tiles: the same floats.
+            let mut fused = vec![f32::NAN; want.len()];
+            forward_fused(&x, &u, &b, &sh, &mut fused);
+            assert_eq!(fused, got, "{sh:?}: fused");
         }
     }
 
