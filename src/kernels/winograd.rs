@@ -14,6 +14,7 @@
 //! twice, for AVX2+FMA and for the baseline, and picked at run time.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -252,12 +253,20 @@ fn grad_tiles(dz: &[f32], sh: &ConvShape, t0: usize, g: &mut [f32]) {
 /// for the whole chunk; `first` is this band's first tile within the chunk.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn output_band(m: &[f32], chunk: usize, first: usize, sh: &ConvShape, y0: usize, bias: &[f32], out: &mut [f32]) {
+fn output_band(
+    m: &[f32],
+    chunk: usize,
+    first: usize,
+    sh: &ConvShape,
+    y0: usize,
+    txs: Range<usize>,
+    bias: &[f32],
+    out: &mut [f32],
+) {
     let (h, w, co) = (sh.h, sh.w, sh.co);
-    let tw = w.div_ceil(M);
     let rows = M.min(h - y0);
-    for tx in 0..tw {
-        let t = first + tx;
+    for tx in txs.clone() {
+        let t = first + tx - txs.start;
         let x0 = tx * M;
         let cols = M.min(w - x0);
         for c0 in (0..co).step_by(L) {
@@ -296,8 +305,17 @@ fn input_tiles_avx2(x: &[f32], sh: &ConvShape, t0: usize, v: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-fn output_band_avx2(m: &[f32], chunk: usize, first: usize, sh: &ConvShape, y0: usize, bias: &[f32], out: &mut [f32]) {
-    output_band(m, chunk, first, sh, y0, bias, out)
+fn output_band_avx2(
+    m: &[f32],
+    chunk: usize,
+    first: usize,
+    sh: &ConvShape,
+    y0: usize,
+    txs: Range<usize>,
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    output_band(m, chunk, first, sh, y0, txs, bias, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -333,6 +351,7 @@ fn transform_output(
     first: usize,
     sh: &ConvShape,
     y0: usize,
+    txs: Range<usize>,
     bias: &[f32],
     out: &mut [f32],
     fast: bool,
@@ -340,10 +359,10 @@ fn transform_output(
     #[cfg(target_arch = "x86_64")]
     if fast {
         // SAFETY: as in `transform_input`.
-        return unsafe { output_band_avx2(m, chunk, first, sh, y0, bias, out) };
+        return unsafe { output_band_avx2(m, chunk, first, sh, y0, txs, bias, out) };
     }
     let _ = fast;
-    output_band(m, chunk, first, sh, y0, bias, out)
+    output_band(m, chunk, first, sh, y0, txs, bias, out)
 }
 
 /// Largest `ci · co` for which [`forward`] fuses its phases per tile row ([`forward_fused`]): every
@@ -351,6 +370,11 @@ fn transform_output(
 /// not beyond. Measured on VGG-16's layers at batch 1 (`examples/kernel_bench`, 2026-11-29): conv1_2
 /// 42.7 → 31.2 ms, conv2_1 14.2 → 12.7 ms, conv2_2 (128x128) level, conv3_1 and wider slower.
 const FUSE_MAX_PLANE: usize = 64 * 128;
+
+/// Bytes of transformed tiles and products per segment of [`forward_fused`]'s tile rows: a
+/// conv1_2 tile row at 224x224 is 1 MB of them; in segments of 18 tiles, conv1_2 took 32-43 ms
+/// against 37-67 ms for whole rows, measured alternately on this VM.
+const FUSE_SEGMENT_BYTES: usize = 384 << 10;
 
 /// `out = conv(x, w) + bias` with `u = transform_filter(w)`; `x` is `[n, h, w, ci]`, `out`
 /// `[n, h, w, co]`. Requires [`suits`]`(sh)` apart from the size rule (any 3x3 works).
@@ -416,7 +440,9 @@ pub fn forward_chunked(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, o
             bands.push(((r - r0) * tw, y0, band));
             rest = tail;
         }
-        bands.into_par_iter().for_each(|(first, y0, band)| transform_output(m, tiles, first, sh, y0, bias, band, fast));
+        bands
+            .into_par_iter()
+            .for_each(|(first, y0, band)| transform_output(m, tiles, first, sh, y0, 0..tw, bias, band, fast));
     }
     BUFFERS.with(|b| *b.borrow_mut() = bufs);
 }
@@ -444,17 +470,24 @@ pub fn forward_fused(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out
         bands.push((r, y0, band));
         rest = tail;
     }
+    // Segments of a tile row small enough for their transformed tiles and products to stay in
+    // the core's L2 cache, in multiples of the micro-kernel's six rows.
+    let seg = (FUSE_SEGMENT_BYTES / (E * (ci + co) * 4)).max(6) / 6 * 6;
+    let seg = seg.min(tw);
     bands.into_par_iter().for_each(|(r, y0, band)| {
         let mut bufs = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
         let (vbuf, mbuf) = &mut bufs;
-        vbuf.resize(vbuf.len().max(tw * E * ci), 0.0);
-        mbuf.resize(mbuf.len().max(tw * E * co), 0.0);
-        let (v, m) = (&mut vbuf[..tw * E * ci], &mut mbuf[..tw * E * co]);
-        transform_input(x, sh, r * tw, v, fast);
-        for (e, me) in m.chunks_exact_mut(tw * co).enumerate() {
-            packed::gemm(tw, &v[e * ci..], E * ci, &u[e], 0..u[e].panels(), me, co, false);
+        vbuf.resize(vbuf.len().max(seg * E * ci), 0.0);
+        mbuf.resize(mbuf.len().max(seg * E * co), 0.0);
+        for tx0 in (0..tw).step_by(seg) {
+            let n = seg.min(tw - tx0);
+            let (v, m) = (&mut vbuf[..n * E * ci], &mut mbuf[..n * E * co]);
+            transform_input(x, sh, r * tw + tx0, v, fast);
+            for (e, me) in m.chunks_exact_mut(n * co).enumerate() {
+                packed::gemm(n, &v[e * ci..], E * ci, &u[e], 0..u[e].panels(), me, co, false);
+            }
+            transform_output(m, n, 0, sh, y0, tx0..tx0 + n, bias, band, fast);
         }
-        transform_output(m, tw, 0, sh, y0, bias, band, fast);
         BUFFERS.with(|b| *b.borrow_mut() = bufs);
     });
 }
