@@ -245,14 +245,19 @@ pub fn forward_im2col(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: 
                 };
                 sgemm(rows, co, kd, pm, [kd, 1], wk, [co, 1], ob, co, false, par);
                 // The bias after the product: one pass, instead of a small copy per row before it.
-                for r in ob.chunks_exact_mut(co) {
-                    for (v, b) in r.iter_mut().zip(bias) {
-                        *v += b;
-                    }
-                }
+                add_bias(ob, bias);
             }
         });
     });
+}
+
+/// Adds `bias` (`[co]`) to every pixel of an NHWC output.
+pub(crate) fn add_bias(out: &mut [f32], bias: &[f32]) {
+    for px in out.chunks_exact_mut(bias.len()) {
+        for (v, b) in px.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
 }
 
 /// Gradients of [`forward`]: returns (dW `[(ky,kx,ci), co]`, dbias `[co]`) and, when `dx` is given,
