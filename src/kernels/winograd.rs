@@ -386,14 +386,38 @@ pub fn forward(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out: &mut
     }
 }
 
-/// [`forward`] in chunks of tile rows of up to [`CHUNK_BYTES`], each phase parallel over the chunk.
-pub fn forward_chunked(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
+/// The shapes [`forward_chunked`] and [`forward_fused`] require.
+fn check_forward(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out: &[f32]) {
     let (h, w, ci, co) = (sh.h, sh.w, sh.ci, sh.co);
     assert_eq!(sh.k, 3, "Winograd F(4x4, 3x3) needs a 3x3 kernel");
     assert_eq!(x.len(), sh.n * h * w * ci);
     assert_eq!(out.len(), sh.n * h * w * co);
     assert!(u.len() == E && u.iter().all(|p| p.k() == ci && p.n() == co), "filters of another shape");
     assert_eq!(bias.len(), co);
+}
+
+/// The output bands of tile rows `rows` (over the batch), in order: (tile row, first image row of
+/// the band, the band: four image rows of `out`, fewer at the bottom of an image). They are one
+/// contiguous stretch of `out`.
+fn tile_row_bands<'a>(out: &'a mut [f32], sh: &ConvShape, rows: Range<usize>) -> Vec<(usize, usize, &'a mut [f32])> {
+    let (h, w, co) = (sh.h, sh.w, sh.co);
+    let th = h.div_ceil(M);
+    let start = ((rows.start / th) * h + (rows.start % th) * M) * w * co;
+    let mut rest = &mut out[start..];
+    let mut bands = Vec::with_capacity(rows.len());
+    for r in rows {
+        let y0 = (r % th) * M;
+        let (band, tail) = rest.split_at_mut(M.min(h - y0) * w * co);
+        bands.push((r, y0, band));
+        rest = tail;
+    }
+    bands
+}
+
+/// [`forward`] in chunks of tile rows of up to [`CHUNK_BYTES`], each phase parallel over the chunk.
+pub fn forward_chunked(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
+    let (h, w, ci, co) = (sh.h, sh.w, sh.ci, sh.co);
+    check_forward(x, u, bias, sh, out);
     let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
     let tile_rows = sh.n * th;
     // Chunks of whole tile rows, so that each chunk's output is one contiguous band per tile row.
@@ -425,24 +449,9 @@ pub fn forward_chunked(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, o
             packed::gemm(tiles, &v[e * ci..], E * ci, &u[e], 0..u[e].panels(), me, co, false);
         });
         let m = &*m;
-        // The output bands of this chunk's tile rows, in order: one contiguous stretch of `out`.
-        let mut bands: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(rows);
-        let start = {
-            let (s, y0) = ((r0) / th, (r0 % th) * M);
-            (s * h + y0) * w * co
-        };
-        let mut rest = &mut out[start..];
-        for r in r0..r0 + rows {
-            let (s, y0) = (r / th, (r % th) * M);
-            let _ = s;
-            let len = M.min(h - y0) * w * co;
-            let (band, tail) = rest.split_at_mut(len);
-            bands.push(((r - r0) * tw, y0, band));
-            rest = tail;
-        }
-        bands
+        tile_row_bands(out, sh, r0..r0 + rows)
             .into_par_iter()
-            .for_each(|(first, y0, band)| transform_output(m, tiles, first, sh, y0, 0..tw, bias, band, fast));
+            .for_each(|(r, y0, band)| transform_output(m, tiles, (r - r0) * tw, sh, y0, 0..tw, bias, band, fast));
     }
     BUFFERS.with(|b| *b.borrow_mut() = bufs);
 }
@@ -454,27 +463,14 @@ pub fn forward_chunked(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, o
 /// that every task reads again are small.
 pub fn forward_fused(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
     let (h, w, ci, co) = (sh.h, sh.w, sh.ci, sh.co);
-    assert_eq!(sh.k, 3, "Winograd F(4x4, 3x3) needs a 3x3 kernel");
-    assert_eq!(x.len(), sh.n * h * w * ci);
-    assert_eq!(out.len(), sh.n * h * w * co);
-    assert!(u.len() == E && u.iter().all(|p| p.k() == ci && p.n() == co), "filters of another shape");
-    assert_eq!(bias.len(), co);
+    check_forward(x, u, bias, sh, out);
     let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
     let fast = super::avx2_fma();
-    // Every tile row's output band (four image rows, fewer at the bottom of an image).
-    let mut bands: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(sh.n * th);
-    let mut rest = &mut out[..];
-    for r in 0..sh.n * th {
-        let y0 = (r % th) * M;
-        let (band, tail) = rest.split_at_mut(M.min(h - y0) * w * co);
-        bands.push((r, y0, band));
-        rest = tail;
-    }
     // Segments of a tile row small enough for their transformed tiles and products to stay in
     // the core's L2 cache, in multiples of the micro-kernel's six rows.
     let seg = (FUSE_SEGMENT_BYTES / (E * (ci + co) * 4)).max(6) / 6 * 6;
     let seg = seg.min(tw);
-    bands.into_par_iter().for_each(|(r, y0, band)| {
+    tile_row_bands(out, sh, 0..sh.n * th).into_par_iter().for_each(|(r, y0, band)| {
         let mut bufs = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
         let (vbuf, mbuf) = &mut bufs;
         vbuf.resize(vbuf.len().max(seg * E * ci), 0.0);
