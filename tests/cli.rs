@@ -195,6 +195,10 @@ fn bad_input_gives_messages_and_exit_codes_not_panics() {
         (vec!["classify", good.to_str().unwrap(), "--weights", "torchvision:vgg99"], "vgg99"),
         (vec!["summary", "--arch", "vgg16", "--head", "transformer"], "transformer"),
         (vec!["train", "--epochs", "2", "--swa", "2", "--limit", "64", "--out", out], "averaging must start before"),
+        (
+            vec!["train", "--epochs", "3", "--swa", "1", "--time-budget", "5m", "--limit", "64", "--out", out],
+            "--time-budget and --swa",
+        ),
     ];
     for (args, needle) in cases {
         let o = vgg(&args);
@@ -203,6 +207,10 @@ fn bad_input_gives_messages_and_exit_codes_not_panics() {
         assert!(err.contains(needle), "{args:?}: message should mention {needle}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    // A malformed option is a usage error (clap's exit code 2), with the reason.
+    let o = vgg(&["train", "--time-budget", "soon", "--out", out]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("'soon' is not a duration"), "{}", stderr(&o));
     // One bad image among good ones: the good ones are still classified, the run still fails.
     let o = vgg(&["classify", good.to_str().unwrap(), "missing.png", "--weights", w, "--json"]);
     assert_eq!(o.status.code(), Some(1));

@@ -43,6 +43,7 @@ fn fit_config(epochs: usize, lr: f64) -> FitConfig {
         erase: 0.0,
         swa: None,
         precise_bn: false,
+        time_budget_s: None,
     }
 }
 
@@ -330,6 +331,82 @@ fn step_multistep_and_plateau_schedules_follow_pytorch() {
     assert!(
         (step.lr_at(399, 1000, 100, &[]) - 0.1).abs() < 1e-12 && (step.lr_at(400, 1000, 100, &[]) - 0.01).abs() < 1e-12
     );
+}
+
+fn timed(seconds: &[f64]) -> Vec<vgg::train::fit::EpochMetrics> {
+    seconds
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| vgg::train::fit::EpochMetrics {
+            epoch: i + 1,
+            train_loss: 0.0,
+            train_acc: 0.0,
+            test_loss: 0.0,
+            test_acc: 0.0,
+            lr: 0.0,
+            images_per_s: 0.0,
+            seconds: s,
+            last_weights_test_acc: None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_time_budget_replans_the_epochs_at_the_pace_so_far() {
+    let fixed = fit_config(5, 0.1);
+    assert_eq!(fixed.planned_epochs(&timed(&[100.0, 900.0])), 5, "without a budget the plan is --epochs");
+    let budget = FitConfig { time_budget_s: Some(1000.0), ..fixed };
+    assert_eq!(budget.planned_epochs(&[]), 5, "--epochs is the first plan");
+    // 100 s per epoch: nine more fit in the 900 s left.
+    assert_eq!(budget.planned_epochs(&timed(&[100.0])), 10);
+    assert_eq!(budget.planned_epochs(&timed(&[100.0, 100.0])), 10);
+    // The machine slows: 600 s spent, 200 s per epoch over the last three, two more fit.
+    assert_eq!(budget.planned_epochs(&timed(&[100.0, 200.0, 300.0])), 5);
+    // The pace is the last three epochs', not the first one's.
+    assert_eq!(budget.planned_epochs(&timed(&[10.0, 100.0, 100.0, 100.0])), 10);
+    // Less than an epoch left, but the planned last epoch has not run: one more, to anneal.
+    assert_eq!(budget.planned_epochs(&timed(&[100.0, 200.0, 300.0, 200.0])), 5);
+    // The planned last epoch has run: done, whatever time is left.
+    assert_eq!(budget.planned_epochs(&timed(&[100.0, 200.0, 300.0, 200.0, 10.0])), 5);
+    // Over budget already: still one more epoch, never an unannealed stop.
+    assert_eq!(budget.planned_epochs(&timed(&[2000.0])), 2);
+}
+
+/// A budget that the first epoch already exceeds: the plan becomes one more epoch, whatever the
+/// machine's speed, so the run is two epochs long and its schedule ends annealed (OneCycle's last
+/// rate, not the rate of epoch 2 of the four first planned); resuming keeps the plan.
+#[test]
+fn a_spent_time_budget_ends_the_run_annealed_after_one_more_epoch() {
+    let (train, test) = data(512, 128);
+    let init = model(5).state_dict();
+    let cfg = FitConfig { time_budget_s: Some(1e-3), ..fit_config(4, 0.05) };
+    let dir = tmpdir("budget");
+    let mut planned = vec![];
+    let (_, state) = fit::fit(model_from(&init), &train, &test, &cfg, &dir, false, &mut |e| {
+        if let Event::EpochStart(epoch, plan, _) = e {
+            planned.push((epoch, plan));
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(planned, vec![(1, 4), (2, 2)]);
+    assert_eq!(state.history.len(), 2);
+    let steps = 512 / 64;
+    let last_lr = state.history[1].lr;
+    assert!((last_lr - cfg.lr_at(2 * steps - 1, 2 * steps, steps, &[])).abs() < 1e-15, "{last_lr}");
+    assert!(last_lr < 0.05 / 25.0, "the schedule did not end annealed: {last_lr}");
+    // Stopped after the first epoch and resumed, the run plans and ends the same.
+    let dir2 = tmpdir("budget-resume");
+    fit::fit(model_from(&init), &train, &test, &cfg, &dir2, false, &mut |e| match e {
+        Event::EpochEnd(_) => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .unwrap();
+    let (_, resumed) =
+        fit::fit(model_from(&init), &train, &test, &cfg, &dir2, true, &mut |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(resumed.history.len(), 2);
+    assert_eq!(resumed.history[1].test_acc, state.history[1].test_acc);
+    assert_eq!(resumed.history[1].train_loss, state.history[1].train_loss);
 }
 
 /// The model shipped in the binary (`vgg classify`'s default), on the 10,000 Fashion-MNIST test

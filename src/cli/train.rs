@@ -155,6 +155,11 @@ pub struct TrainArgs {
     /// augmentation (PreciseBN), instead of the running averages of the last augmented batches.
     #[arg(long)]
     precise_bn: bool,
+    /// Train for this much wall-clock time (e.g. 57m, 3400s, 1h; evaluation included) rather than a
+    /// fixed number of epochs: --epochs is the first estimate, and after each epoch the schedule is
+    /// re-planned to the epochs that fit at the pace so far, so that it ends annealed on time.
+    #[arg(long, value_parser = parse_duration)]
+    time_budget: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Start from these weights (torchvision:NAME or a file), loaded non-strictly: a head of another
@@ -168,6 +173,21 @@ pub struct TrainArgs {
     /// Print one JSON object per epoch instead of the progress bar.
     #[arg(long)]
     json: bool,
+}
+
+/// Seconds in a duration written as a number with an optional unit: s, m (the default) or h.
+fn parse_duration(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1.0),
+        Some((i, 'm')) => (&t[..i], 60.0),
+        Some((i, 'h')) => (&t[..i], 3600.0),
+        _ => (t, 60.0),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v * unit),
+        _ => Err(format!("'{s}' is not a duration (e.g. 57m, 3400s, 1h)")),
+    }
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
@@ -261,7 +281,11 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             }),
         },
         precise_bn: a.precise_bn,
+        time_budget_s: a.time_budget,
     };
+    if a.time_budget.is_some() && a.swa.is_some() {
+        bail!("--time-budget and --swa do not go together: averaging starts at a fixed epoch");
+    }
     let device = burn::tensor::Device::default().autodiff();
     device.seed(a.seed);
     let model = match &a.init {
@@ -284,10 +308,10 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let batch = fit_config.batch_size as u64;
     let dir = RunDir(a.out.clone());
     let (_, state) = fit::fit(model, &train, &test, &fit_config, &dir, a.resume, &mut |e| match e {
-        Event::EpochStart(epoch, steps) => {
+        Event::EpochStart(epoch, planned, steps) => {
             bar.reset();
             bar.set_length(steps as u64);
-            bar.set_prefix(format!("{epoch}/{}", fit_config.epochs));
+            bar.set_prefix(format!("{epoch}/{planned}"));
             ControlFlow::Continue(())
         }
         Event::Step(_, loss, acc, lr) => {

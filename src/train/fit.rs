@@ -125,6 +125,11 @@ pub struct FitConfig {
     /// averages of the last few hundred augmented batches. Implied by `swa`.
     #[serde(default)]
     pub precise_bn: bool,
+    /// Train for a wall-clock budget (seconds, evaluation included) instead of a fixed number of
+    /// epochs: `epochs` is then only the first plan, and the schedule is stretched or shortened to
+    /// the epochs that fit (see [`FitConfig::planned_epochs`]).
+    #[serde(default)]
+    pub time_budget_s: Option<f64>,
 }
 
 /// Stochastic weight averaging (Izmailov et al., 2018) as `torch.optim.swa_utils` runs it: the
@@ -175,6 +180,30 @@ impl FitConfig {
     /// The optimizer in effect.
     pub fn optimizer(&self) -> OptimizerConfig {
         self.optimizer.unwrap_or(OptimizerConfig::Sgd(self.sgd))
+    }
+
+    /// How many epochs the run has, as planned when the epoch after `history` begins.
+    ///
+    /// Without a time budget, `epochs`. With one (budgeted training, Li et al., ICLR 2020: a
+    /// schedule that reaches its end when the budget does beats a longer one cut short), `epochs`
+    /// is the plan for the first epoch, and after each epoch the plan becomes as many epochs as the
+    /// budget's remainder holds at the pace of the last three (their wall time, from `history`, so
+    /// a resumed run plans as the uninterrupted one did) — at least one more, so that the schedule
+    /// ends where it is annealed, until the epoch planned as the last has run.
+    pub fn planned_epochs(&self, history: &[EpochMetrics]) -> usize {
+        let Some(budget) = self.time_budget_s else { return self.epochs };
+        let done = history.len();
+        if done == 0 {
+            return self.epochs.max(1);
+        }
+        if self.planned_epochs(&history[..done - 1]) <= done {
+            return done;
+        }
+        let spent: f64 = history.iter().map(|m| m.seconds).sum();
+        let recent = &history[done.saturating_sub(3)..];
+        let pace = recent.iter().map(|m| m.seconds).sum::<f64>() / recent.len() as f64;
+        let more = ((budget - spent) / pace.max(1e-9)).floor();
+        done + if more.is_finite() && more >= 1.0 { more as usize } else { 1 }
     }
 
     /// The learning rate at `step` of `total`, after the epochs of `history`.
@@ -665,8 +694,8 @@ pub fn load_last(path: &Path, model: &mut Vgg) -> Result<(StateDict, TrainState)
 
 /// Progress reports from [`fit`].
 pub enum Event<'a> {
-    /// An epoch begins: (epoch, steps in it).
-    EpochStart(usize, usize),
+    /// An epoch begins: (epoch, epochs planned, steps in it).
+    EpochStart(usize, usize, usize),
     /// A step finished: (step, loss, accuracy of the batch, learning rate).
     Step(usize, f32, f64, f64),
     /// The epoch ended and was evaluated.
@@ -751,11 +780,16 @@ pub fn fit(
     let is_frozen = |k: &str| frozen.contains(k);
     let [c, _, _] = train.shape;
     let steps_per_epoch = train.len().div_ceil(fit.batch_size);
-    let total = steps_per_epoch * fit.epochs;
-    for epoch in state.epochs_done + 1..=fit.epochs {
+    loop {
+        let epoch = state.epochs_done + 1;
+        let planned = fit.planned_epochs(&state.history);
+        if epoch > planned {
+            break;
+        }
+        let total = steps_per_epoch * planned;
         let started = std::time::Instant::now();
         device.seed(fit.seed.wrapping_add(epoch as u64));
-        if events(Event::EpochStart(epoch, steps_per_epoch)).is_break() {
+        if events(Event::EpochStart(epoch, planned, steps_per_epoch)).is_break() {
             return Ok((model, state));
         }
         let order = epoch_order(train.len(), fit.seed, epoch);
@@ -829,7 +863,7 @@ pub fn fit(
         let mut last_weights_test_acc = None;
         let (ev, opt_sd) = match &mut runner {
             Runner::Engine(engine, opt) => {
-                if epoch == fit.epochs && (state.swa_count > 0 || fit.precise_bn) {
+                if epoch == planned && (state.swa_count > 0 || fit.precise_bn) {
                     last_weights_test_acc = Some(test_on(engine).acc);
                     if state.swa_count > 0 {
                         st::write(&dir.unaveraged(), &engine.state_dict(), &weights_meta, Dtype::F32)?;
