@@ -1,7 +1,8 @@
 # PyTorch's training step for the models `vgg bench --train` times, 2 threads, f32: one JSON line.
 # usage: torch_train.py ARCH WIDTH IN_CHANNELS DROPOUT BATCH ITERS WARMUP
 #   torch_train.py vgg16_bn 1 3 0.5 64 5 2      the CIFAR VGG-16-BN of the peer benchmark
-#   torch_train.py vgg11_bn 0.375 1 0 64 30 3   the shipped Fashion-MNIST model
+#   torch_train.py vgg13_bn 0.375 1 0 64 30 3   the shipped Fashion-MNIST model
+#   torch_train.py vgg11_bn 0.375 1 0 64 30 3   the one shipped before it (2026-11-28)
 # Model: torchvision's VGG trunk (Table 1 widths times WIDTH, rounded), BatchNorm after every conv for
 # *_bn, flattened 1x1 map, Linear(C, 512)-ReLU-Dropout-Linear(512, 10) (the CIFAR-style head).
 # Step: zero_grad + train-mode forward + cross-entropy + backward + SGD(lr .01, momentum .9, wd 5e-4),

@@ -5,7 +5,7 @@
 - Keras files go both ways, with Keras 3 itself (JAX backend): a Keras VGG16 saved with
   `model.save("x.h5")` gives in `vgg` the outputs Keras gives (and `vgg`'s Caffe preprocessing is
   Keras' `preprocess_input`); what `vgg convert` writes as `.h5` loads with Keras'
-  `load_weights` (keras.applications.VGG16, and a hand-built VGG-11-BN for the built-in
+  `load_weights` (keras.applications.VGG16, and a hand-built VGG-13-BN for the built-in
   Fashion-MNIST model) and gives `vgg`'s outputs.
 
 Run it through bench/verify_interop.sh, which makes the venv; it prints one line per check and
@@ -87,7 +87,7 @@ def check_onnx(tmp):
 
     dress = "assets/fashion-mnist/3-dress.png"
     cases = [
-        ("built-in Fashion-MNIST VGG-11-BN", ["--weights", "fashion-mnist"], dress, "fc7"),
+        ("built-in Fashion-MNIST VGG-13-BN", ["--weights", "fashion-mnist"], dress, "fc7"),
         ("VGG-16 (formula weights) 224x224", ["--arch", "vgg16", "--weights", "formula"], None, "fc8"),
     ]
     for name, wargs, image, layer in cases:
@@ -139,9 +139,9 @@ def check_keras(tmp):
     fm = os.path.join(tmp, "fmnist.h5")
     run("convert", "fashion-mnist", fm)
     x, logits = features("assets/fashion-mnist/3-dress.png", "fashion-mnist", "fc7", os.path.join(tmp, "fm.safetensors"))
-    def vgg11_bn(eps):
+    def vgg13_bn(eps):
         layers = [keras.Input((32, 32, 1))]
-        for b, (n, c) in enumerate(zip([1, 1, 2, 2, 2], [24, 48, 96, 192, 192]), start=1):
+        for b, (n, c) in enumerate(zip([2, 2, 2, 2, 2], [24, 48, 96, 192, 192]), start=1):
             for i in range(1, n + 1):
                 layers += [
                     keras.layers.Conv2D(c, 3, padding="same", name=f"block{b}_conv{i}"),
@@ -156,13 +156,13 @@ def check_keras(tmp):
         ]
         return keras.Sequential(layers)
 
-    net = vgg11_bn(1e-5)
+    net = vgg13_bn(1e-5)
     net.load_weights(fm)
     got = net.predict(x.transpose(0, 2, 3, 1), verbose=0)
     check("vgg convert fashion-mnist .h5 (BatchNorm, gray, CIFAR head) → Keras Sequential", got, logits)
 
     # Keras → vgg with BatchNorm at Keras' default epsilon (1e-3, read from the saved JSON).
-    net = vgg11_bn(1e-3)  # Keras' default epsilon
+    net = vgg13_bn(1e-3)  # Keras' default epsilon
     net.load_weights(fm)
     for layer in net.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -175,7 +175,7 @@ def check_keras(tmp):
     x, got = features(gray, bn_path, "fc7", os.path.join(tmp, "bn.safetensors"),
                       "--normalize", "gray", "--resize", "0", "--crop", "0")
     want = net.predict(x.transpose(0, 2, 3, 1), verbose=0)
-    check("Keras Sequential VGG-11-BN (epsilon 1e-3) .h5 read by vgg", got, want)
+    check("Keras Sequential VGG-13-BN (epsilon 1e-3) .h5 read by vgg", got, want)
 
     # Keras → vgg: a fine-tuning head of any depth with BatchNorm between the dense layers
     # (2048 → 64 → 128 → 256 → 4 on the 2x2x512 map of a 64x64 input), folded on import.

@@ -41,9 +41,9 @@ sd = torch.load(f"{W}/m-paper.pth", weights_only=True)
 assert len(sd) == len(ref) and "conv1_1.weight" in sd
 print(f"m-paper.pth: {len(sd)} tensors under paper keys ({', '.join(list(sd)[:3])}, ...)")
 
-# The built-in model's structure (VGG-11-BN x0.375, one input channel, CIFAR-style head).
+# The built-in model's structure (VGG-13-BN x0.375, one input channel, CIFAR-style head).
 layers, c = [], 1
-for v in [24, "M", 48, "M", 96, 96, "M", 192, 192, "M", 192, 192, "M"]:
+for v in [24, 24, "M", 48, 48, "M", 96, 96, "M", 192, 192, "M", 192, 192, "M"]:
     if v == "M":
         layers.append(nn.MaxPool2d(2, 2))
         continue

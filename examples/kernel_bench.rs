@@ -98,14 +98,16 @@ fn main() {
 
     // The convolutions of a training step of the CIFAR VGG-16-BN at batch 64 (the peer benchmark):
     // forward, weight gradient and input gradient, each counted as the direct computation.
-    // Then those of the shipped Fashion-MNIST model (VGG-11-BN x0.375) at batch 64.
+    // Then those of the shipped Fashion-MNIST model (VGG-13-BN x0.375) at batch 64.
     for (h, ci, co) in [
         (32, 64, 64),
         (16, 128, 128),
         (8, 256, 256),
         (4, 512, 512),
         (2, 512, 512),
+        (32, 24, 24),
         (16, 24, 48),
+        (16, 48, 48),
         (8, 48, 96),
         (8, 96, 96),
         (4, 96, 192),

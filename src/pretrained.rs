@@ -26,10 +26,10 @@ pub enum WeightsSpec {
     FashionMnist,
 }
 
-/// VGG-11-BN at 0.375 width (CIFAR-style head, one input channel) trained from scratch on
+/// VGG-13-BN at 0.375 width (CIFAR-style head, one input channel) trained from scratch on
 /// Fashion-MNIST by `vgg train` (command, curves and accuracy in BENCHMARKS.md), with its
 /// preprocessing recorded: the default weights of `vgg classify`, so that it works offline.
-pub const FASHION_MNIST: &[u8] = include_bytes!("../assets/fashion-mnist/vgg11_bn-x0.375-fashion-mnist.safetensors");
+pub const FASHION_MNIST: &[u8] = include_bytes!("../assets/fashion-mnist/vgg13_bn-x0.375-fashion-mnist.safetensors");
 
 impl WeightsSpec {
     /// `torchvision:NAME`, `random`, `formula`, `fashion-mnist`, or a path.

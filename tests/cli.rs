@@ -446,7 +446,7 @@ fn convert_between_formats_and_precisions() {
     assert!(raw.contains_key("conv1_1.weight") && raw.contains_key("bn1_1.running_var"));
     let again = tmp("conv-again.safetensors");
     // No dropout in the built-in head, so its last layer is classifier.2.
-    let arch = "--arch vgg11_bn --width 0.375 --head cifar --num-classes 10 --in-channels 1 --dropout 0";
+    let arch = "--arch vgg13_bn --width 0.375 --head cifar --num-classes 10 --in-channels 1 --dropout 0";
     let mut args = vec!["convert", pth.to_str().unwrap(), again.to_str().unwrap()];
     args.extend(arch.split(' '));
     let o = vgg(&args);

@@ -342,7 +342,7 @@ fn style_command_writes_the_result_and_intermediates() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
-    assert_eq!(v["arch"], "vgg11_bn");
+    assert_eq!(v["arch"], "vgg13_bn");
     let img = image::open(&gray).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (32, 32));
     assert!(img.pixels().all(|p| p[0] == p[1] && p[1] == p[2]));

@@ -410,9 +410,10 @@ fn a_spent_time_budget_ends_the_run_annealed_after_one_more_epoch() {
 }
 
 /// The model shipped in the binary (`vgg classify`'s default), on the 10,000 Fashion-MNIST test
-/// images through the same evaluation as `vgg eval`, beats the published Keras VGG16 result (93.5%).
+/// images through the same evaluation as `vgg eval`, beats the published Keras VGG16 result (93.5%)
+/// and meets issue #3's target (94.0%) on a single view.
 #[test]
-fn the_built_in_fashion_mnist_model_beats_the_published_keras_vgg16() {
+fn the_built_in_fashion_mnist_model_beats_the_published_keras_vgg16_and_the_target() {
     let loaded = common::builtin_model();
     let (_, test) = vgg::data::fashion_mnist(None).expect("dataset-fashion-mnist (installed by .ci/run)");
     let norm = match loaded.preprocess.normalize {
@@ -422,6 +423,6 @@ fn the_built_in_fashion_mnist_model_beats_the_published_keras_vgg16() {
     let ev = fit::evaluate(&loaded.model, &test, 32, norm, 500, &mut |_| {});
     let tta = fit::evaluate_tta(&loaded.model, &test, 32, norm, 500, true, &mut |_| {});
     println!("built-in model: top-1 {:.2}%, with flip {:.2}%", ev.acc * 100.0, tta.acc * 100.0);
-    assert!(ev.acc > 0.935, "{}", ev.acc);
+    assert!(ev.acc >= 0.940, "single-view top-1 {} is below the 94.0% target", ev.acc);
     assert!(tta.acc >= ev.acc - 0.002, "the mirror adds information: {} vs {}", tta.acc, ev.acc);
 }
