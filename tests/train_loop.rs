@@ -317,6 +317,7 @@ fn step_multistep_and_plateau_schedules_follow_pytorch() {
                 images_per_s: 0.0,
                 seconds: 0.0,
                 last_weights_test_acc: None,
+                planned_epochs: None,
             })
             .collect()
     };
@@ -347,6 +348,7 @@ fn timed(seconds: &[f64]) -> Vec<vgg::train::fit::EpochMetrics> {
             images_per_s: 0.0,
             seconds: s,
             last_weights_test_acc: None,
+            planned_epochs: None,
         })
         .collect()
 }
@@ -391,6 +393,11 @@ fn a_spent_time_budget_ends_the_run_annealed_after_one_more_epoch() {
     .unwrap();
     assert_eq!(planned, vec![(1, 4), (2, 2)]);
     assert_eq!(state.history.len(), 2);
+    // The metrics record the plan each epoch ran under.
+    let plans: Vec<_> = state.history.iter().map(|m| m.planned_epochs).collect();
+    assert_eq!(plans, vec![Some(4), Some(2)]);
+    let line = std::fs::read_to_string(dir.metrics()).unwrap();
+    assert!(line.lines().next().unwrap().contains("\"planned_epochs\":4"), "{line}");
     let steps = 512 / 64;
     let last_lr = state.history[1].lr;
     assert!((last_lr - cfg.lr_at(2 * steps - 1, 2 * steps, steps, &[])).abs() < 1e-15, "{last_lr}");

@@ -302,6 +302,10 @@ pub struct EpochMetrics {
     /// (the result's accuracy is `test_acc`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_weights_test_acc: Option<f64>,
+    /// With a time budget: the number of epochs the schedule was planned for during this epoch
+    /// ([`FitConfig::planned_epochs`]), so that a budgeted run's metrics say how its schedule moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_epochs: Option<usize>,
 }
 
 /// Per-channel normalisation of 8-bit pixels, and the principal components of RGB datasets (for
@@ -905,6 +909,7 @@ pub fn fit(
             images_per_s: seen as f64 / train_secs,
             seconds: started.elapsed().as_secs_f64(),
             last_weights_test_acc,
+            planned_epochs: fit.time_budget_s.map(|_| planned),
         };
         state.epochs_done = epoch;
         state.history.push(m.clone());
