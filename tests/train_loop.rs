@@ -305,21 +305,7 @@ fn step_multistep_and_plateau_schedules_follow_pytorch() {
     // An improvement smaller than the relative threshold (1e-4) is no improvement.
     assert_eq!(plateau_cuts(&[0.5, 0.50001, 0.50002, 0.50003], 2), 1);
     let metrics = |acc: &[f64]| -> Vec<EpochMetrics> {
-        acc.iter()
-            .enumerate()
-            .map(|(i, &a)| EpochMetrics {
-                epoch: i + 1,
-                train_loss: 0.0,
-                train_acc: 0.0,
-                test_loss: 0.0,
-                test_acc: a,
-                lr: 0.0,
-                images_per_s: 0.0,
-                seconds: 0.0,
-                last_weights_test_acc: None,
-                planned_epochs: None,
-            })
-            .collect()
+        acc.iter().enumerate().map(|(i, &a)| EpochMetrics { epoch: i + 1, test_acc: a, ..Default::default() }).collect()
     };
     let base = fit_config(10, 0.1);
     let plateau = FitConfig { schedule: Schedule::Plateau { patience: 2 }, ..base.clone() };
@@ -338,18 +324,7 @@ fn timed(seconds: &[f64]) -> Vec<vgg::train::fit::EpochMetrics> {
     seconds
         .iter()
         .enumerate()
-        .map(|(i, &s)| vgg::train::fit::EpochMetrics {
-            epoch: i + 1,
-            train_loss: 0.0,
-            train_acc: 0.0,
-            test_loss: 0.0,
-            test_acc: 0.0,
-            lr: 0.0,
-            images_per_s: 0.0,
-            seconds: s,
-            last_weights_test_acc: None,
-            planned_epochs: None,
-        })
+        .map(|(i, &s)| vgg::train::fit::EpochMetrics { epoch: i + 1, seconds: s, ..Default::default() })
         .collect()
 }
 

@@ -279,7 +279,7 @@ pub enum TrainError {
 }
 
 /// What one epoch did.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochMetrics {
     /// Epoch, 1-based.
     pub epoch: usize,
