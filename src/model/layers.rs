@@ -1,10 +1,11 @@
 //! The building blocks, each storing its tensors in torchvision's layout so that `state_dict` keys
 //! and shapes map one to one: conv weight `[out, in, k, k]`, linear weight `[out, in]`.
 
+use burn::backend::DispatchDevice;
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::module::{batch_norm, batch_norm_train, conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, FloatDType, Tensor, TensorData};
 
 /// A stride-1 convolution with `kernel / 2` padding (3x3 pad 1, or the 1x1 of configuration C).
 #[derive(Module, Debug)]
@@ -31,11 +32,32 @@ impl Conv {
         }
     }
 
-    /// Applies the convolution.
+    /// Applies the convolution; on the CPU an f32 convolution accumulates in f64 (see
+    /// [`accumulates_wide`]), so forward and both gradients round once, at the end.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let p = self.kernel / 2;
-        conv2d(x, self.weight.val(), Some(self.bias.val()), ConvOptions::new([1, 1], [p, p], [1, 1], 1))
+        let options = ConvOptions::new([1, 1], [p, p], [1, 1], 1);
+        if accumulates_wide(&x) {
+            let wide = FloatDType::F64;
+            let y = conv2d(x.cast(wide), self.weight.val().cast(wide), Some(self.bias.val().cast(wide)), options);
+            return y.cast(FloatDType::F32);
+        }
+        conv2d(x, self.weight.val(), Some(self.bias.val()), options)
     }
+}
+
+/// Whether a convolution of `x` runs in f64: f32 tensors on burn's CPU backend (flex).
+///
+/// burn-flex sums each output's `9·C_in` products in one f32 chain, so its rounding error grows with
+/// the channel count: on the fixture model's layers 2x PyTorch's (oneDNN), 1.5-4.5e-7 against
+/// 1.5-2.1e-7 from exact inputs. Through a deep BatchNorm stack that was enough to flip a max-pool
+/// window whose two largest values differ by 3.5e-6, routing a gradient to the other pixel (first-layer
+/// gradient 1.4e-2 from the float64 reference on an AVX-512 Xeon, PyTorch f32 1.2e-3). In f64 the
+/// same layers land at 4e-8, and the forward and both gradients at or below PyTorch's f32 error on
+/// every CPU. It costs 1.5-2.4x the f32 convolution (flex, 2 cores); the fast CPU path is the engine,
+/// and GPU backends keep f32. Measured with `bench/fixture_f32_errors.py` (PyTorch's side).
+pub fn accumulates_wide<const D: usize>(x: &Tensor<D>) -> bool {
+    x.dtype() == DType::F32 && matches!(x.device().as_dispatch().clone().inner(), DispatchDevice::Flex(_))
 }
 
 /// BatchNorm2d with PyTorch's semantics: eps 1e-5, momentum 0.1, running variance updated with the
