@@ -29,8 +29,7 @@ fn check(arch: &str, m: &Vgg, tag: &str, shape: [usize; 4], reference: &str, dev
     let r = npy(reference);
     assert_eq!(y.len(), r.data.len());
     let err = rel_err(&y, &r.data);
-    println!("{arch} {tag}: relative error {err:.3e}");
-    assert!(err < 1e-5, "{arch} on {tag}: relative error {err:e} exceeds 1e-5");
+    assert_near_torch_f32(&format!("{arch} {tag}"), &format!("forward.{arch}.{tag}"), err);
     err
 }
 
@@ -49,8 +48,7 @@ fn vgg16_features_and_odd_input_sizes() {
     let m = model("vgg16", &device);
     let f = values(m.features(formula_input("imagenet224", [2, 3, 224, 224], &device)));
     let err = rel_err(&f, &npy("forward/vgg16_224_features.npy").data);
-    println!("vgg16 features: relative error {err:.3e}");
-    assert!(err < 1e-5, "features: {err:e}");
+    assert_near_torch_f32("vgg16 features", "forward.vgg16.imagenet224.features", err);
     // 200x300 → a 6x9 map pooled to 7x7 (overlapping bins); 64x64 → 2x2; 32x32 → 1x1 (replicated).
     check("vgg16", &m, "imagenet200x300", [1, 3, 200, 300], "forward/vgg16_200x300.npy", &device);
     check("vgg16", &m, "imagenet64x64", [1, 3, 64, 64], "forward/vgg16_64x64.npy", &device);

@@ -40,8 +40,7 @@ fn loss_and_gradients_match_pytorch() {
     let manifest = manifest();
     let want = manifest["train"]["loss"].as_f64().unwrap();
     let got = scalar(loss.clone());
-    println!("loss {got} vs {want}");
-    assert!(((got - want) / want).abs() < 1e-5);
+    assert_near_torch_f32("loss", "train.loss", ((got - want) / want).abs());
     let grads = loss.backward();
     // Full tensors for four parameters.
     let g = |t: Tensor<4>| values(t.grad(&grads).expect("gradient"));
@@ -55,12 +54,10 @@ fn loss_and_gradients_match_pytorch() {
     ];
     for (key, got) in checks {
         let err = rel_err(&got, &npy(&format!("train/grad.{key}.npy")).data);
-        println!("grad {key}: relative error {err:.2e}");
-        // The first layer's gradients are ill-conditioned (a deep BatchNorm stack above them cancels
-        // most of each sum): in f32 they land at ~1e-3 of the float64 reference, while their L2
-        // norms agree to 1e-5. The later layers meet the 1e-4 target.
-        let tol = if key.starts_with("features.0") || key.starts_with("features.1") { 5e-3 } else { 1e-4 };
-        assert!(err < tol, "{key}: {err}");
+        // The first layer's gradients are ill-conditioned: a max-pool window whose two values
+        // differ by less than f32's rounding routes a gradient either way, and the BatchNorm stack
+        // above cancels most of each sum, so PyTorch's own f32 lands at 1.2e-3 there.
+        assert_near_torch_f32(&format!("grad {key}"), &format!("train.grad.{key}"), err);
     }
     // L2 norms of every parameter's gradient.
     let norms = manifest["train"]["grad_l2"].as_object().unwrap();
@@ -69,14 +66,17 @@ fn loss_and_gradients_match_pytorch() {
         let n = v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
         let want = norms[&key].as_f64().unwrap();
         // A conv bias followed by BatchNorm has a zero gradient (BN removes any shift): PyTorch
-        // records rounding noise of ~1e-17, so compare it absolutely.
+        // records rounding noise of ~1e-17 in float64, so compare it absolutely.
         if want < 1e-12 {
-            assert!(n < 1e-5, "{key}: |grad| {n} should be ~0");
+            let tolerance = TORCH_F32_FACTOR * torch_f32_error("train.grad_l2.zero_bias_max");
+            assert!(n < tolerance, "{key}: |grad| {n} should be ~0 (tolerance {tolerance:e})");
             return;
         }
         let e = ((n - want) / want).abs();
         worst = worst.max(e);
-        assert!(e < 1e-4, "{key}: |grad| {n} vs {want}");
+        // Each norm against PyTorch's worst over all parameters.
+        let tolerance = TORCH_F32_FACTOR * torch_f32_error("train.grad_l2.worst");
+        assert!(e < tolerance, "{key}: |grad| {n} vs {want} (tolerance {tolerance:e})");
     };
     let plan = m.plan().clone();
     let convs: Vec<&str> = plan
@@ -119,17 +119,19 @@ fn three_sgd_steps_match_pytorch() {
     for (step, want) in want.iter().enumerate() {
         let loss = cross_entropy(m.forward_train(x.clone()), &LABELS, 0.0);
         let got = scalar(loss.clone());
-        println!("step {step}: loss {got:.6} vs {want:.6}");
         // By step 2 the loss is 0.0079: a log-probability near 0, so f32 rounding of the logits
-        // shows at ~3e-3 of it.
-        assert!(((got - want) / want).abs() < 5e-3, "step {step}: {got} vs {want}");
+        // shows at ~2.5e-3 of it in PyTorch.
+        assert_near_torch_f32(
+            &format!("step {step} loss"),
+            &format!("train.sgd.loss{step}"),
+            ((got - want) / want).abs(),
+        );
         let grads = loss.backward();
         m.sgd_step(&grads, &mut state, &config, 0.002, &|_| false);
     }
     let sd = m.state_dict();
     for key in ["classifier.2.weight", "features.0.weight"] {
         let err = rel_err(&sd[key].data, &npy(&format!("train/after_sgd3.{key}.npy")).data);
-        println!("{key} after 3 steps: relative error {err:.2e}");
-        assert!(err < 1e-4, "{key}: {err}");
+        assert_near_torch_f32(&format!("{key} after 3 steps"), &format!("train.after_sgd3.{key}"), err);
     }
 }

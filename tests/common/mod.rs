@@ -99,3 +99,32 @@ pub fn scratch(prefix: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create a scratch directory");
     dir
 }
+
+/// Every fixture tolerance is this many times PyTorch's own float32 error on the same quantity.
+///
+/// The fixtures are float64; float32 cannot reach them, and how far it lands depends on the
+/// summation order (a max-pool window whose two values differ by less than the rounding picks
+/// either). PyTorch's own error, measured by `bench/fixture_f32_errors.sh` and committed in
+/// `bench/fixture_f32_errors.json`, is the yardstick; 4x leaves room for another order of the same
+/// sums (the engine's Winograd and blocked GEMMs land at up to 2.5x it, the burn path below it).
+pub const TORCH_F32_FACTOR: f64 = 4.0;
+
+/// PyTorch's float32 relative error on fixture quantity `key` (a key of `bench/fixture_f32_errors.json`).
+pub fn torch_f32_error(key: &str) -> f64 {
+    static MEASURED: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    let measured = MEASURED.get_or_init(|| {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/fixture_f32_errors.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).expect("fixture_f32_errors.json is JSON")
+    });
+    measured["max"][key].as_f64().unwrap_or_else(|| panic!("no PyTorch float32 measurement for {key}"))
+}
+
+/// Asserts `err` (ours, relative to the float64 fixture) is within [`TORCH_F32_FACTOR`] times
+/// PyTorch's float32 error on `key`, printing both.
+pub fn assert_near_torch_f32(what: &str, key: &str, err: f64) {
+    let torch = torch_f32_error(key);
+    let tolerance = TORCH_F32_FACTOR * torch;
+    println!("{what}: relative error {err:.2e} (PyTorch f32 {torch:.2e}, tolerance {tolerance:.2e})");
+    assert!(err < tolerance, "{what}: relative error {err:e} over {TORCH_F32_FACTOR}x PyTorch's float32 {torch:e}");
+}
