@@ -32,6 +32,9 @@ pub enum EngineError {
     /// The weights do not fit the configuration (a strict load).
     #[error(transparent)]
     Load(#[from] crate::weights::WeightsError),
+    /// `VGG_ISA` names a kernel path this build or CPU does not have.
+    #[error("VGG_ISA: {0}")]
+    Isa(#[from] crate::kernels::isa::IsaError),
 }
 
 /// A parameter: PyTorch key, value in the engine's layout, and its gradient after a backward pass.
@@ -328,6 +331,7 @@ impl Engine {
     }
 
     fn build(config: &VggConfig, sd: &mut dyn TensorSource, half: Option<HalfKind>) -> Result<Self, EngineError> {
+        crate::kernels::isa::selected()?;
         if config.plan([224, 224]).layers.iter().any(|l| matches!(l.kind, LayerKind::Lrn)) {
             return Err(EngineError::Unsupported("local response normalisation".into()));
         }

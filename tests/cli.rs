@@ -283,6 +283,8 @@ fn bench_reports_one_json_object() {
         assert!(median > 0.0 && p90 >= median);
         assert!((v["img_per_s"].as_f64().unwrap() - 2.0 / median).abs() < 1e-6 * (2.0 / median));
         assert!(v["peak_rss_mb"].as_f64().unwrap() > 1.0);
+        assert_eq!(v["isa"], vgg::kernels::isa::Isa::detect().name());
+        assert!(!v["cpu"].as_str().unwrap().is_empty());
         if extra.contains(&"--layers") {
             // Every layer's forward in order, the loss, the backward from the top down, the update.
             let names: Vec<&str> =
@@ -483,4 +485,27 @@ fn convert_between_formats_and_precisions() {
         assert_eq!(o.status.code(), Some(1), "{args:?}");
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
     }
+}
+
+/// `VGG_ISA` forces a kernel path for any verb (reported by `vgg bench`); an unknown one is refused
+/// with a message naming the paths, before anything runs.
+#[test]
+fn vgg_isa_forces_the_kernel_path_or_is_refused() {
+    let run = |isa: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vgg"))
+            .args(["bench", "--arch", "vgg11_bn", "--width", "0.125", "--head", "cifar", "--num-classes", "10"])
+            .args(["--size", "32", "--batch", "1", "--iters", "1", "--warmup", "0", "--json"])
+            .env("VGG_ISA", isa)
+            .output()
+            .expect("run vgg")
+    };
+    let o = run("generic");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["isa"], "generic");
+    let o = run("avx9");
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("VGG_ISA") && err.contains("avx9") && err.contains("generic"), "{err}");
+    assert!(stdout(&o).is_empty() && !err.contains("panicked"), "{err}");
 }

@@ -9,7 +9,9 @@
 //! opt = torch.optim.SGD(model.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
 //! for _ in range(3): opt.zero_grad(); loss = F.cross_entropy(model(x), labels); loss.backward(); opt.step()
 //! ```
-//! Tolerances are a multiple of PyTorch's own float32 error (tests/common/mod.rs).
+//! Tolerances are a multiple of PyTorch's own float32 error (tests/common/mod.rs). The fixture
+//! tests run on every kernel path the CPU has (`VGG_ISA`, src/kernels/isa.rs): this process takes
+//! the best, [`fixture_tests_on_every_other_kernel_path`] reruns them on the others.
 
 mod common;
 
@@ -345,3 +347,34 @@ fn update_bn_recomputes_running_statistics_as_pytorch() {
     assert_eq!(both["features.0.weight"].data, before["features.0.weight"].data);
 }
 
+/// The engine's fixture tests above.
+const FIXTURE_TESTS: [&str; 4] = [
+    "eval_forward_matches_torchvision",
+    "loss_gradients_and_sgd_steps_match_pytorch",
+    "half_storage_is_f32_arithmetic_on_rounded_weights",
+    "update_bn_recomputes_running_statistics_as_pytorch",
+];
+
+/// [`FIXTURE_TESTS`] on each kernel path this CPU runs besides the one this process took, each in
+/// a child run of this test binary with `VGG_ISA` set (the path is chosen once per process).
+#[test]
+fn fixture_tests_on_every_other_kernel_path() {
+    use vgg::kernels::isa::{self, Isa};
+    let this = isa::active();
+    let others: Vec<Isa> = Isa::supported().filter(|&other| other != this).collect();
+    println!("this process: {this}; also on: {others:?}");
+    for other in others {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(FIXTURE_TESTS)
+            .args(["--exact", "--test-threads", "2"])
+            .env(isa::ENV, other.name())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "VGG_ISA={other}:\n{stdout}\n{stderr}");
+        let passed = format!("{} passed", FIXTURE_TESTS.len());
+        assert!(stdout.contains(&passed), "VGG_ISA={other} ran other than the fixture tests:\n{stdout}");
+        println!("VGG_ISA={other}: {passed}");
+    }
+}

@@ -195,6 +195,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "engine": a.engine,
         "weights": a.half.map_or("f32", |h| if h == super::HalfArg::Bf16 { "bf16" } else { "f16" }),
         "threads": rayon::current_num_threads(),
+        "cpu": vgg::kernels::isa::cpu_name(),
+        "isa": vgg::kernels::isa::active().name(),
         "median_s": median,
         "p90_s": p90,
         "img_per_s": a.batch as f64 / median,
@@ -215,12 +217,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
         }
         println!(
-            "{} {} batch {} at {size}x{size} ({} engine, {} threads): median {:.4} s, p90 {:.4} s, {:.2} img/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
+            "{} {} batch {} at {size}x{size} ({} engine, {} kernels, {} threads on {}): median {:.4} s, p90 {:.4} s, {:.2} img/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
             config.arch_name(),
             if a.train { "training step" } else { "inference" },
             a.batch,
             a.engine,
+            vgg::kernels::isa::active(),
             rayon::current_num_threads(),
+            vgg::kernels::isa::cpu_name(),
             median,
             p90,
             a.batch as f64 / median,

@@ -58,6 +58,8 @@ enum Command {
 
 /// Dispatches a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    // A forced kernel path the CPU lacks is refused before any verb runs (not a silent fallback).
+    vgg::kernels::isa::selected().map_err(|e| anyhow::anyhow!("{}: {e}", vgg::kernels::isa::ENV))?;
     match cli.command {
         Command::Summary(a) => summary::run(a),
         Command::Classify(a) => classify::run(a),

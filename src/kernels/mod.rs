@@ -9,6 +9,9 @@
 //! changes, per-op dispatch, a convolution backward built from transposed convolutions). Each kernel
 //! works on plain slices and is tested against the burn path, which stays the reference.
 //!
+//! Each hand-written fast path is AVX2 + FMA beside a portable loop doing the same arithmetic
+//! without intrinsics; [`isa`] chooses between them once per process (`VGG_ISA` forces one).
+//!
 //! Work is split into one contiguous range of rows (pixels of the batch) per thread; partial sums
 //! (weight gradients, batch statistics) are reduced in range order, so results do not depend on
 //! scheduling.
@@ -18,6 +21,7 @@ pub mod dense;
 pub mod direct;
 pub mod half;
 pub mod implicit;
+pub mod isa;
 pub mod norm;
 pub mod packed;
 pub mod pool;
@@ -37,16 +41,10 @@ pub fn set_winograd(on: bool) {
     WINOGRAD.store(on, Ordering::Relaxed);
 }
 
-/// Whether this CPU has AVX2 and FMA (the hand-written kernels' fast paths).
+/// Whether the kernels take their AVX2 + FMA paths: the CPU has them and [`isa::active`] chose
+/// them (`VGG_ISA=generic` forces the portable loops).
 pub fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    isa::active() >= isa::Isa::Avx2
 }
 
 /// Whether 3x3 convolutions may use Winograd F(4x4, 3x3) (see [`set_winograd`]).

@@ -1,0 +1,159 @@
+//! The instruction set the kernels run on, chosen once per process: the best one this CPU has, or
+//! the one named by the environment variable `VGG_ISA`, so that every path can be tested on any
+//! machine that has it (`VGG_ISA=generic cargo test` runs the portable loops on an AVX2 CPU).
+//!
+//! Each kernel with a hand-written fast path asks [`active`] (through [`super::avx2_fma`]) and
+//! falls back to its portable loop otherwise. The GEMM of the `gemm` crate keeps its own runtime
+//! dispatch whatever is chosen here.
+
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+/// A kernel path, best last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Plain Rust loops that compile for any target.
+    Generic,
+    /// x86-64 with AVX2 and FMA (256-bit vectors).
+    Avx2,
+}
+
+/// `VGG_ISA` names a path that does not exist or that this CPU lacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IsaError {
+    /// Not a path of this build.
+    #[error("unknown instruction set '{0}' (this build has: avx2, generic)")]
+    Unknown(String),
+    /// A path this CPU cannot run.
+    #[error("this CPU lacks {0} (it has: {list})", list = Isa::supported().map(Isa::name).collect::<Vec<_>>().join(", "))]
+    Unsupported(&'static str),
+}
+
+impl Isa {
+    /// Every path of this build, best first.
+    pub const ALL: [Isa; 2] = [Isa::Avx2, Isa::Generic];
+
+    /// The name `VGG_ISA` and `vgg bench` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Generic => "generic",
+            Isa::Avx2 => "avx2",
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Generic => true,
+            Isa::Avx2 => cpu_has_avx2_fma(),
+        }
+    }
+
+    /// The paths this CPU can run, best first.
+    pub fn supported() -> impl Iterator<Item = Isa> {
+        Isa::ALL.into_iter().filter(|isa| isa.is_supported())
+    }
+
+    /// The best path this CPU can run.
+    pub fn detect() -> Isa {
+        Isa::supported().next().unwrap_or(Isa::Generic)
+    }
+
+    /// `name` as a path this CPU can run.
+    pub fn require(name: &str) -> Result<Isa, IsaError> {
+        let isa: Isa = name.parse()?;
+        if isa.is_supported() { Ok(isa) } else { Err(IsaError::Unsupported(isa.name())) }
+    }
+}
+
+impl FromStr for Isa {
+    type Err = IsaError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase();
+        Isa::ALL.into_iter().find(|isa| isa.name() == wanted).ok_or_else(|| IsaError::Unknown(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The environment variable that forces a path.
+pub const ENV: &str = "VGG_ISA";
+
+/// The process's choice: `VGG_ISA` when set (an error when it names no path this CPU runs), else
+/// the best path of the CPU. Read once.
+pub fn selected() -> Result<Isa, IsaError> {
+    static SELECTED: OnceLock<Result<Isa, IsaError>> = OnceLock::new();
+    SELECTED
+        .get_or_init(|| match std::env::var(ENV) {
+            Ok(name) if !name.trim().is_empty() => Isa::require(&name),
+            _ => Ok(Isa::detect()),
+        })
+        .clone()
+}
+
+/// The path the kernels take. A `VGG_ISA` in error leaves them on the portable loops; the binary
+/// and [`crate::engine::Engine`]'s constructors report that error before any kernel runs.
+pub fn active() -> Isa {
+    selected().unwrap_or(Isa::Generic)
+}
+
+/// The CPU's model name with its family and model numbers, as benchmark figures name it
+/// ("Intel(R) Xeon(R) Processor (family 6 model 207)"); the architecture alone where
+/// `/proc/cpuinfo` is not there.
+pub fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|line| line.split(':').next().is_some_and(|key| key.trim() == name))
+            .and_then(|line| line.split_once(':'))
+            .map(|(_, value)| value.trim().to_string())
+    };
+    match (field("model name"), field("cpu family"), field("model")) {
+        (Some(name), Some(family), Some(model)) => format!("{name} (family {family} model {model})"),
+        (Some(name), _, _) => name,
+        _ => std::env::consts::ARCH.to_string(),
+    }
+}
+
+fn cpu_has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back_and_unknown_ones_are_refused() {
+        for isa in Isa::ALL {
+            assert_eq!(isa.name().parse::<Isa>(), Ok(isa));
+        }
+        assert_eq!(" AVX2 ".parse::<Isa>(), Ok(Isa::Avx2));
+        assert_eq!("sse9".parse::<Isa>(), Err(IsaError::Unknown("sse9".into())));
+        assert!(IsaError::Unknown("sse9".into()).to_string().contains("avx2, generic"));
+    }
+
+    #[test]
+    fn the_generic_path_runs_everywhere_and_is_the_floor() {
+        assert!(Isa::Generic.is_supported());
+        assert_eq!(Isa::require("generic"), Ok(Isa::Generic));
+        assert_eq!(Isa::supported().last(), Some(Isa::Generic));
+        assert!(Isa::detect().is_supported());
+        // A path the CPU lacks is an error naming it, never a silent fallback.
+        if !Isa::Avx2.is_supported() {
+            assert_eq!(Isa::require("avx2"), Err(IsaError::Unsupported("avx2")));
+        }
+    }
+}
