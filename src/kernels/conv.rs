@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::packed::PackedB;
-use super::{direct, implicit, sgemm, small, winograd};
+pub use super::shape::ConvShape;
+use super::{add_bias, direct, implicit, sgemm, small, winograd};
 
 thread_local! {
     /// Each worker thread's im2col buffer, kept between calls: allocating and zeroing a fresh one
@@ -43,51 +44,6 @@ fn with_patches<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 pub struct FilterCache {
     winograd: OnceLock<Vec<PackedB>>,
     packed: OnceLock<PackedB>,
-}
-
-/// Shape of a convolution over a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvShape {
-    /// Batch size.
-    pub n: usize,
-    /// Height.
-    pub h: usize,
-    /// Width.
-    pub w: usize,
-    /// Input channels.
-    pub ci: usize,
-    /// Output channels.
-    pub co: usize,
-    /// Kernel side (odd).
-    pub k: usize,
-}
-
-impl ConvShape {
-    /// Rows of the weight matrix: k·k·cin.
-    pub fn kdim(&self) -> usize {
-        self.k * self.k * self.ci
-    }
-
-    fn hw(&self) -> usize {
-        self.h * self.w
-    }
-
-    /// Output rows per im2col block: a few megabytes of patches, at least 512 rows so that the
-    /// weights are streamed for enough rows.
-    fn block_rows(&self) -> usize {
-        ((1usize << 21) / self.kdim().max(1)).clamp(512, 2048)
-    }
-
-    /// How the n·h·w output rows are split: (rows per thread, whether the GEMM itself runs on all
-    /// threads). Each thread takes a contiguous range of rows; when that leaves fewer than 256 rows
-    /// per thread (the 4x4 and 2x2 maps of small inputs), streaming the weights dominates, so one
-    /// range goes through a parallel GEMM instead.
-    fn split(&self) -> (usize, bool) {
-        let total = self.n * self.hw();
-        let threads = rayon::current_num_threads().max(1);
-        let per = total.div_ceil(threads).max(1);
-        if per >= 256 || threads == 1 { (per, false) } else { (total.max(1), true) }
-    }
 }
 
 /// PyTorch `[cout, cin, k, k]` → `[(ky, kx, ci), cout]`.
@@ -249,15 +205,6 @@ pub fn forward_im2col(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: 
             }
         });
     });
-}
-
-/// Adds `bias` (`[co]`) to every pixel of an NHWC output.
-pub(crate) fn add_bias(out: &mut [f32], bias: &[f32]) {
-    for px in out.chunks_exact_mut(bias.len()) {
-        for (v, b) in px.iter_mut().zip(bias) {
-            *v += b;
-        }
-    }
 }
 
 /// Gradients of [`forward`]: returns (dW `[(ky,kx,ci), co]`, dbias `[co]`) and, when `dx` is given,

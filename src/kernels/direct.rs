@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::ConvShape;
+use super::shape::ConvShape;
 
 /// Lanes of one accumulator.
 const L: usize = 8;

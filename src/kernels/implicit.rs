@@ -15,8 +15,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::conv::ConvShape;
 use super::packed::{NR, PackedB};
+use super::shape::ConvShape;
 
 /// Output pixels per micro-kernel call.
 const MR: usize = 6;

@@ -25,6 +25,7 @@ pub mod isa;
 pub mod norm;
 pub mod packed;
 pub mod pool;
+pub mod shape;
 pub mod small;
 pub mod winograd;
 
@@ -114,6 +115,15 @@ pub fn sgemm(
             false,
             par,
         );
+    }
+}
+
+/// Adds `bias` (`[co]`) to every pixel of an NHWC output.
+pub(crate) fn add_bias(out: &mut [f32], bias: &[f32]) {
+    for px in out.chunks_exact_mut(bias.len()) {
+        for (v, b) in px.iter_mut().zip(bias) {
+            *v += b;
+        }
     }
 }
 

@@ -10,8 +10,8 @@
 //! input gradient multiplies by `Wdᵀ`, and the weight gradient `xᵀ · dz` is folded back onto the
 //! nine taps. Sums run over the same terms as im2col, less the zeros: no extra rounding.
 
-use super::conv::{self, ConvShape};
 use super::sgemm;
+use super::shape::ConvShape;
 
 /// Whether the dense product is cheaper than im2col + GEMM: a map of at most 2x2 pixels and a batch
 /// large enough to pay for building `Wd` (counted as eight products per element) on every call.
@@ -54,7 +54,7 @@ pub fn forward(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f
     assert_eq!(out.len(), sh.n * cols);
     let wd = dense_filter(wk, sh);
     sgemm(sh.n, cols, rows, x, [rows, 1], &wd, [cols, 1], out, cols, false, true);
-    conv::add_bias(out, bias);
+    super::add_bias(out, bias);
 }
 
 /// The input gradient `dx = dz · Wdᵀ`.
@@ -90,6 +90,7 @@ pub fn weight_grad(x: &[f32], dz: &[f32], sh: &ConvShape) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::conv;
     use crate::kernels::test_data as data;
 
     fn close(a: &[f32], b: &[f32]) -> bool {

@@ -18,9 +18,9 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::conv::ConvShape;
 use super::packed;
 pub use super::packed::PackedB;
+use super::shape::ConvShape;
 
 /// Outputs per tile side.
 const M: usize = 4;

@@ -1,0 +1,346 @@
+//! The engine's ops and their dispatch: one op's forward (evaluation or training) and backward
+//! over NHWC activations, and the buffers they reuse between calls.
+
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+
+use super::Engine;
+use crate::kernels::{conv, dense, norm, pool};
+
+/// A convolution's transformed filters for the forward and input-gradient passes (filled on first
+/// use; `Arc` so that cloning an op or an engine shares instead of copying them).
+#[derive(Debug, Default)]
+pub(super) struct ConvCache {
+    pub(super) forward: conv::FilterCache,
+    pub(super) input_grad: conv::FilterCache,
+}
+
+/// BatchNorm buffers.
+#[derive(Debug, Clone)]
+pub(super) struct Running {
+    pub(super) key: String,
+    pub(super) mean: Vec<f32>,
+    pub(super) var: Vec<f32>,
+    pub(super) tracked: f32,
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum Op {
+    /// Indices of weight and bias in `params`.
+    Conv {
+        w: usize,
+        b: usize,
+        ci: usize,
+        co: usize,
+        k: usize,
+        /// Winograd-transformed filters of the current weights, replaced when they change.
+        cache: Arc<ConvCache>,
+    },
+    /// BatchNorm followed by ReLU: γ and β indices, and the running statistics.
+    BnRelu {
+        g: usize,
+        b: usize,
+        running: Running,
+    },
+    Relu,
+    MaxPool,
+    /// 2x2/2 average pooling in place of max-pooling (Gatys et al.'s option for style transfer).
+    AvgPool2,
+    AvgPool {
+        out: [usize; 2],
+    },
+    /// NHWC map → PyTorch's (c, h, w) flat vector.
+    Flatten,
+    Linear {
+        w: usize,
+        b: usize,
+        inp: usize,
+        out: usize,
+    },
+    Dropout,
+}
+
+/// Shape of an activation: a `[n, h, w, c]` map or an `[n, f]` vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    Map([usize; 4]),
+    Flat([usize; 2]),
+}
+
+impl Shape {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Shape::Map(s) => s.iter().product(),
+            Shape::Flat(s) => s.iter().product(),
+        }
+    }
+}
+
+/// What a training forward keeps for the backward pass of one op.
+pub(super) enum Saved {
+    None,
+    Stats {
+        mean: Vec<f64>,
+        var: Vec<f64>,
+        affine: norm::Affine,
+    },
+    /// Evaluation-mode BatchNorm: the affine map of the running statistics.
+    Eval(norm::Affine),
+    Arg(Vec<u8>),
+    Mask(Vec<f32>),
+}
+
+/// `len` floats in `v`'s allocation, not zeroed where `v` already holds that many: every kernel
+/// that writes into such a buffer overwrites all of it (zeroing fresh buffers was ~7% of a small
+/// model's training step). Debug builds fill a reused buffer with NaN instead, so that the tests
+/// catch a kernel that does not.
+pub(super) fn reuse(mut v: Vec<f32>, len: usize) -> Vec<f32> {
+    if v.len() >= len {
+        v.truncate(len);
+        if cfg!(debug_assertions) {
+            v.fill(f32::NAN);
+        }
+    } else {
+        v.clear();
+        v.resize(len, 0.0);
+    }
+    v
+}
+
+/// Gradient buffers kept by length for [`reuse`].
+#[derive(Debug, Clone, Default)]
+pub(super) struct BufPool(std::collections::HashMap<usize, Vec<Vec<f32>>>);
+
+impl BufPool {
+    pub(super) fn take(&mut self, len: usize) -> Vec<f32> {
+        reuse(self.0.get_mut(&len).and_then(Vec::pop).unwrap_or_default(), len)
+    }
+
+    pub(super) fn give(&mut self, v: Vec<f32>) {
+        if !v.is_empty() {
+            self.0.entry(v.len()).or_default().push(v);
+        }
+    }
+}
+
+impl Engine {
+    /// Runs one op. In training, BatchNorm uses the batch statistics (returned in [`Saved::Stats`])
+    /// and dropout is applied.
+    pub(super) fn op_forward(
+        &self,
+        op: &Op,
+        x: &[f32],
+        shape: Shape,
+        train: bool,
+        rng: &mut StdRng,
+    ) -> (Vec<f32>, Shape, Saved) {
+        self.op_forward_into(op, x, shape, train, rng, &mut Vec::new())
+    }
+
+    /// [`Engine::op_forward`] writing its output into `spare`'s allocation where it has one.
+    pub(super) fn op_forward_into(
+        &self,
+        op: &Op,
+        x: &[f32],
+        shape: Shape,
+        train: bool,
+        rng: &mut StdRng,
+        spare: &mut Vec<f32>,
+    ) -> (Vec<f32>, Shape, Saved) {
+        let mut buffer = |len: usize| reuse(std::mem::take(spare), len);
+        match (op, shape) {
+            (&Op::Conv { w, b, ci, co, k, ref cache }, Shape::Map([n, h, wd, c])) => {
+                debug_assert_eq!(c, ci);
+                let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
+                let mut out = buffer(n * h * wd * co);
+                let (wk, bias) = (self.params[w].values(), &self.params[b].value);
+                // Half-precision storage keeps no transformed f32 filters between calls.
+                let once = conv::FilterCache::default();
+                let transformed = if self.params[w].half.is_some() { &once } else { &cache.forward };
+                if train {
+                    // Winograd's rounding error (~3e-6 relative, 30x direct f32's) is amplified by
+                    // train-mode BatchNorm over small batches past the fixture tolerances; the input
+                    // gradients and evaluation stay within them and take the Winograd path.
+                    conv::forward_exact(x, &wk, transformed, bias, &sh, &mut out);
+                } else {
+                    conv::forward_cached(x, &wk, transformed, bias, &sh, &mut out);
+                }
+                (out, Shape::Map([n, h, wd, co]), Saved::None)
+            }
+            (Op::BnRelu { g, b, running }, Shape::Map([_, _, _, c])) => {
+                let (gamma, beta) = (&self.params[*g].value, &self.params[*b].value);
+                let mut out = buffer(x.len());
+                if train {
+                    let (mean, var) = norm::batch_stats(x, c);
+                    let affine = norm::Affine::new(&mean, &var, gamma, beta, self.eps);
+                    norm::affine_relu(x, &affine, &mut out);
+                    (out, shape, Saved::Stats { mean, var, affine })
+                } else {
+                    let mean: Vec<f64> = running.mean.iter().map(|&v| v as f64).collect();
+                    let var: Vec<f64> = running.var.iter().map(|&v| v as f64).collect();
+                    let affine = norm::Affine::new(&mean, &var, gamma, beta, self.eps);
+                    norm::affine_relu(x, &affine, &mut out);
+                    (out, shape, Saved::Eval(affine))
+                }
+            }
+            (Op::Relu, _) => {
+                let mut out = buffer(x.len());
+                norm::relu(x, &mut out);
+                (out, shape, Saved::None)
+            }
+            (Op::MaxPool, Shape::Map([n, h, w, c])) => {
+                let os = [n, h / 2, w / 2, c];
+                let mut out = buffer(os.iter().product());
+                let mut arg = vec![0u8; out.len()];
+                pool::max2_forward(x, [n, h, w, c], &mut out, &mut arg);
+                (out, Shape::Map(os), Saved::Arg(arg))
+            }
+            (Op::AvgPool2, Shape::Map([n, h, w, c])) => {
+                let os = [n, h / 2, w / 2, c];
+                let mut out = buffer(os.iter().product());
+                pool::avg2_forward(x, [n, h, w, c], &mut out);
+                (out, Shape::Map(os), Saved::None)
+            }
+            (&Op::AvgPool { out: [oh, ow] }, Shape::Map([n, h, w, c])) => {
+                if [h, w] == [oh, ow] {
+                    return (x.to_vec(), shape, Saved::None);
+                }
+                let mut out = buffer(n * oh * ow * c);
+                pool::adaptive_avg_forward(x, [n, h, w, c], [oh, ow], &mut out);
+                (out, Shape::Map([n, oh, ow, c]), Saved::None)
+            }
+            (Op::Flatten, Shape::Map([n, h, w, c])) => {
+                let mut out = buffer(x.len());
+                if h * w == 1 {
+                    out.copy_from_slice(x);
+                } else {
+                    pool::nhwc_to_nchw(x, [n, h, w, c], &mut out, false);
+                }
+                (out, Shape::Flat([n, h * w * c]), Saved::None)
+            }
+            (&Op::Linear { w, b, inp, out }, Shape::Flat([n, f])) => {
+                assert_eq!(f, inp, "the head expects {inp} features, got {f}");
+                let mut y = buffer(n * out);
+                match &self.params[w].half {
+                    Some(h) => crate::kernels::half::linear_forward(x, h, &self.params[b].value, n, &mut y),
+                    None => dense::linear_forward(x, &self.params[w].value, &self.params[b].value, n, &mut y),
+                }
+                (y, Shape::Flat([n, out]), Saved::None)
+            }
+            (Op::Dropout, _) => {
+                let mut out = x.to_vec();
+                if train && self.config.dropout > 0.0 {
+                    let mask = dense::dropout(&mut out, self.config.dropout, rng);
+                    (out, shape, Saved::Mask(mask))
+                } else {
+                    (out, shape, Saved::None)
+                }
+            }
+            (op, shape) => unreachable!("{op:?} on {shape:?}"),
+        }
+    }
+
+    /// Backward of op `i` with input `x`: stores parameter gradients and returns the input gradient
+    /// (empty when `need_dx` is false).
+    pub(super) fn op_backward(
+        &mut self,
+        i: usize,
+        x: &[f32],
+        shape: Shape,
+        saved: &Saved,
+        mut g: Vec<f32>,
+        need_dx: bool,
+    ) -> Vec<f32> {
+        let op = self.ops[i].clone();
+        match (&op, shape) {
+            (&Op::Conv { w, b, ci, co, k, ref cache }, Shape::Map([n, h, wd, _])) => {
+                let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
+                let mut dx = if need_dx { self.spare_grads.take(x.len()) } else { vec![] };
+                let wk = &self.params[w].value;
+                let (dw, db) =
+                    conv::backward_cached(x, wk, &cache.input_grad, &g, &sh, need_dx.then_some(dx.as_mut_slice()));
+                self.params[w].grad = dw;
+                self.params[b].grad = db;
+                self.spare_grads.give(g);
+                dx
+            }
+            (Op::BnRelu { g: gi, b, .. }, _) => {
+                let Saved::Stats { mean, var, affine } = saved else { unreachable!("BatchNorm saved its statistics") };
+                let (dg, dbeta) =
+                    norm::bn_relu_backward(x, &mut g, mean, var, &self.params[*gi].value, affine, self.eps);
+                self.params[*gi].grad = dg;
+                self.params[*b].grad = dbeta;
+                g
+            }
+            (&Op::Linear { w, b, out, .. }, Shape::Flat([n, _])) => {
+                let mut dx = if need_dx { self.spare_grads.take(x.len()) } else { vec![] };
+                let (dw, db) =
+                    dense::linear_backward(x, &self.params[w].value, &g, n, out, need_dx.then_some(dx.as_mut_slice()));
+                self.params[w].grad = dw;
+                self.params[b].grad = db;
+                self.spare_grads.give(g);
+                dx
+            }
+            (op, _) => passive_backward(op, x, shape, saved, g, &mut self.spare_grads),
+        }
+    }
+}
+
+/// Backward of an op without parameters (ReLU, pooling, flatten, dropout) to its input.
+pub(super) fn passive_backward(
+    op: &Op,
+    x: &[f32],
+    shape: Shape,
+    saved: &Saved,
+    mut g: Vec<f32>,
+    bufs: &mut BufPool,
+) -> Vec<f32> {
+    match (op, shape) {
+        (Op::Relu, _) => {
+            // The forward output is relu(x): positive exactly where x is.
+            norm::relu_backward(x, &mut g);
+            g
+        }
+        (Op::MaxPool, Shape::Map(s)) => {
+            let Saved::Arg(arg) = saved else { unreachable!("max-pool saved its arguments") };
+            let mut dx = bufs.take(x.len());
+            pool::max2_backward(&g, arg, s, &mut dx);
+            bufs.give(g);
+            dx
+        }
+        (Op::AvgPool2, Shape::Map(s)) => {
+            let mut dx = bufs.take(x.len());
+            pool::avg2_backward(&g, s, &mut dx);
+            bufs.give(g);
+            dx
+        }
+        (&Op::AvgPool { out }, Shape::Map(s)) => {
+            if [s[1], s[2]] == out {
+                return g;
+            }
+            let mut dx = bufs.take(x.len());
+            pool::adaptive_avg_backward(&g, s, out, &mut dx);
+            bufs.give(g);
+            dx
+        }
+        (Op::Flatten, Shape::Map([n, h, w, c])) => {
+            if h * w == 1 {
+                return g;
+            }
+            let mut dx = bufs.take(x.len());
+            pool::nhwc_to_nchw(&g, [n, h, w, c], &mut dx, true);
+            bufs.give(g);
+            dx
+        }
+        (Op::Dropout, _) => {
+            if let Saved::Mask(mask) = saved {
+                for (v, m) in g.iter_mut().zip(mask) {
+                    *v *= m;
+                }
+            }
+            g
+        }
+        (op, shape) => unreachable!("{op:?} on {shape:?}"),
+    }
+}
