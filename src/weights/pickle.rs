@@ -6,32 +6,10 @@
 
 use std::collections::HashMap;
 
-/// Element types of PyTorch storages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageDtype {
-    /// float32
-    F32,
-    /// float64
-    F64,
-    /// float16
-    F16,
-    /// bfloat16
-    BF16,
-    /// int64
-    I64,
-    /// int32
-    I32,
-    /// int16
-    I16,
-    /// int8
-    I8,
-    /// uint8
-    U8,
-    /// bool
-    Bool,
-}
+use super::Dtype;
 
-impl StorageDtype {
+/// PyTorch storages' element types, by the class names it pickles.
+impl Dtype {
     /// From the storage class name PyTorch pickles (`FloatStorage`, …).
     pub fn from_storage_name(name: &str) -> Option<Self> {
         Some(match name {
@@ -48,16 +26,6 @@ impl StorageDtype {
             _ => return None,
         })
     }
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Self::F64 | Self::I64 => 8,
-            Self::F32 | Self::I32 => 4,
-            Self::F16 | Self::BF16 | Self::I16 => 2,
-            Self::I8 | Self::U8 | Self::Bool => 1,
-        }
-    }
 }
 
 /// A storage named by a persistent id.
@@ -66,7 +34,7 @@ pub struct StorageRef {
     /// The key of its data (a file name in zip archives, a root key in legacy files).
     pub key: String,
     /// Element type.
-    pub dtype: StorageDtype,
+    pub dtype: Dtype,
     /// Declared number of elements.
     pub numel: usize,
     /// Legacy files can name a view into another storage: (offset in elements).
@@ -485,8 +453,9 @@ impl Machine<'_> {
             return Err(self.bad("persistent id is not a storage"));
         }
         let dtype = match &t[1] {
-            Value::Global(_, name) => StorageDtype::from_storage_name(name)
-                .ok_or_else(|| self.bad(format!("unsupported storage type {name}")))?,
+            Value::Global(_, name) => {
+                Dtype::from_storage_name(name).ok_or_else(|| self.bad(format!("unsupported storage type {name}")))?
+            }
             _ => return Err(self.bad("storage type is not a global")),
         };
         let key = match &t[2] {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
 
-use super::pickle::{self, StorageDtype, TensorRef, Value};
+use super::pickle::{self, TensorRef, Value};
 use super::{Dtype, StateDict, TensorEntry, WeightsError};
 
 /// torch's legacy magic number, pickled first in every legacy file.
@@ -106,7 +106,7 @@ fn read_legacy(bytes: &[u8], path: &str) -> Result<(Value, HashMap<String, Vec<u
     let (keys, mut pos) = pk(pos)?;
     let Value::List(keys) = keys else { return Err(fmt("storage key list missing".into())) };
     // Element sizes of each storage, from the references in the object.
-    let mut dtypes: HashMap<String, StorageDtype> = HashMap::new();
+    let mut dtypes: HashMap<String, Dtype> = HashMap::new();
     collect_storages(&root, &mut dtypes);
     let mut storages = HashMap::new();
     for key in keys {
@@ -131,7 +131,7 @@ fn read_legacy(bytes: &[u8], path: &str) -> Result<(Value, HashMap<String, Vec<u
     Ok((root, storages))
 }
 
-fn collect_storages(v: &Value, out: &mut HashMap<String, StorageDtype>) {
+fn collect_storages(v: &Value, out: &mut HashMap<String, Dtype>) {
     match v {
         Value::Tensor(t) => {
             out.insert(t.storage.key.clone(), t.storage.dtype);
@@ -187,19 +187,7 @@ fn materialise(
             idx[d] = 0;
         }
     }
-    let dtype = match t.storage.dtype {
-        StorageDtype::F32 => Dtype::F32,
-        StorageDtype::F64 => Dtype::F64,
-        StorageDtype::F16 => Dtype::F16,
-        StorageDtype::BF16 => Dtype::BF16,
-        StorageDtype::I64 => Dtype::I64,
-        StorageDtype::I32 => Dtype::I32,
-        StorageDtype::I16 => Dtype::I16,
-        StorageDtype::I8 => Dtype::I8,
-        StorageDtype::U8 => Dtype::U8,
-        StorageDtype::Bool => Dtype::Bool,
-    };
-    TensorEntry::from_le_bytes(dtype, t.shape.clone(), &out).map_err(fmt)
+    TensorEntry::from_le_bytes(t.storage.dtype, t.shape.clone(), &out).map_err(fmt)
 }
 
 /// Writes a state dict as a PyTorch zip checkpoint (`torch.save(state_dict)` of PyTorch ≥ 1.6):
