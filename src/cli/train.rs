@@ -358,8 +358,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// A .safetensors file written by `vgg train` (or any weights recording their preprocessing),
-    /// or fashion-mnist for the built-in model.
-    #[arg(long)]
+    /// or fashion-mnist for the built-in model (the default, as for `vgg classify`).
+    #[arg(long, default_value = "fashion-mnist")]
     weights: PathBuf,
     #[command(flatten)]
     data: DataArgs,
