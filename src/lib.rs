@@ -20,12 +20,14 @@
 //! → [`weights`] (keys, `.pth`, safetensors, the torchvision registry) and [`image`]
 //! (preprocessing) → [`kernels`] and [`engine`] (the fast CPU path, training and gradients) →
 //! [`classify`], [`features`], [`explain`] (Grad-CAM, saliency), [`style`] (style transfer),
-//! [`train`] and [`export`] (ONNX, safetensors): what the CLI verbs call.
+//! [`eval`] (accuracy on a dataset, over [`data`]'s batches), [`train`] and [`export`] (ONNX,
+//! safetensors): what the CLI verbs call.
 
 pub mod classify;
 pub mod config;
 pub mod data;
 pub mod engine;
+pub mod eval;
 pub mod explain;
 pub mod export;
 pub mod features;

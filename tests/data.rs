@@ -107,7 +107,7 @@ fn cifar_binary_files_load_in_order_with_rgb_planes() {
 #[test]
 fn batches_centre_shift_and_flip_images() {
     use rand::SeedableRng;
-    use vgg::train::fit::{PixelNorm, make_batch};
+    use vgg::data::batch::{PixelNorm, make_batch};
     // One 2x2 image with a single bright pixel at the top left.
     let ds = data::Dataset { images: vec![255, 0, 0, 0], labels: vec![3], shape: [1, 2, 2], classes: vec![] };
     let norm = PixelNorm::gray(0.0, 1.0);
@@ -132,7 +132,7 @@ fn batches_centre_shift_and_flip_images() {
 fn random_erasing_blanks_one_rectangle_of_torchvisions_size_range() {
     use rand::SeedableRng;
     use vgg::data::augment::CropAug;
-    use vgg::train::fit::{Augment, PixelNorm, make_batch_with};
+    use vgg::data::batch::{Augment, PixelNorm, make_batch_with};
     let ds = data::Dataset { images: vec![255; 32 * 32], labels: vec![0], shape: [1, 32, 32], classes: vec![] };
     let norm = PixelNorm::gray(0.0, 1.0);
     let aug = |erase| Augment { crop: CropAug::Shift, shift: 0, lighting: 0.0, erase };
@@ -199,7 +199,7 @@ fn image_folders_split_by_class_and_resize() {
 fn rgb_batches_normalise_per_channel_and_jitter_scale_and_lighting() {
     use rand::SeedableRng;
     use vgg::data::augment::CropAug;
-    use vgg::train::fit::{Augment, PixelNorm, make_batch_with};
+    use vgg::data::batch::{Augment, PixelNorm, make_batch_with};
     // Two 8x8 RGB images of flat colours: channel means 0.25/0.5/0.75-ish, known exactly.
     let mut images = vec![];
     for rgb in [[0u8, 100, 200], [50, 150, 250]] {

@@ -76,19 +76,19 @@ fn a_short_run_learns_far_above_chance_and_eval_reproduces_it() {
     assert!(last.test_acc > 0.6, "chance is 10%; got {}", last.test_acc);
     assert!(state.history[1].train_loss < state.history[0].train_loss);
     // The best weights reload for evaluation with the preprocessing they record.
-    let (m, pre) = fit::load_for_eval(&dir.best(), &Device::default()).unwrap();
+    let (m, pre) = vgg::eval::load_for_eval(&dir.best(), &Device::default()).unwrap();
     let norm = match pre.normalize {
-        vgg::image::Normalize::Gray { mean, std } => fit::PixelNorm::gray(mean, std),
+        vgg::image::Normalize::Gray { mean, std } => vgg::data::batch::PixelNorm::gray(mean, std),
         other => panic!("{other:?}"),
     };
-    let ev = fit::evaluate(&m, &test, 32, norm, 100, &mut |_| {});
+    let ev = vgg::eval::evaluate(&m, &test, 32, norm, 100, &mut |_| {});
     assert!((ev.acc - state.best_acc).abs() < 1e-9, "{} vs {}", ev.acc, state.best_acc);
     // A test image saved as PNG and classified from the file gives the same logits as the
     // training pipeline's own batch: the recorded preprocessing (resize 28, pad to 32) matches.
     let png = dir.0.join("img0.png");
     image::GrayImage::from_raw(28, 28, test.image(0).to_vec()).unwrap().save(&png).unwrap();
     let from_file = values(m.forward(pre.load(&png).unwrap().to_tensor(&m.devices())));
-    let (x, _) = fit::make_batch(&test, &[0], 32, 0, norm, None);
+    let (x, _) = vgg::data::batch::make_batch(&test, &[0], 32, 0, norm, None);
     let x = burn::tensor::Tensor::<4>::from_data(burn::tensor::TensorData::new(x, [1, 1, 32, 32]), &m.devices());
     let from_batch: Vec<f64> = values(m.forward(x)).into_iter().map(f64::from).collect();
     assert!(rel_err(&from_file, &from_batch) < 1e-5, "file and batch paths disagree");
@@ -103,11 +103,11 @@ fn a_short_run_learns_far_above_chance_and_eval_reproduces_it() {
     for (img, orig) in mirrored.images.chunks_exact_mut(28).zip(test.images.chunks_exact(28)) {
         img.iter_mut().zip(orig.iter().rev()).for_each(|(a, b)| *a = *b);
     }
-    let tta = fit::evaluate_tta(&m, &test, 32, norm, 100, true, &mut |_| {});
-    let tta_mirrored = fit::evaluate_tta(&m, &mirrored, 32, norm, 100, true, &mut |_| {});
+    let tta = vgg::eval::evaluate_tta(&m, &test, 32, norm, 100, true, &mut |_| {});
+    let tta_mirrored = vgg::eval::evaluate_tta(&m, &mirrored, 32, norm, 100, true, &mut |_| {});
     assert_eq!(tta.confusion, tta_mirrored.confusion);
     assert!((tta.loss - tta_mirrored.loss).abs() < 1e-9);
-    let plain_mirrored = fit::evaluate(&m, &mirrored, 32, norm, 100, &mut |_| {});
+    let plain_mirrored = vgg::eval::evaluate(&m, &mirrored, 32, norm, 100, &mut |_| {});
     assert_ne!(plain_mirrored.confusion, ev.confusion);
     println!("test accuracy {:.1}%, with flip {:.1}%", ev.acc * 100.0, tta.acc * 100.0);
 }
@@ -211,7 +211,7 @@ fn weight_averaging_averages_the_late_epochs_and_resumes() {
     }
     // The final weights are the mean of epochs 2 and 3; the BatchNorm statistics come from one
     // pass over the 640 training images in batches of 64.
-    let (m3, _) = fit::load_for_eval(&straight.unaveraged(), &Device::default()).unwrap();
+    let (m3, _) = vgg::eval::load_for_eval(&straight.unaveraged(), &Device::default()).unwrap();
     let w3 = m3.state_dict();
     for (k, t) in wa.iter().filter(|(k, _)| is_param(k)) {
         let mean: Vec<f64> = w2[k].data.iter().zip(&w3[k].data).map(|(p, q)| (*p as f64 + *q as f64) / 2.0).collect();
@@ -222,7 +222,7 @@ fn weight_averaging_averages_the_late_epochs_and_resumes() {
     assert_eq!(wa["features.1.num_batches_tracked"].data, vec![10.0]);
     assert_ne!(wa["features.1.running_mean"].data, w3["features.1.running_mean"].data);
     // What evaluation reports for the final epoch is the averaged model.
-    assert_eq!(fit::evaluate(&a, &test, 32, sa.norm, 100, &mut |_| {}).acc, last.test_acc);
+    assert_eq!(vgg::eval::evaluate(&a, &test, 32, sa.norm, 100, &mut |_| {}).acc, last.test_acc);
 }
 
 /// Precise BatchNorm: the same training as without it, then the statistics recomputed over the
@@ -251,7 +251,7 @@ fn precise_batchnorm_recomputes_the_statistics_after_the_last_epoch() {
     }
     let (lp, lq) = (sp.history.last().unwrap(), sq.history.last().unwrap());
     assert_eq!(lq.last_weights_test_acc, Some(lp.test_acc));
-    assert_eq!(fit::evaluate(&precise, &test, 32, sq.norm, 100, &mut |_| {}).acc, lq.test_acc);
+    assert_eq!(vgg::eval::evaluate(&precise, &test, 32, sq.norm, 100, &mut |_| {}).acc, lq.test_acc);
     assert!(sq.history[0].last_weights_test_acc.is_none());
 }
 
@@ -399,11 +399,11 @@ fn the_built_in_fashion_mnist_model_beats_the_published_keras_vgg16_and_the_targ
     let loaded = common::builtin_model();
     let (_, test) = vgg::data::fashion_mnist(None).expect("dataset-fashion-mnist (installed by .ci/run)");
     let norm = match loaded.preprocess.normalize {
-        vgg::image::Normalize::Gray { mean, std } => fit::PixelNorm::gray(mean, std),
+        vgg::image::Normalize::Gray { mean, std } => vgg::data::batch::PixelNorm::gray(mean, std),
         other => panic!("{other:?}"),
     };
-    let ev = fit::evaluate(&loaded.model, &test, 32, norm, 500, &mut |_| {});
-    let tta = fit::evaluate_tta(&loaded.model, &test, 32, norm, 500, true, &mut |_| {});
+    let ev = vgg::eval::evaluate(&loaded.model, &test, 32, norm, 500, &mut |_| {});
+    let tta = vgg::eval::evaluate_tta(&loaded.model, &test, 32, norm, 500, true, &mut |_| {});
     println!("built-in model: top-1 {:.2}%, with flip {:.2}%", ev.acc * 100.0, tta.acc * 100.0);
     assert!(ev.acc >= 0.940, "single-view top-1 {} is below the 94.0% target", ev.acc);
     assert!(tta.acc >= ev.acc - 0.002, "the mirror adds information: {} vs {}", tta.acc, ev.acc);

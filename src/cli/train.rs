@@ -380,16 +380,16 @@ pub struct EvalArgs {
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     let (_, test) = a.data.load()?;
     let device = burn::tensor::Device::default();
-    let (model, pre) = fit::load_for_eval(&a.weights, &device)?;
+    let (model, pre) = vgg::eval::load_for_eval(&a.weights, &device)?;
     let norm = match pre.normalize {
-        vgg::image::Normalize::Gray { mean, std } => fit::PixelNorm::gray(mean, std),
-        vgg::image::Normalize::MeanStd { mean, std } => fit::PixelNorm { mean, std, pca: None },
+        vgg::image::Normalize::Gray { mean, std } => vgg::data::batch::PixelNorm::gray(mean, std),
+        vgg::image::Normalize::MeanStd { mean, std } => vgg::data::batch::PixelNorm { mean, std, pca: None },
         vgg::image::Normalize::Caffe => bail!("caffe-normalised weights cannot be evaluated on this dataset"),
     };
     let canvas = pre.crop.map(|c| c[0]).unwrap_or(test.shape[1]);
     let bar = ProgressBar::new(test.len() as u64);
     bar.set_style(ProgressStyle::with_template("[{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("template"));
-    let ev = fit::evaluate_tta(&model, &test, canvas, norm, a.batch, a.flip, &mut |n| bar.inc(n as u64));
+    let ev = vgg::eval::evaluate_tta(&model, &test, canvas, norm, a.batch, a.flip, &mut |n| bar.inc(n as u64));
     bar.finish_and_clear();
     if let Some(path) = &a.confusion_png {
         let title = format!("{}: top-1 {:.2}%", a.weights.display(), ev.acc * 100.0);

@@ -2,6 +2,7 @@
 //! augmentation the training loop needs.
 
 pub mod augment;
+pub mod batch;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
