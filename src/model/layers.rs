@@ -49,8 +49,8 @@ impl Conv {
 /// Whether a convolution of `x` runs in f64: f32 tensors on burn's CPU backend (flex).
 ///
 /// burn-flex sums each output's `9·C_in` products in one f32 chain, so its rounding error grows with
-/// the channel count: on the fixture model's layers 2x PyTorch's (oneDNN), 1.5-4.5e-7 against
-/// 1.5-2.1e-7 from exact inputs. Through a deep BatchNorm stack that was enough to flip a max-pool
+/// the channel count: on the fixture model's layers about 2x PyTorch's (oneDNN) from exact inputs,
+/// 3.3-4.5e-7 against 1.5-2.1e-7 (the 3-channel first layer: 1.0e-7 for both). Through a deep BatchNorm stack that was enough to flip a max-pool
 /// window whose two largest values differ by 3.5e-6, routing a gradient to the other pixel (first-layer
 /// gradient 1.4e-2 from the float64 reference on an AVX-512 Xeon, PyTorch f32 1.2e-3). In f64 the
 /// same layers land at 4e-8, and the forward and both gradients at or below PyTorch's f32 error on
