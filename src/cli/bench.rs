@@ -187,6 +187,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let macs = config.plan([size, size]).layers.iter().map(|l| l.macs).sum::<u64>() as f64;
     // A training step is about three passes: forward, input gradients and weight gradients.
     let flops = 2.0 * macs * a.batch as f64 * if a.train { 3.0 } else { 1.0 };
+    let kernel_path = vgg::engine::kernel_path()?.name();
     let mut out = serde_json::json!({
         "arch": config.arch_name(),
         "batch": a.batch,
@@ -195,8 +196,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "engine": a.engine,
         "weights": a.half.map_or("f32", |h| if h == super::HalfArg::Bf16 { "bf16" } else { "f16" }),
         "threads": rayon::current_num_threads(),
-        "cpu": vgg::kernels::isa::cpu_name(),
-        "isa": vgg::kernels::isa::active().name(),
+        "cpu": vgg::engine::cpu_name(),
+        "isa": kernel_path,
         "median_s": median,
         "p90_s": p90,
         "img_per_s": a.batch as f64 / median,
@@ -222,9 +223,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if a.train { "training step" } else { "inference" },
             a.batch,
             a.engine,
-            vgg::kernels::isa::active(),
+            kernel_path,
             rayon::current_num_threads(),
-            vgg::kernels::isa::cpu_name(),
+            vgg::engine::cpu_name(),
             median,
             p90,
             a.batch as f64 / median,

@@ -59,7 +59,7 @@ enum Command {
 /// Dispatches a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     // A forced kernel path the CPU lacks is refused before any verb runs (not a silent fallback).
-    vgg::kernels::isa::selected().map_err(|e| anyhow::anyhow!("{}: {e}", vgg::kernels::isa::ENV))?;
+    vgg::engine::kernel_path().map_err(|e| anyhow::anyhow!("VGG_ISA: {e}"))?;
     match cli.command {
         Command::Summary(a) => summary::run(a),
         Command::Classify(a) => classify::run(a),
@@ -107,10 +107,10 @@ pub enum HalfArg {
 }
 
 impl HalfArg {
-    fn kind(self) -> vgg::kernels::half::HalfKind {
+    fn kind(self) -> vgg::engine::HalfKind {
         match self {
-            HalfArg::Bf16 => vgg::kernels::half::HalfKind::Bf16,
-            HalfArg::F16 => vgg::kernels::half::HalfKind::F16,
+            HalfArg::Bf16 => vgg::engine::HalfKind::Bf16,
+            HalfArg::F16 => vgg::engine::HalfKind::F16,
         }
     }
 }

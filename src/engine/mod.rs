@@ -23,10 +23,14 @@ mod train;
 use std::sync::Arc;
 
 use crate::config::VggConfig;
-use crate::kernels::half::{HalfBuf, HalfKind};
+use crate::kernels::half::HalfBuf;
 use crate::kernels::pool;
 use crate::weights::{StateDict, TensorEntry};
 
+/// The 16-bit formats the engine can store weights in, and the kernel path (instruction set) it
+/// runs on: what callers above the engine choose or report, without reaching into the kernels.
+pub use crate::kernels::half::HalfKind;
+pub use crate::kernels::isa::{Isa, IsaError, cpu_name};
 pub use build::{Taken, TensorSource};
 pub use params::ParamBuf;
 pub use trace::Trace;
@@ -69,6 +73,12 @@ pub struct Engine {
     spare_acts: Vec<Vec<f32>>,
     /// The previous training step's gradient buffers, for the next step's input gradients.
     spare_grads: BufPool,
+}
+
+/// The kernel path this process runs on (chosen once: the CPU's best, or `VGG_ISA`); an error
+/// when `VGG_ISA` names a path this build or CPU does not have.
+pub fn kernel_path() -> Result<Isa, IsaError> {
+    crate::kernels::isa::selected()
 }
 
 impl Engine {
