@@ -1,9 +1,11 @@
-//! A VGG executed by the [`crate::kernels`]: the same plan as [`Vgg`], with hand-written forward and
-//! backward passes over NHWC activations, for training and batch inference on the CPU.
+//! A VGG executed by the [`crate::kernels`]: the same plan as [`Vgg`](crate::model::Vgg), with
+//! hand-written forward and backward passes over NHWC activations, for training and batch
+//! inference on the CPU.
 //!
-//! burn's autodiff path stays the reference: the engine is built from a [`Vgg`] (its weights and
-//! running statistics), trains its own copy, and hands the result back as a torchvision
-//! `state_dict` ([`Engine::state_dict`]). Tests hold both paths and the PyTorch fixtures together.
+//! burn's autodiff path stays the reference: the engine is built from a [`Vgg`](crate::model::Vgg)
+//! (its weights and running statistics), trains its own copy, and hands the result back as a
+//! torchvision `state_dict` ([`Engine::state_dict`]). Tests hold both paths and the PyTorch
+//! fixtures together.
 //!
 //! What it does not run (local response normalisation, the headless trunk) is refused by
 //! [`Engine::new`], and the callers fall back to burn.
