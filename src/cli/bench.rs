@@ -187,7 +187,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let macs = config.plan([size, size]).layers.iter().map(|l| l.macs).sum::<u64>() as f64;
     // A training step is about three passes: forward, input gradients and weight gradients.
     let flops = 2.0 * macs * a.batch as f64 * if a.train { 3.0 } else { 1.0 };
-    let kernel_path = vgg::engine::kernel_path()?.name();
+    let (kernel_path, cpu) = (vgg::engine::kernel_path()?.name(), vgg::engine::cpu_name());
     let mut out = serde_json::json!({
         "arch": config.arch_name(),
         "batch": a.batch,
@@ -196,7 +196,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "engine": a.engine,
         "weights": a.half.map_or("f32", |h| if h == super::HalfArg::Bf16 { "bf16" } else { "f16" }),
         "threads": rayon::current_num_threads(),
-        "cpu": vgg::engine::cpu_name(),
+        "cpu": cpu,
         "isa": kernel_path,
         "median_s": median,
         "p90_s": p90,
@@ -225,7 +225,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             a.engine,
             kernel_path,
             rayon::current_num_threads(),
-            vgg::engine::cpu_name(),
+            cpu,
             median,
             p90,
             a.batch as f64 / median,

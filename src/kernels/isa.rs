@@ -22,11 +22,16 @@ pub enum Isa {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IsaError {
     /// Not a path of this build.
-    #[error("unknown instruction set '{0}' (this build has: avx2, generic)")]
+    #[error("unknown instruction set '{0}' (this build has: {list})", list = names(Isa::ALL.into_iter()))]
     Unknown(String),
     /// A path this CPU cannot run.
-    #[error("this CPU lacks {0} (it has: {list})", list = Isa::supported().map(Isa::name).collect::<Vec<_>>().join(", "))]
+    #[error("this CPU lacks {0} (it has: {list})", list = names(Isa::supported()))]
     Unsupported(&'static str),
+}
+
+/// "avx2, generic": the paths' names for a message.
+fn names(paths: impl Iterator<Item = Isa>) -> String {
+    paths.map(Isa::name).collect::<Vec<_>>().join(", ")
 }
 
 impl Isa {

@@ -120,11 +120,16 @@ pub fn torch_f32_error(key: &str) -> f64 {
     measured["max"][key].as_f64().unwrap_or_else(|| panic!("no PyTorch float32 measurement for {key}"))
 }
 
-/// Asserts `err` (ours, relative to the float64 fixture) is within [`TORCH_F32_FACTOR`] times
-/// PyTorch's float32 error on `key`, printing both.
+/// The tolerance for fixture quantity `key`: [`TORCH_F32_FACTOR`] times PyTorch's float32 error.
+pub fn torch_f32_tolerance(key: &str) -> f64 {
+    TORCH_F32_FACTOR * torch_f32_error(key)
+}
+
+/// Asserts `err` (ours, relative to the float64 fixture) is within [`torch_f32_tolerance`] of
+/// `key`, printing ours, PyTorch's and the tolerance.
 pub fn assert_near_torch_f32(what: &str, key: &str, err: f64) {
     let torch = torch_f32_error(key);
-    let tolerance = TORCH_F32_FACTOR * torch;
+    let tolerance = torch_f32_tolerance(key);
     println!("{what}: relative error {err:.2e} (PyTorch f32 {torch:.2e}, tolerance {tolerance:.2e})");
     assert!(err < tolerance, "{what}: relative error {err:e} over {TORCH_F32_FACTOR}x PyTorch's float32 {torch:e}");
 }
