@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::softmax;
 
 use crate::image::{ImageError, ImageTensor, Preprocess};
 use crate::model::Vgg;
+use crate::net::Network;
 
 /// One class of a prediction.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -50,23 +50,34 @@ fn softmax_rows(v: &[f32], c: usize) -> Vec<f32> {
     v.chunks_exact(c.max(1)).flat_map(crate::kernels::dense::softmax).map(|p| p as f32).collect()
 }
 
+/// Why an image could not be classified.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    /// The file could not be read, decoded or preprocessed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The network cannot look at images the way asked (dense evaluation on burn's path).
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+}
+
 /// Classifies image files one at a time under a test protocol of the paper (dense or multi-crop,
-/// several scales, flips), on the fast engine.
+/// several scales, flips).
 #[allow(clippy::too_many_arguments)]
 pub fn classify_files_with(
-    engine: &crate::engine::Engine,
+    net: &dyn Network,
     pre: &Preprocess,
     views: &crate::protocol::Views,
     labels: &[String],
     paths: &[PathBuf],
     k: usize,
     on_done: &mut dyn FnMut(usize),
-) -> Vec<Result<Prediction, ImageError>> {
+) -> Vec<Result<Prediction, ClassifyError>> {
     paths
         .iter()
         .map(|path| {
             let img = crate::image::open(path)?;
-            let p = crate::protocol::posteriors(engine, &img, pre, views)?;
+            let p = crate::protocol::posteriors(net, &img, pre, views)?;
             let p: Vec<f32> = p.into_iter().map(|v| v as f32).collect();
             let top = top_k_rows(&p, p.len(), k).remove(0);
             on_done(1);
@@ -91,55 +102,19 @@ fn prediction(path: &Path, top: Vec<(usize, f32)>, labels: &[String]) -> Predict
 
 /// Classifies image files, `batch` at a time; images of the same preprocessed size share a forward
 /// pass, others run separately. Each result is in input order; a file that fails to load gives its
-/// own error without stopping the rest. Runs on the fast engine where it runs the model.
+/// own error without stopping the rest.
 pub fn classify_files(
-    model: &Vgg,
+    net: &dyn Network,
     pre: &Preprocess,
     labels: &[String],
     paths: &[PathBuf],
     k: usize,
     batch: usize,
     on_done: &mut dyn FnMut(usize),
-) -> Vec<Result<Prediction, ImageError>> {
-    match crate::engine::Engine::new(model) {
-        Ok(engine) => classify_files_on(&Net::Engine(&engine), pre, labels, paths, k, batch, on_done),
-        Err(_) => classify_files_on(&Net::Burn(model), pre, labels, paths, k, batch, on_done),
-    }
-}
-
-/// [`classify_files`] on an engine (which holds the only copy of the weights).
-pub fn classify_files_engine(
-    engine: &crate::engine::Engine,
-    pre: &Preprocess,
-    labels: &[String],
-    paths: &[PathBuf],
-    k: usize,
-    batch: usize,
-    on_done: &mut dyn FnMut(usize),
-) -> Vec<Result<Prediction, ImageError>> {
-    classify_files_on(&Net::Engine(engine), pre, labels, paths, k, batch, on_done)
-}
-
-enum Net<'a> {
-    Engine(&'a crate::engine::Engine),
-    Burn(&'a Vgg),
-}
-
-fn classify_files_on(
-    net: &Net,
-    pre: &Preprocess,
-    labels: &[String],
-    paths: &[PathBuf],
-    k: usize,
-    batch: usize,
-    on_done: &mut dyn FnMut(usize),
-) -> Vec<Result<Prediction, ImageError>> {
-    let config = match net {
-        Net::Engine(e) => e.config(),
-        Net::Burn(m) => m.config(),
-    };
+) -> Vec<Result<Prediction, ClassifyError>> {
+    let config = net.config();
     let classes = config.num_classes;
-    let mut out: Vec<Option<Result<Prediction, ImageError>>> = (0..paths.len()).map(|_| None).collect();
+    let mut out: Vec<Option<Result<Prediction, ClassifyError>>> = (0..paths.len()).map(|_| None).collect();
     let batch = batch.max(1);
     for chunk_start in (0..paths.len()).step_by(batch) {
         let idx: Vec<usize> = (chunk_start..(chunk_start + batch).min(paths.len())).collect();
@@ -153,7 +128,7 @@ fn classify_files_on(
                     .map(|_| t)
             }) {
                 Ok(t) => loaded.push((i, t)),
-                Err(e) => out[i] = Some(Err(e)),
+                Err(e) => out[i] = Some(Err(e.into())),
             }
         }
         // Group by shape so that each group is one forward pass.
@@ -161,19 +136,10 @@ fn classify_files_on(
             let shape = loaded[0].1.shape;
             let (group, rest): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, t)| t.shape == shape);
             loaded = rest;
-            let tensors: Vec<ImageTensor> = group.iter().map(|(_, t)| t.clone()).collect();
-            let tops = match net {
-                Net::Engine(engine) => {
-                    let [c, h, w] = shape;
-                    let data: Vec<f32> = tensors.iter().flat_map(|t| t.data.iter().copied()).collect();
-                    let logits = engine.forward(&data, [tensors.len(), c, h, w]);
-                    top_k_rows(&softmax_rows(&logits, classes), classes, k)
-                }
-                Net::Burn(model) => {
-                    let x = ImageTensor::batch(&tensors, &model.devices()).expect("group shares one shape");
-                    top_k(&softmax(model.forward(x), 1), k)
-                }
-            };
+            let [c, h, w] = shape;
+            let data: Vec<f32> = group.iter().flat_map(|(_, t)| t.data.iter().copied()).collect();
+            let logits = net.logits(&data, [group.len(), c, h, w]);
+            let tops = top_k_rows(&softmax_rows(&logits, classes), classes, k);
             for ((i, _), top) in group.iter().zip(tops) {
                 out[*i] = Some(Ok(prediction(&paths[*i], top, labels)));
             }
@@ -190,6 +156,6 @@ pub fn classify_file(
     labels: &[String],
     path: &Path,
     k: usize,
-) -> Result<Prediction, ImageError> {
-    classify_files(model, pre, labels, &[path.to_path_buf()], k, 1, &mut |_| {}).remove(0)
+) -> Result<Prediction, ClassifyError> {
+    classify_files(&*crate::net::for_model(model), pre, labels, &[path.to_path_buf()], k, 1, &mut |_| {}).remove(0)
 }

@@ -1,16 +1,15 @@
 //! Evaluation of a classifier on a dataset: loss, top-1/top-5 accuracy and the confusion matrix,
-//! optionally with the paper's test-time flip; on the fast engine where it runs the model. `vgg
+//! optionally with the paper's test-time flip, on any [`Network`]. `vgg
 //! eval` and the training loop's per-epoch evaluation both call it.
 
 use std::path::Path;
 
-use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 
 use crate::data::Dataset;
 use crate::data::batch::{PixelNorm, make_batch};
-use crate::engine::Engine;
 use crate::model::Vgg;
+use crate::net::Network;
 use crate::pretrained::LoadError;
 use crate::weights::Strict;
 use crate::weights::registry::Fetcher;
@@ -51,22 +50,21 @@ pub fn evaluate_tta(
     flip: bool,
     progress: &mut dyn FnMut(usize),
 ) -> Evaluation {
-    let classes = model.config().num_classes;
-    match Engine::new(model) {
-        Ok(engine) => {
-            evaluate_with(&|x, dims| engine.forward(&x, dims), classes, ds, canvas, norm, batch, flip, progress)
-        }
-        Err(_) => {
-            let model = model.valid();
-            evaluate_with(&|x, dims| burn_logits(&model, x, dims), classes, ds, canvas, norm, batch, flip, progress)
-        }
-    }
+    evaluate_net(&*crate::net::for_model(model), ds, canvas, norm, batch, flip, progress)
 }
 
-/// Logits of an NCHW batch through burn's forward (the reference path).
-pub(crate) fn burn_logits(model: &Vgg, x: Vec<f32>, dims: [usize; 4]) -> Vec<f32> {
-    let x = Tensor::<4>::from_data(TensorData::new(x, dims), &model.devices());
-    crate::model::to_f32(model.forward(x).into_data())
+/// [`evaluate_tta`] on any network.
+pub fn evaluate_net(
+    net: &dyn Network,
+    ds: &Dataset,
+    canvas: usize,
+    norm: PixelNorm,
+    batch: usize,
+    flip: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Evaluation {
+    let forward = |x: Vec<f32>, dims| net.logits(&x, dims);
+    evaluate_with(&forward, net.config().num_classes, ds, canvas, norm, batch, flip, progress)
 }
 
 /// Mirrors an NCHW batch left to right.

@@ -36,6 +36,7 @@ pub mod image;
 pub mod kernels;
 pub mod labels;
 pub mod model;
+pub mod net;
 pub mod npy;
 pub mod plot;
 pub mod pretrained;

@@ -4,9 +4,10 @@
 //! crops), each at one or several scales Q and optionally with the horizontally flipped image; the
 //! soft-max posteriors of all views are averaged.
 
-use crate::engine::Engine;
+use crate::classify::ClassifyError;
 use crate::image::{self, Preprocess, Rgb8};
 use crate::kernels::dense::softmax;
+use crate::net::Network;
 
 /// How an image is looked at.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,10 +57,11 @@ fn lattice(len: usize, crop: usize, grid: usize) -> Vec<usize> {
 }
 
 /// The class posteriors of `img`: the average of the soft-max of every view.
-pub fn posteriors(engine: &Engine, img: &Rgb8, pre: &Preprocess, views: &Views) -> Result<Vec<f64>, image::ImageError> {
+pub fn posteriors(net: &dyn Network, img: &Rgb8, pre: &Preprocess, views: &Views) -> Result<Vec<f64>, ClassifyError> {
     let min = crate::config::VggConfig::MIN_INPUT;
     let too_small = |what: &str, v: usize| {
-        Err(image::ImageError::Invalid(format!("{what} {v} is smaller than the {min} pixels five max-pools need")))
+        Err(image::ImageError::Invalid(format!("{what} {v} is smaller than the {min} pixels five max-pools need"))
+            .into())
     };
     match &views.protocol {
         Protocol::Dense { scales } | Protocol::MultiCrop { scales, .. } => {
@@ -91,12 +93,12 @@ pub fn posteriors(engine: &Engine, img: &Rgb8, pre: &Preprocess, views: &Views) 
                 if t.shape[1].min(t.shape[2]) < min {
                     return too_small("preprocessed side", t.shape[1].min(t.shape[2]));
                 }
-                add(softmax(&engine.forward(&t.data, t.dims())));
+                add(softmax(&net.logits(&t.data, t.dims())));
             }
             Protocol::Dense { scales } => {
                 for &q in scales {
                     let t = image::to_tensor(&image::resize_shorter(im, q, pre.filter), &pre.normalize);
-                    add(softmax(&engine.dense_forward(&t.data, t.dims())));
+                    add(softmax(&net.dense_logits(&t.data, t.dims())?));
                 }
             }
             Protocol::MultiCrop { scales, grid } => {
@@ -117,8 +119,8 @@ pub fn posteriors(engine: &Engine, img: &Rgb8, pre: &Preprocess, views: &Views) 
                         }
                     }
                     let n = ys.len() * xs.len();
-                    let logits = engine.forward(&batch, [n, c, ch, cw]);
-                    for row in logits.chunks_exact(engine.config().num_classes) {
+                    let logits = net.logits(&batch, [n, c, ch, cw]);
+                    for row in logits.chunks_exact(net.config().num_classes) {
                         add(softmax(row));
                     }
                 }

@@ -528,3 +528,34 @@ fn eval_defaults_to_the_built_in_model() {
     assert!(default["top1"].as_f64().unwrap() > 0.85, "{default}");
     assert_eq!(run(&["--weights", "fashion-mnist"])["top1"], default["top1"]);
 }
+
+#[test]
+fn classify_on_burns_path_says_why_and_refuses_what_needs_the_engine() {
+    // Local response normalisation has no kernel in the engine: burn runs the model, and says so.
+    let config = VggConfig::from_arch("vgg11_lrn")
+        .unwrap()
+        .with_width(0.125)
+        .with_head(vgg::Head::Imagenet { hidden: 32, pool: [7, 7] });
+    let mut m = Vgg::new(&config, &Device::default()).unwrap();
+    m.load_state_dict(&formula_state_dict(m.plan()), Strict::Yes).unwrap();
+    let path = tmp("lrn.safetensors");
+    let meta = Meta { config: Some(config), ..Default::default() };
+    weights::safetensors::write(&path, &m.state_dict(), &meta, Dtype::F32).unwrap();
+    let img = fixtures().join("images/chelsea.png");
+    let (img, path) = (img.to_str().unwrap(), path.to_str().unwrap());
+    let o = vgg(&["classify", img, "--weights", path, "--json", "--top", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("running on burn's path") && stderr(&o).contains("local response normalisation"));
+    let x = vgg::image::Preprocess::imagenet().load(img.as_ref()).unwrap().to_tensor(&m.devices());
+    let probs = values(burn::tensor::activation::softmax(m.forward(x), 1));
+    let line: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let best = argsort_desc(&probs.iter().map(|&p| p as f64).collect::<Vec<_>>())[0];
+    assert_eq!(line["top"][0]["index"].as_u64(), Some(best as u64));
+    // 16-bit storage and dense evaluation are the engine's: clear errors, exit code 1.
+    let o = vgg(&["classify", img, "--weights", path, "--half", "bf16"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("16-bit weight storage runs on the fast CPU engine"), "{}", stderr(&o));
+    let o = vgg(&["classify", img, "--weights", path, "--protocol", "dense", "--scales", "64"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("dense evaluation runs on the fast CPU engine"), "{}", stderr(&o));
+}

@@ -8,8 +8,8 @@ use std::ops::ControlFlow;
 use burn::tensor::Device;
 use common::*;
 use vgg::config::Head;
-use vgg::train::fit::{self, Event, FitConfig, RunDir, Schedule, SwaConfig, TrainError};
 use vgg::train::sgd::SgdConfig;
+use vgg::train::{self as fit, Event, FitConfig, RunDir, Schedule, SwaConfig, TrainError};
 use vgg::{Vgg, VggConfig};
 
 fn config() -> VggConfig {
@@ -297,7 +297,7 @@ fn freezing_the_trunk_trains_only_the_head() {
 
 #[test]
 fn step_multistep_and_plateau_schedules_follow_pytorch() {
-    use vgg::train::fit::{EpochMetrics, plateau_cuts};
+    use vgg::train::{EpochMetrics, plateau_cuts};
     // ReduceLROnPlateau(mode="max", patience=2): cut after the third epoch without improvement.
     assert_eq!(plateau_cuts(&[0.5, 0.6, 0.6, 0.6, 0.6], 2), 1);
     assert_eq!(plateau_cuts(&[0.5, 0.6, 0.6, 0.6], 2), 0);
@@ -320,11 +320,11 @@ fn step_multistep_and_plateau_schedules_follow_pytorch() {
     );
 }
 
-fn timed(seconds: &[f64]) -> Vec<vgg::train::fit::EpochMetrics> {
+fn timed(seconds: &[f64]) -> Vec<vgg::train::EpochMetrics> {
     seconds
         .iter()
         .enumerate()
-        .map(|(i, &s)| vgg::train::fit::EpochMetrics { epoch: i + 1, seconds: s, ..Default::default() })
+        .map(|(i, &s)| vgg::train::EpochMetrics { epoch: i + 1, seconds: s, ..Default::default() })
         .collect()
 }
 
@@ -407,4 +407,70 @@ fn the_built_in_fashion_mnist_model_beats_the_published_keras_vgg16_and_the_targ
     println!("built-in model: top-1 {:.2}%, with flip {:.2}%", ev.acc * 100.0, tta.acc * 100.0);
     assert!(ev.acc >= 0.940, "single-view top-1 {} is below the 94.0% target", ev.acc);
     assert!(tta.acc >= ev.acc - 0.002, "the mirror adds information: {} vs {}", tta.acc, ev.acc);
+}
+
+#[test]
+fn burns_reference_path_trains_the_same_run_as_the_engine() {
+    // The training loop holds a learner and does not know what runs it: the same run (no dropout,
+    // no augmentation, so that no draw differs) on burn's autodiff and on the engine ends with the
+    // same weights, and each says what it ran on.
+    let (train, test) = data(128, 64);
+    let device = Device::default().autodiff();
+    device.seed(3);
+    let init = Vgg::new(&config().with_dropout(0.0), &device).unwrap().state_dict();
+    let from = |sd: &vgg::weights::StateDict| {
+        let mut m = Vgg::new(&config().with_dropout(0.0), &device).unwrap();
+        m.load_state_dict(sd, vgg::weights::Strict::Yes).unwrap();
+        m
+    };
+    let cfg = FitConfig { augment: false, label_smoothing: 0.0, ..fit_config(1, 0.02) };
+    let mut weights = vec![];
+    for burn_reference in [false, true] {
+        let cfg = FitConfig { burn_reference, ..cfg.clone() };
+        let mut runs_on = None;
+        let (m, state) =
+            fit::fit(from(&init), &train, &test, &cfg, &tmpdir(&format!("ref{burn_reference}")), false, &mut |e| {
+                if let Event::RunsOn(r) = e {
+                    runs_on = Some(r);
+                }
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let runs_on = runs_on.expect("the loop says what runs it");
+        assert_eq!(matches!(runs_on, vgg::net::RunsOn::Burn { .. }), burn_reference, "{runs_on}");
+        assert_eq!(runs_on.fallback(), None, "nothing fell back");
+        assert_eq!(state.history.len(), 1);
+        weights.push(m.state_dict());
+    }
+    for (k, t) in &weights[0] {
+        // A convolution's bias before BatchNorm has a zero gradient (the normalisation removes
+        // it), so it starts at zero and moves by rounding noise alone on either path.
+        let before_bn = k.starts_with("features.")
+            && k.ends_with(".bias")
+            && t.shape.len() == 1
+            && weights[0].contains_key(&k.replace(".bias", ".weight"))
+            && weights[0][&k.replace(".bias", ".weight")].shape.len() == 4;
+        if k.ends_with("num_batches_tracked") || before_bn {
+            continue;
+        }
+        let want: Vec<f64> = weights[1][k].data.iter().map(|&v| v as f64).collect();
+        let err = rel_err(&t.data, &want);
+        assert!(err < 1e-4, "{k}: engine and burn differ by {err:e} after two SGD steps");
+    }
+    // What burn's path does not do is refused before any step, saying what and why.
+    let adamw = FitConfig {
+        burn_reference: true,
+        optimizer: Some(vgg::train::optim::OptimizerConfig::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }),
+        ..cfg
+    };
+    let err =
+        fit::fit(from(&init), &train, &test, &adamw, &tmpdir("ref-adamw"), false, &mut |_| ControlFlow::Continue(()))
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("AdamW runs on the fast CPU engine only"), "{err}");
 }

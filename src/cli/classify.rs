@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use vgg::classify::{classify_files, classify_files_engine, classify_files_with};
+use vgg::classify::{classify_files, classify_files_with};
 use vgg::config::Head;
-use vgg::engine::Engine;
-use vgg::model::Vgg;
+use vgg::net::BuildOptions;
 use vgg::protocol::{Protocol, Views};
 use vgg::weights::Strict;
 
@@ -82,28 +81,19 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
         other => bail!("unknown protocol '{other}' (expected center, dense or multicrop)"),
     };
     let pre = w.preprocess.clone();
+    let strict = if w.partial { Strict::No } else { Strict::Yes };
+    // The network takes the tensors over: one copy of the weights in memory.
+    let opts = BuildOptions { strict, half: a.half.map(|h| h.kind()), burn: false };
+    let net = vgg::net::build(&config, w.state_dict, opts).with_context(|| format!("loading {}", w.source))?;
+    if let Some(why) = net.runs_on().fallback() {
+        eprintln!("note: running on burn's path: {why}");
+    }
     let mut done = |n: usize| bar.inc(n as u64);
-    let results = if Engine::supports(&config).is_ok() && !w.partial {
-        // The engine takes the tensors over: one copy of the weights in memory.
-        let engine = Engine::load(&config, w.state_dict, Strict::Yes, a.half.map(|h| h.kind()))
-            .with_context(|| format!("loading {}", w.source))?;
-        if protocol == Protocol::Center && !a.flip {
-            classify_files_engine(&engine, &pre, &labels, &a.images, a.top, a.batch, &mut done)
-        } else {
-            let views = Views { protocol, flip: a.flip };
-            classify_files_with(&engine, &pre, &views, &labels, &a.images, a.top, &mut done)
-        }
+    let results = if protocol == Protocol::Center && !a.flip {
+        classify_files(&*net, &pre, &labels, &a.images, a.top, a.batch, &mut done)
     } else {
-        if a.half.is_some() {
-            bail!("--half runs on the fast engine, which does not run {}", config.arch_name());
-        }
-        if protocol != Protocol::Center || a.flip {
-            bail!("the test protocols and --flip run on the fast engine, which does not run {}", config.arch_name());
-        }
-        let mut model = Vgg::new(&config, &Default::default())?;
-        let strict = if w.partial { Strict::No } else { Strict::Yes };
-        model.load_state_dict(&w.state_dict, strict).with_context(|| format!("loading {}", w.source))?;
-        classify_files(&model, &pre, &labels, &a.images, a.top, a.batch, &mut done)
+        let views = Views { protocol, flip: a.flip };
+        classify_files_with(&*net, &pre, &views, &labels, &a.images, a.top, &mut done)
     };
     bar.finish_and_clear();
     let mut failed = 0;

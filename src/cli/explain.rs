@@ -7,6 +7,7 @@ use clap::Args;
 use vgg::engine::Engine;
 use vgg::explain::{Method, explain, overlay};
 use vgg::image::Rgb8;
+use vgg::weights::Strict;
 
 use super::ModelArgs;
 
@@ -51,10 +52,12 @@ pub struct ExplainArgs {
 }
 
 pub fn run(a: ExplainArgs) -> Result<()> {
-    let loaded = a.model.load(true)?;
-    let config = loaded.model.config().clone();
-    let engine = Engine::new(&loaded.model).context("explanations run on the fast engine")?;
-    drop(loaded.model);
+    let w = a.model.weights()?;
+    let config = w.config.clone();
+    // Gradients with respect to the input are the engine's: it takes the tensors over.
+    let engine = Engine::load(&config, w.state_dict, Strict::Yes, None)
+        .with_context(|| format!("explanations run on the fast CPU engine; loading {}", w.source))?;
+    let preprocess = w.preprocess;
     let labels = super::class_names(&config, a.labels.as_deref())?;
     let method = match a.method.as_str() {
         "gradcam" | "grad-cam" => Method::GradCam {
@@ -81,8 +84,8 @@ pub fn run(a: ExplainArgs) -> Result<()> {
     let mut failed = 0;
     for path in &a.images {
         let prepared = vgg::image::open(path).and_then(|img| {
-            let view = loaded.preprocess.geometry(&img)?;
-            let x = loaded.preprocess.apply(&img)?;
+            let view = preprocess.geometry(&img)?;
+            let x = preprocess.apply(&img)?;
             Ok((view, x))
         });
         match prepared {

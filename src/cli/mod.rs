@@ -201,7 +201,11 @@ fn load_model(arch: &ArchArgs, weights: Option<&str>, strict: bool) -> Result<Lo
 
 /// Reads the tensors of `--weights` without building a model (for the engine), with a download bar.
 fn read_weights(arch: &ArchArgs, weights: Option<&str>) -> Result<pretrained::Weights> {
-    let weights = weights_or_default(arch, weights)?;
+    read_weights_for(weights_or_default(arch, weights)?, arch.config()?)
+}
+
+/// Reads the tensors of `weights` (a spec as `--weights` takes it) for `config` when given.
+fn read_weights_for(weights: &str, config: Option<VggConfig>) -> Result<pretrained::Weights> {
     let bar = download_bar();
     let mut progress = |done: u64, total: Option<u64>| {
         if let Some(t) = total {
@@ -209,7 +213,7 @@ fn read_weights(arch: &ArchArgs, weights: Option<&str>) -> Result<pretrained::We
         }
         bar.set_position(done);
     };
-    let w = pretrained::weights(&WeightsSpec::parse(weights), arch.config()?, &Fetcher::from_env(), &mut progress)
+    let w = pretrained::weights(&WeightsSpec::parse(weights), config, &Fetcher::from_env(), &mut progress)
         .with_context(|| format!("loading weights {weights}"))?;
     bar.finish_and_clear();
     Ok(w)

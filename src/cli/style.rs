@@ -83,18 +83,19 @@ pub fn run(a: StyleArgs) -> Result<()> {
         None if matches!(a.weights.as_str(), "random" | "formula") => Some(VggConfig::from_arch("vgg19")?),
         None => None,
     };
-    let loaded = super::load_weights(&a.weights, config, false, &burn::tensor::Device::default())?;
-    let arch = loaded.model.config().arch_name();
-    let (mean, std) = match loaded.preprocess.normalize {
+    let w = super::read_weights_for(&a.weights, config)?;
+    let arch = w.config.arch_name();
+    let (mean, std) = match w.preprocess.normalize {
         Normalize::MeanStd { mean, std } => (mean.to_vec(), std.to_vec()),
         // A gray network (the built-in Fashion-MNIST model) paints gray pictures.
         Normalize::Gray { mean, std } => (vec![mean], vec![std]),
         other => bail!("style transfer needs weights normalised by mean and std, not {other:?}"),
     };
-    let mut trunk = loaded.model.config().clone();
+    let mut trunk = w.config.clone();
     trunk.head = Head::None;
-    let mut engine = Engine::from_state_dict_any_head(&trunk, loaded.model.state_dict())?;
-    drop(loaded);
+    // The engine takes the trunk's tensors over; a head's are ignored.
+    let mut engine = Engine::from_state_dict_any_head(&trunk, w.state_dict)
+        .with_context(|| format!("style transfer runs on the fast CPU engine; loading {}", w.source))?;
     if a.avg_pool {
         engine.use_average_pooling();
     }

@@ -7,9 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vgg::config::Head;
-use vgg::train::fit::{self, Event, FitConfig, RunDir, Schedule};
 use vgg::train::optim::OptimizerConfig;
 use vgg::train::sgd::SgdConfig;
+use vgg::train::{self as training, Event, FitConfig, RunDir, Schedule};
 use vgg::{Vgg, VggConfig};
 
 use super::ArchArgs;
@@ -273,7 +273,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             Some(start) if start >= a.epochs => {
                 bail!("--swa {start}: averaging must start before the last epoch (--epochs {})", a.epochs)
             }
-            Some(start) => Some(vgg::train::fit::SwaConfig {
+            Some(start) => Some(training::SwaConfig {
                 start,
                 lr: a.swa_lr.unwrap_or(a.lr / 5.0),
                 anneal_epochs: a.swa_anneal,
@@ -307,11 +307,17 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     }
     let batch = fit_config.batch_size as u64;
     let dir = RunDir(a.out.clone());
-    let (_, state) = fit::fit(model, &train, &test, &fit_config, &dir, a.resume, &mut |e| match e {
+    let (_, state) = training::fit(model, &train, &test, &fit_config, &dir, a.resume, &mut |e| match e {
         Event::EpochStart(epoch, planned, steps) => {
             bar.reset();
             bar.set_length(steps as u64);
             bar.set_prefix(format!("{epoch}/{planned}"));
+            ControlFlow::Continue(())
+        }
+        Event::RunsOn(runs_on) => {
+            if let Some(why) = runs_on.fallback() {
+                eprintln!("note: training on burn's path: {why}");
+            }
             ControlFlow::Continue(())
         }
         Event::Step(_, loss, acc, lr) => {
@@ -441,7 +447,7 @@ pub fn run_curves(a: CurvesArgs) -> Result<()> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut rows = vec![];
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let m: fit::EpochMetrics =
+        let m: training::EpochMetrics =
             serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
         rows.push((m.epoch, m.train_loss, m.train_acc, m.test_loss, m.test_acc));
     }

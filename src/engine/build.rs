@@ -108,8 +108,10 @@ impl Engine {
 
     /// Like [`Engine::from_state_dict`], but also for a trunk without a classifier
     /// ([`Head::None`]): for features, explanations and style transfer, whose callers read
-    /// activations by name instead of logits. Keys of a head the configuration lacks are ignored.
-    pub fn from_state_dict_any_head(config: &VggConfig, mut sd: StateDict) -> Result<Self, EngineError> {
+    /// activations by name instead of logits. Keys of a head the configuration lacks are ignored;
+    /// the paper's key names are accepted.
+    pub fn from_state_dict_any_head(config: &VggConfig, sd: StateDict) -> Result<Self, EngineError> {
+        let mut sd = crate::weights::keys::conform(sd, config, Strict::No)?;
         Self::build(config, &mut sd, None)
     }
 

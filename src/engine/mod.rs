@@ -8,7 +8,7 @@
 //! fixtures together.
 //!
 //! What it does not run (local response normalisation, the headless trunk) is refused by
-//! [`Engine::new`], and the callers fall back to burn.
+//! [`Engine::new`]; [`crate::net`] then runs the model on burn and says why.
 //!
 //! One job per file: `build` turns a configuration and weights into the op list, `params` holds
 //! the parameter buffers, `ops` runs and differentiates one op, `infer` the evaluation passes,

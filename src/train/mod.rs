@@ -2,12 +2,24 @@
 //! momentum buffers can be checkpointed (burn's own SGD also dampens momentum by 0.1 by default;
 //! PyTorch does not).
 
+pub mod checkpoint;
+pub mod config;
 pub mod fit;
+pub mod learner;
 pub mod optim;
+pub mod schedule;
 pub mod sgd;
+
+pub use checkpoint::{EpochMetrics, RunDir, TrainState, load_last};
+pub use config::{FitConfig, SwaConfig, frozen_keys};
+pub use fit::{Event, fit};
+pub use learner::{Learner, SWA_PREFIX, learner};
+pub use schedule::{Schedule, plateau_cuts};
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::weights::WeightsError;
 
 /// Mean cross-entropy of `logits` `[N, C]` against class indices, with optional label smoothing
 /// (`torch.nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)`). Returns `[1]`.
@@ -25,4 +37,27 @@ pub fn cross_entropy(logits: Tensor<2>, labels: &[usize], smoothing: f64) -> Ten
     // PyTorch: (1 - ε) · NLL + ε · mean over classes of −log p.
     let uniform = logp.neg().mean_dim(1).mean();
     nll.mul_scalar(1.0 - smoothing).add(uniform.mul_scalar(smoothing))
+}
+
+/// Why training stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The loss became NaN or infinite; the last checkpoint is the last good state.
+    #[error(
+        "the loss became {loss} at epoch {epoch}, step {step}: training stopped; the last good checkpoint is kept (try a lower --lr)"
+    )]
+    NonFinite {
+        /// The loss value.
+        loss: f32,
+        /// Epoch (1-based).
+        epoch: usize,
+        /// Step within the epoch.
+        step: usize,
+    },
+    /// Checkpoint or weights I/O failed.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// A checkpoint does not fit this run.
+    #[error("{0}")]
+    Checkpoint(String),
 }
