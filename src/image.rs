@@ -253,6 +253,19 @@ pub enum Normalize {
     },
 }
 
+/// `imagenet` (torchvision's mean and std), `caffe`, or `gray` (mean 0.5, std 0.5).
+impl std::str::FromStr for Normalize {
+    type Err = crate::parse::ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "imagenet" => Ok(Normalize::imagenet()),
+            "caffe" => Ok(Normalize::Caffe),
+            "gray" | "grey" => Ok(Normalize::Gray { mean: 0.5, std: 0.5 }),
+            _ => Err(crate::parse::ParseError::new("normalisation", s, "imagenet, caffe or gray")),
+        }
+    }
+}
+
 impl Normalize {
     /// ImageNet's mean and std, as torchvision's weights expect.
     pub fn imagenet() -> Self {

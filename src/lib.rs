@@ -38,6 +38,7 @@ pub mod labels;
 pub mod model;
 pub mod net;
 pub mod npy;
+pub mod parse;
 pub mod plot;
 pub mod pretrained;
 pub mod protocol;

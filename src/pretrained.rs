@@ -58,7 +58,9 @@ pub enum LoadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// Nothing says which architecture the weights are for.
-    #[error("{0}: the file does not record its architecture and its keys match no VGG configuration; pass --arch")]
+    #[error(
+        "{0}: the file does not record its architecture and its keys match no VGG configuration; name the architecture"
+    )]
     UnknownArch(String),
     /// `--arch` contradicts the named weights.
     #[error("{name} are weights for {fits}, not {asked}")]

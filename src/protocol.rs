@@ -28,6 +28,27 @@ pub enum Protocol {
     },
 }
 
+impl Protocol {
+    /// The protocol named `center`, `dense` or `multicrop`, at `scales` (shorter sides Q) with a
+    /// `grid` x `grid` lattice of crops for multicrop.
+    pub fn new(name: &str, scales: &[usize], grid: usize) -> Result<Self, crate::parse::ParseError> {
+        use crate::parse::ParseError;
+        let scales = || {
+            if scales.is_empty() || scales.contains(&0) {
+                let given = scales.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+                return Err(ParseError::new("list of scales", &given, "positive sizes such as 256,384,512"));
+            }
+            Ok(scales.to_vec())
+        };
+        match name {
+            "center" => Ok(Protocol::Center),
+            "dense" => Ok(Protocol::Dense { scales: scales()? }),
+            "multicrop" | "multi-crop" => Ok(Protocol::MultiCrop { scales: scales()?, grid: grid.max(1) }),
+            _ => Err(ParseError::new("protocol", name, "center, dense or multicrop")),
+        }
+    }
+}
+
 /// Views of one image under a protocol, with flips.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Views {

@@ -25,7 +25,7 @@ pub enum StyleError {
     #[error("{0} is not a convolutional map")]
     NotAMap(String),
     /// A loss became NaN or infinite.
-    #[error("the loss became {0} at step {1}; lower --lr or the style weight")]
+    #[error("the loss became {0} at step {1}; lower the learning rate or the style weight")]
     Diverged(f64, usize),
     /// Bad settings.
     #[error("{0}")]

@@ -211,6 +211,16 @@ fn bad_input_gives_messages_and_exit_codes_not_panics() {
     let o = vgg(&["train", "--time-budget", "soon", "--out", out]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("'soon' is not a duration"), "{}", stderr(&o));
+    for (args, needle) in [
+        (vec!["train", "--schedule", "step:x", "--out", out], "unknown schedule 'step:x'"),
+        (vec!["train", "--crop", "jitter:512,256", "--out", out], "unknown crop 'jitter:512,256'"),
+        (vec!["convert", "fashion-mnist", "x.safetensors", "--dtype", "f8"], "unknown dtype 'f8'"),
+        (vec!["classify", good.to_str().unwrap(), "--half", "f8"], "unknown 16-bit format 'f8'"),
+    ] {
+        let o = vgg(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
     // One bad image among good ones: the good ones are still classified, the run still fails.
     let o = vgg(&["classify", good.to_str().unwrap(), "missing.png", "--weights", w, "--json"]);
     assert_eq!(o.status.code(), Some(1));

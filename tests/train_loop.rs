@@ -262,7 +262,7 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_good_checkpoint() {
     let cfg = FitConfig { schedule: Schedule::Constant, ..fit_config(2, 1e12) };
     let err = fit::fit(model(5), &train, &test, &cfg, &dir, false, &mut |_| ControlFlow::Continue(())).unwrap_err();
     assert!(matches!(err, TrainError::NonFinite { epoch: 1, .. }), "{err}");
-    assert!(err.to_string().contains("lower --lr"));
+    assert!(err.to_string().contains("lower learning rate"));
     assert!(!dir.last().exists(), "no checkpoint claims a state that diverged");
 }
 

@@ -42,8 +42,8 @@ pub struct BenchArgs {
     #[arg(long)]
     layers: bool,
     /// Inference with the weights stored in 16 bits (f32 arithmetic): half the memory.
-    #[arg(long, value_enum)]
-    half: Option<super::HalfArg>,
+    #[arg(long)]
+    half: Option<vgg::engine::HalfKind>,
     /// One JSON object.
     #[arg(long)]
     json: bool,
@@ -88,7 +88,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let engine = || match a.half {
         // Drawn straight into 16 bits: the weights never exist in f32.
-        Some(h) => Engine::from_source(&config, &mut vgg::weights::init::TorchvisionInit::new(0), Some(h.kind())),
+        Some(h) => Engine::from_source(&config, &mut vgg::weights::init::TorchvisionInit::new(0), Some(h)),
         None => Engine::from_state_dict(&config, vgg::weights::init::torchvision(&config, 0)),
     };
     let model = || Vgg::new(&config, &model_device);
@@ -194,7 +194,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "size": size,
         "mode": if a.train { "train" } else { "infer" },
         "engine": a.engine,
-        "weights": a.half.map_or("f32", |h| if h == super::HalfArg::Bf16 { "bf16" } else { "f16" }),
+        "weights": a.half.map_or("f32", |h| h.name()),
         "threads": rayon::current_num_threads(),
         "cpu": cpu,
         "isa": kernel_path,

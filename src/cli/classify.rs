@@ -21,8 +21,8 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Keep the weights in 16 bits (half the memory; f32 arithmetic) on the fast engine.
-    #[arg(long, value_enum)]
-    half: Option<super::HalfArg>,
+    #[arg(long)]
+    half: Option<vgg::engine::HalfKind>,
     /// How many classes to show per image.
     #[arg(long, default_value_t = 5)]
     top: usize,
@@ -38,8 +38,8 @@ pub struct ClassifyArgs {
     #[arg(long, default_value = "center")]
     protocol: String,
     /// Shorter sides Q for dense and multicrop, e.g. 256,384,512.
-    #[arg(long, default_value = "256,384,512")]
-    scales: String,
+    #[arg(long, default_value = "256,384,512", value_delimiter = ',')]
+    scales: Vec<usize>,
     /// Crops per side for multicrop (the paper: 5).
     #[arg(long, default_value_t = 5)]
     grid: usize,
@@ -62,28 +62,11 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} images {per_sec} eta {eta}").expect("valid template"),
     );
-    let scales = || -> Result<Vec<usize>> {
-        let v: Vec<usize> = a
-            .scales
-            .split(',')
-            .map(|s| s.trim().parse::<usize>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| anyhow::anyhow!("--scales takes sizes such as 256,384,512"))?;
-        if v.is_empty() || v.contains(&0) {
-            bail!("--scales takes positive sizes such as 256,384,512");
-        }
-        Ok(v)
-    };
-    let protocol = match a.protocol.as_str() {
-        "center" => Protocol::Center,
-        "dense" => Protocol::Dense { scales: scales()? },
-        "multicrop" | "multi-crop" => Protocol::MultiCrop { scales: scales()?, grid: a.grid.max(1) },
-        other => bail!("unknown protocol '{other}' (expected center, dense or multicrop)"),
-    };
+    let protocol = Protocol::new(&a.protocol, &a.scales, a.grid)?;
     let pre = w.preprocess.clone();
     let strict = if w.partial { Strict::No } else { Strict::Yes };
     // The network takes the tensors over: one copy of the weights in memory.
-    let opts = BuildOptions { strict, half: a.half.map(|h| h.kind()), burn: false };
+    let opts = BuildOptions { strict, half: a.half, burn: false };
     let net = vgg::net::build(&config, w.state_dict, opts).with_context(|| format!("loading {}", w.source))?;
     if let Some(why) = net.runs_on().fallback() {
         eprintln!("note: running on burn's path: {why}");

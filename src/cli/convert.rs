@@ -8,7 +8,7 @@ use vgg::export::onnx::{OnnxOptions, to_onnx};
 use vgg::weights::keys::{KeyStyle, key_pairs, rename};
 use vgg::weights::{Dtype, StateDict, is_optimizer_key};
 
-use super::{ArchArgs, parse_size};
+use super::ArchArgs;
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
@@ -22,10 +22,10 @@ pub struct ConvertArgs {
     to: Option<String>,
     /// Storage of floating tensors: f32, f16 or bf16 (safetensors and pth; ONNX is written in f32).
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: Dtype,
     /// torchvision (features.0.weight) or paper (conv1_1.weight) keys (safetensors and pth).
     #[arg(long, default_value = "torchvision")]
-    keys: String,
+    keys: KeyStyle,
     /// ONNX: input size, N or HxW (default: the weights' crop, else 224).
     #[arg(long)]
     size: Option<String>,
@@ -37,21 +37,6 @@ pub struct ConvertArgs {
     /// One JSON object instead of the table.
     #[arg(long)]
     json: bool,
-}
-
-fn dtype_name(d: Dtype) -> &'static str {
-    match d {
-        Dtype::F32 => "f32",
-        Dtype::F64 => "f64",
-        Dtype::F16 => "f16",
-        Dtype::BF16 => "bf16",
-        Dtype::I64 => "i64",
-        Dtype::I32 => "i32",
-        Dtype::I16 => "i16",
-        Dtype::I8 => "i8",
-        Dtype::U8 => "u8",
-        Dtype::Bool => "bool",
-    }
 }
 
 pub fn run(a: ConvertArgs) -> Result<()> {
@@ -66,8 +51,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         (None, Some(e)) => e.to_lowercase(),
         (None, None) => bail!("give --to safetensors, pth, onnx or h5, or an OUTPUT with that extension"),
     };
-    let dtype = super::parse_dtype(&a.dtype)?;
-    let keys = super::parse_keys(&a.keys)?;
+    let (dtype, keys) = (a.dtype, a.keys);
     let w = super::read_weights(&a.arch, Some(&a.input))?;
     for n in &w.notes {
         eprintln!("note: {n}");
@@ -101,7 +85,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
                 bail!("ONNX files are written in f32 (--dtype {} is for safetensors and pth)", a.dtype);
             }
             let input = match &a.size {
-                Some(s) => parse_size(s)?,
+                Some(s) => vgg::parse::size(s)?,
                 None => w.preprocess.crop.unwrap_or([224, 224]),
             };
             let opts = OnnxOptions { input, fold_batchnorm: a.fold_bn };
@@ -131,13 +115,13 @@ pub fn run(a: ConvertArgs) -> Result<()> {
                 _ => out_key(k),
             };
             let out_dtype = if matches!(format.as_str(), "onnx" | "h5" | "hdf5") { Dtype::F32 } else { stored(t.dtype) };
-            serde_json::json!({"from": k, "to": to, "shape": t.shape, "from_dtype": dtype_name(t.dtype), "to_dtype": dtype_name(out_dtype)})
+            serde_json::json!({"from": k, "to": to, "shape": t.shape, "from_dtype": t.dtype.name(), "to_dtype": out_dtype.name()})
         })
         .collect();
     if a.json {
         let o = serde_json::json!({
             "input": a.input, "output": a.output.display().to_string(), "format": format,
-            "arch": config.arch_name(), "dtype": a.dtype, "bytes": size, "tensors": rows,
+            "arch": config.arch_name(), "dtype": a.dtype.name(), "bytes": size, "tensors": rows,
         });
         println!("{o}");
         return Ok(());

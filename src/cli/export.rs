@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use vgg::export::onnx::{OnnxOptions, to_onnx};
 
-use super::{ArchArgs, parse_size};
+use super::ArchArgs;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -31,10 +31,10 @@ pub struct ExportArgs {
     fold_bn: bool,
     /// safetensors: torchvision (features.0.weight) or paper (conv1_1.weight) keys.
     #[arg(long, default_value = "torchvision")]
-    keys: String,
+    keys: vgg::weights::KeyStyle,
     /// safetensors: f32, f16 or bf16 storage.
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: vgg::weights::Dtype,
     /// Print a JSON object describing what was written.
     #[arg(long)]
     json: bool,
@@ -56,7 +56,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     match format.as_str() {
         "onnx" => {
             let input = match &a.size {
-                Some(s) => parse_size(s)?,
+                Some(s) => vgg::parse::size(s)?,
                 None => loaded.preprocess.crop.unwrap_or([224, 224]),
             };
             let opts = OnnxOptions { input, fold_batchnorm: a.fold_bn };
@@ -83,13 +83,12 @@ pub fn run(a: ExportArgs) -> Result<()> {
             }
         }
         "safetensors" => {
-            let keys = super::parse_keys(&a.keys)?;
-            let dtype = super::parse_dtype(&a.dtype)?;
+            let (keys, dtype) = (a.keys, a.dtype);
             let n = vgg::export::write_safetensors(&a.out, &config, &sd, Some(&loaded.preprocess), keys, dtype)?;
             bytes_written = std::fs::metadata(&a.out).map(|m| m.len() as usize).unwrap_or(0);
             info["format"] = "safetensors".into();
             info["tensors"] = n.into();
-            info["dtype"] = a.dtype.clone().into();
+            info["dtype"] = a.dtype.name().into();
             if !a.json {
                 println!(
                     "{} ({source}) -> {}: {n} tensors, {} keys, {}",

@@ -60,7 +60,7 @@ enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     // A forced kernel path the CPU lacks is refused before any verb runs (not a silent fallback).
     vgg::engine::kernel_path().map_err(|e| anyhow::anyhow!("VGG_ISA: {e}"))?;
-    match cli.command {
+    let result = match cli.command {
         Command::Summary(a) => summary::run(a),
         Command::Classify(a) => classify::run(a),
         Command::Features(a) => features::run(a),
@@ -73,45 +73,26 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Weights(a) => weights::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Curves(a) => train::run_curves(a),
-    }
+    };
+    result.map_err(flag_hint)
 }
 
-/// `--dtype` of written weights: f32, f16 or bf16.
-fn parse_dtype(s: &str) -> Result<vgg::weights::Dtype> {
-    use vgg::weights::Dtype;
-    Ok(match s {
-        "f32" => Dtype::F32,
-        "f16" => Dtype::F16,
-        "bf16" => Dtype::BF16,
-        other => bail!("unknown dtype '{other}' (expected f32, f16 or bf16)"),
-    })
-}
-
-/// `--keys`: torchvision or paper.
-fn parse_keys(s: &str) -> Result<vgg::weights::KeyStyle> {
-    use vgg::weights::KeyStyle;
-    Ok(match s {
-        "torchvision" => KeyStyle::Torchvision,
-        "paper" => KeyStyle::Paper,
-        other => bail!("unknown key style '{other}' (expected torchvision or paper)"),
-    })
-}
-
-/// `--half`: 16-bit weight storage for inference (f32 arithmetic).
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HalfArg {
-    /// bfloat16 (f32's range, 8-bit mantissa).
-    Bf16,
-    /// IEEE half precision (11-bit mantissa, values up to 65504).
-    F16,
-}
-
-impl HalfArg {
-    fn kind(self) -> vgg::engine::HalfKind {
-        match self {
-            HalfArg::Bf16 => vgg::engine::HalfKind::Bf16,
-            HalfArg::F16 => vgg::engine::HalfKind::F16,
+/// The library's errors speak of values; where one is answered by an option, say which.
+fn flag_hint(e: anyhow::Error) -> anyhow::Error {
+    let hint = e.chain().find_map(|cause| {
+        if let Some(pretrained::LoadError::UnknownArch(_)) = cause.downcast_ref() {
+            Some("pass --arch")
+        } else if let Some(vgg::train::TrainError::NonFinite { .. }) = cause.downcast_ref() {
+            Some("--lr sets the learning rate")
+        } else if let Some(vgg::style::StyleError::Diverged(..)) = cause.downcast_ref() {
+            Some("--lr and --style-weight set them")
+        } else {
+            None
         }
+    });
+    match hint {
+        Some(hint) => anyhow::anyhow!("{e:#} ({hint})"),
+        None => e,
     }
 }
 
@@ -273,21 +254,6 @@ fn class_names(config: &VggConfig, file: Option<&std::path::Path>) -> Result<Vec
     })
 }
 
-/// Parses `224`, `224x224` or `200x300` (height x width).
-fn parse_size(s: &str) -> Result<[usize; 2]> {
-    let parts: Vec<&str> = s.split(['x', 'X']).collect();
-    let nums: Vec<usize> = parts
-        .iter()
-        .map(|p| p.trim().parse::<usize>())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("bad size '{s}': expected N or HxW"))?;
-    match nums.as_slice() {
-        [n] => Ok([*n, *n]),
-        [h, w] => Ok([*h, *w]),
-        _ => bail!("bad size '{s}': expected N or HxW"),
-    }
-}
-
 /// The model of `classify` and `features`: architecture, weights and preprocessing overrides.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -335,20 +301,14 @@ pub struct PreprocessArgs {
 impl PreprocessArgs {
     /// Applies the overrides.
     fn apply(&self, p: &mut vgg::image::Preprocess) -> Result<()> {
-        use vgg::image::Normalize;
         if let Some(r) = self.resize {
             p.resize = (r > 0).then_some(r);
         }
         if let Some(c) = &self.crop {
-            p.crop = if c == "0" { None } else { Some(parse_size(c)?) };
+            p.crop = if c == "0" { None } else { Some(vgg::parse::size(c)?) };
         }
         if let Some(n) = &self.normalize {
-            p.normalize = match n.as_str() {
-                "imagenet" => Normalize::imagenet(),
-                "caffe" => Normalize::Caffe,
-                "gray" | "grey" => Normalize::Gray { mean: 0.5, std: 0.5 },
-                other => bail!("unknown normalisation '{other}' (expected imagenet, caffe or gray)"),
-            };
+            p.normalize = n.parse()?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use clap::Args;
 use serde_json::json;
 use vgg::config::{LayerKind, VggConfig};
 
-use super::{ArchArgs, parse_size};
+use super::ArchArgs;
 
 #[derive(Args, Debug)]
 pub struct SummaryArgs {
@@ -37,7 +37,7 @@ fn group(n: u64) -> String {
 
 pub fn run(a: SummaryArgs) -> Result<()> {
     let Some(config) = a.arch.config()? else { bail!("--arch is required") };
-    let input = parse_size(&a.input)?;
+    let input = vgg::parse::size(&a.input)?;
     if input[0] < VggConfig::MIN_INPUT || input[1] < VggConfig::MIN_INPUT {
         bail!("input {}x{} is too small: five 2x2 max-pools need at least 32x32", input[0], input[1]);
     }

@@ -93,7 +93,7 @@ pub struct TrainArgs {
     /// by 10 at those epochs), or plateau:P (divide by 10 when test accuracy has not improved for P
     /// epochs, as the paper did).
     #[arg(long, default_value = "onecycle")]
-    schedule: String,
+    schedule: Schedule,
     /// Warm-up epochs (cosine).
     #[arg(long, default_value_t = 0.0)]
     warmup: f64,
@@ -125,7 +125,7 @@ pub struct TrainArgs {
     /// jittering: shorter side rescaled to S in [SMIN, SMAX], then a random crop of the canvas), or
     /// rrc:MIN_SCALE (torchvision's RandomResizedCrop, e.g. rrc:0.08).
     #[arg(long, default_value = "shift")]
-    crop: String,
+    crop: vgg::data::augment::CropAug,
     /// Side of the square the network sees (default: the images' side, at least 32; 28x28
     /// Fashion-MNIST is centred on 32x32). Smaller than the images with --crop jitter or rrc.
     #[arg(long)]
@@ -199,23 +199,6 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     };
     let config = config.with_in_channels(train.shape[0]).with_num_classes(train.classes.len());
     config.validate()?;
-    let schedule = match a.schedule.as_str() {
-        "onecycle" => Schedule::OneCycle,
-        "cosine" => Schedule::Cosine,
-        "constant" => Schedule::Constant,
-        s if s.starts_with("step:") => Schedule::Step { step: s[5..].parse().context("step:N needs a number")? },
-        s if s.starts_with("multistep:") => Schedule::MultiStep {
-            milestones: s[10..]
-                .split(',')
-                .map(|v| v.trim().parse())
-                .collect::<Result<_, _>>()
-                .context("multistep:E1,E2,... needs epoch numbers")?,
-        },
-        s if s.starts_with("plateau:") => {
-            Schedule::Plateau { patience: s[8..].parse().context("plateau:P needs a patience in epochs")? }
-        }
-        other => bail!("unknown schedule '{other}'"),
-    };
     let sgd = SgdConfig { momentum: a.momentum, weight_decay: a.weight_decay, nesterov: a.nesterov };
     let optimizer = match a.optimizer.as_str() {
         "sgd" => None,
@@ -227,33 +210,11 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         "burn" => true,
         other => bail!("unknown engine '{other}' (expected fast or burn)"),
     };
-    let crop = match a.crop.as_str() {
-        "shift" => vgg::data::augment::CropAug::Shift,
-        s if s.starts_with("jitter:") => {
-            let v: Vec<usize> = s[7..]
-                .split(',')
-                .map(|x| x.trim().parse())
-                .collect::<Result<_, _>>()
-                .context("jitter:SMIN,SMAX needs two sizes")?;
-            match v.as_slice() {
-                [lo, hi] if lo <= hi && *lo > 0 => vgg::data::augment::CropAug::ScaleJitter { smin: *lo, smax: *hi },
-                _ => bail!("jitter:SMIN,SMAX needs two sizes with SMIN <= SMAX"),
-            }
-        }
-        s if s.starts_with("rrc:") => {
-            let min_scale: f64 = s[4..].parse().context("rrc:MIN_SCALE needs a number")?;
-            if !(0.0..=1.0).contains(&min_scale) {
-                bail!("rrc:MIN_SCALE must be between 0 and 1");
-            }
-            vgg::data::augment::CropAug::ResizedCrop { min_scale }
-        }
-        other => bail!("unknown crop '{other}' (expected shift, jitter:SMIN,SMAX or rrc:MIN_SCALE)"),
-    };
     let fit_config = FitConfig {
         epochs: a.epochs,
         batch_size: a.batch.max(1),
         lr: a.lr,
-        schedule,
+        schedule: a.schedule.clone(),
         warmup_epochs: a.warmup,
         sgd,
         label_smoothing: a.label_smoothing,
@@ -265,7 +226,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         optimizer,
         clip_grad_norm: a.clip_grad,
         burn_reference,
-        crop,
+        crop: a.crop,
         lighting: a.lighting,
         erase: a.erase,
         swa: match a.swa {

@@ -31,6 +31,33 @@ pub enum CropAug {
     },
 }
 
+/// `shift`, `jitter:SMIN,SMAX` (the paper's scale jittering) or `rrc:MIN_SCALE`.
+impl std::str::FromStr for CropAug {
+    type Err = crate::parse::ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || {
+            crate::parse::ParseError::new(
+                "crop",
+                s,
+                "shift, jitter:SMIN,SMAX with 0 < SMIN <= SMAX, or rrc:MIN_SCALE in [0, 1]",
+            )
+        };
+        if s == "shift" {
+            return Ok(CropAug::Shift);
+        }
+        if let Some(sizes) = s.strip_prefix("jitter:") {
+            return match crate::parse::list::<usize>(sizes).as_deref() {
+                Some(&[smin, smax]) if 0 < smin && smin <= smax => Ok(CropAug::ScaleJitter { smin, smax }),
+                _ => Err(err()),
+            };
+        }
+        match s.strip_prefix("rrc:").map(str::parse::<f64>) {
+            Some(Ok(min_scale)) if (0.0..=1.0).contains(&min_scale) => Ok(CropAug::ResizedCrop { min_scale }),
+            _ => Err(err()),
+        }
+    }
+}
+
 /// A crop box in source pixels: top, left, height, width.
 pub type CropBox = [f64; 4];
 
@@ -294,5 +321,20 @@ mod tests {
         let mut flipped = vec![0f32; out.len()];
         sample_box(&img, [2, 5, 7], [0.0, 1.0, 5.0, 5.0], 5, true, &mut flipped);
         assert_eq!(flipped[0], out[4]);
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::CropAug;
+
+    #[test]
+    fn crops_read_from_their_written_forms() {
+        assert_eq!("shift".parse(), Ok(CropAug::Shift));
+        assert_eq!("jitter:256,512".parse(), Ok(CropAug::ScaleJitter { smin: 256, smax: 512 }));
+        assert_eq!("rrc:0.35".parse(), Ok(CropAug::ResizedCrop { min_scale: 0.35 }));
+        for bad in ["jitter:512,256", "jitter:0,4", "jitter:256", "rrc:1.5", "rrc:", "zoom"] {
+            assert!(bad.parse::<CropAug>().unwrap_err().to_string().contains(bad), "{bad}");
+        }
     }
 }

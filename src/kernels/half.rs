@@ -13,6 +13,27 @@ pub enum HalfKind {
     F16,
 }
 
+impl HalfKind {
+    /// `bf16` or `f16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HalfKind::Bf16 => "bf16",
+            HalfKind::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for HalfKind {
+    type Err = crate::parse::ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bf16" => Ok(HalfKind::Bf16),
+            "f16" => Ok(HalfKind::F16),
+            _ => Err(crate::parse::ParseError::new("16-bit format", s, "bf16 or f16")),
+        }
+    }
+}
+
 /// Values stored in 16 bits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HalfBuf {

@@ -103,7 +103,7 @@ pub fn frozen_keys(model: &Vgg, freeze: Option<&str>) -> Result<std::collections
         Some("features") | Some("trunk") => plan.trunk,
         Some(name) => {
             plan.find(name).ok_or_else(|| {
-                TrainError::Checkpoint(format!("--freeze: no layer '{name}' (layers: {})", plan.names()))
+                TrainError::Config(format!("no layer '{name}' to freeze up to (layers: {})", plan.names()))
             })? + 1
         }
     };

@@ -213,7 +213,7 @@ struct BurnLearner {
 
 impl BurnLearner {
     fn engine_only(&self, what: &str) -> TrainError {
-        TrainError::Checkpoint(format!("{what} runs on the fast CPU engine only"))
+        TrainError::Config(format!("{what} runs on the fast CPU engine only"))
     }
 }
 

@@ -44,7 +44,7 @@ pub fn cross_entropy(logits: Tensor<2>, labels: &[usize], smoothing: f64) -> Ten
 pub enum TrainError {
     /// The loss became NaN or infinite; the last checkpoint is the last good state.
     #[error(
-        "the loss became {loss} at epoch {epoch}, step {step}: training stopped; the last good checkpoint is kept (try a lower --lr)"
+        "the loss became {loss} at epoch {epoch}, step {step}: training stopped; the last good checkpoint is kept (try a lower learning rate)"
     )]
     NonFinite {
         /// The loss value.
@@ -60,4 +60,7 @@ pub enum TrainError {
     /// A checkpoint does not fit this run.
     #[error("{0}")]
     Checkpoint(String),
+    /// A setting does not fit the model or the path that trains it.
+    #[error("{0}")]
+    Config(String),
 }

@@ -31,6 +31,33 @@ pub enum Schedule {
     },
 }
 
+/// `onecycle`, `cosine`, `constant`, `step:N`, `multistep:E1,E2,...` or `plateau:P`.
+impl std::str::FromStr for Schedule {
+    type Err = crate::parse::ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || {
+            crate::parse::ParseError::new(
+                "schedule",
+                s,
+                "onecycle, cosine, constant, step:N, multistep:E1,E2,... or plateau:P",
+            )
+        };
+        match s {
+            "onecycle" => return Ok(Schedule::OneCycle),
+            "cosine" => return Ok(Schedule::Cosine),
+            "constant" => return Ok(Schedule::Constant),
+            _ => {}
+        }
+        let (kind, arg) = s.split_once(':').ok_or_else(err)?;
+        match kind {
+            "step" => arg.parse().map(|step| Schedule::Step { step }).map_err(|_| err()),
+            "multistep" => crate::parse::list(arg).map(|milestones| Schedule::MultiStep { milestones }).ok_or_else(err),
+            "plateau" => arg.parse().map(|patience| Schedule::Plateau { patience }).map_err(|_| err()),
+            _ => Err(err()),
+        }
+    }
+}
+
 /// How many times `ReduceLROnPlateau(mode="max", factor, patience, threshold=1e-4 relative)` has cut
 /// the rate after the accuracies of `history`.
 pub fn plateau_cuts(accuracies: &[f64], patience: usize) -> i32 {
@@ -95,4 +122,21 @@ impl Schedule {
 /// Half a cosine from `a` (at `p = 0`) to `b` (at `p = 1`).
 pub(crate) fn cosine(a: f64, b: f64, p: f64) -> f64 {
     b + (a - b) * (1.0 + (std::f64::consts::PI * p).cos()) / 2.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Schedule;
+
+    #[test]
+    fn schedules_read_from_their_written_forms() {
+        assert_eq!("onecycle".parse(), Ok(Schedule::OneCycle));
+        assert_eq!("step:30".parse(), Ok(Schedule::Step { step: 30 }));
+        assert_eq!("multistep:30, 60".parse(), Ok(Schedule::MultiStep { milestones: vec![30, 60] }));
+        assert_eq!("plateau:2".parse(), Ok(Schedule::Plateau { patience: 2 }));
+        for bad in ["cosin", "step:", "step:x", "multistep:1,x", "plateau", "warm:3"] {
+            let err = bad.parse::<Schedule>().unwrap_err().to_string();
+            assert!(err.starts_with(&format!("unknown schedule '{bad}'")) && err.contains("multistep:E1,E2"), "{err}");
+        }
+    }
 }

@@ -33,6 +33,26 @@ pub enum KeyStyle {
     Paper,
 }
 
+impl std::fmt::Display for KeyStyle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyStyle::Torchvision => "torchvision",
+            KeyStyle::Paper => "paper",
+        })
+    }
+}
+
+impl std::str::FromStr for KeyStyle {
+    type Err = crate::parse::ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "torchvision" => Ok(KeyStyle::Torchvision),
+            "paper" => Ok(KeyStyle::Paper),
+            _ => Err(crate::parse::ParseError::new("key style", s, "torchvision or paper")),
+        }
+    }
+}
+
 /// What a load did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct LoadReport {

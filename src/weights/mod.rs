@@ -46,6 +46,43 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// The short lower-case name (`f32`, `bf16`, `i64`, `bool`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F64 => "f64",
+            Dtype::F16 => "f16",
+            Dtype::BF16 => "bf16",
+            Dtype::I64 => "i64",
+            Dtype::I32 => "i32",
+            Dtype::I16 => "i16",
+            Dtype::I8 => "i8",
+            Dtype::U8 => "u8",
+            Dtype::Bool => "bool",
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The precisions weights are written in: `f32`, `f16` or `bf16`.
+impl std::str::FromStr for Dtype {
+    type Err = crate::parse::ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Dtype::F32),
+            "f16" => Ok(Dtype::F16),
+            "bf16" => Ok(Dtype::BF16),
+            _ => Err(crate::parse::ParseError::new("dtype", s, "f32, f16 or bf16")),
+        }
+    }
+}
+
+impl Dtype {
     /// Bytes per element on disk.
     pub fn size(self) -> usize {
         match self {
