@@ -90,7 +90,7 @@ fn main() {
         if on(&name) && winograd::suits(&sh) {
             let t = time(|| {
                 let cache = conv::FilterCache::default();
-                conv::forward_cached(&x, &wk, &cache, &b, &sh, &mut out);
+                conv::forward_cached(&x, &wk, &cache, &b, &sh, &mut out, conv::ConvAlgos::Fastest);
             });
             report(&name, t, flops, "GFLOP/s");
         }
@@ -154,7 +154,7 @@ fn main() {
         let name = format!("{label} input gradient");
         if on(&name) {
             let cache = conv::FilterCache::default();
-            let t = time(|| conv::backward_input_cached(&wk, &cache, &dz, &sh, &mut dx));
+            let t = time(|| conv::backward_input_cached(&wk, &cache, &dz, &sh, &mut dx, conv::ConvAlgos::Fastest));
             report(&name, t, flops, "GFLOP/s");
         }
     }

@@ -13,8 +13,6 @@ fn main() {
     let batch: usize = args.get(3).map_or(128, |s| s.parse().unwrap());
     let cin: usize = args.get(4).map_or(1, |s| s.parse().unwrap());
     let steps: u64 = args.get(5).map_or(6, |s| s.parse().unwrap());
-    // A sixth argument "im2col" turns Winograd off, for A/B runs.
-    vgg::kernels::set_winograd(args.get(6).map(String::as_str) != Some("im2col"));
     let config = VggConfig::from_arch(arch)
         .unwrap()
         .with_width(width)
@@ -24,6 +22,10 @@ fn main() {
     let device = burn::tensor::Device::default();
     let model = Vgg::new(&config, &device).unwrap();
     let mut engine = Engine::new(&model).unwrap();
+    // A sixth argument "im2col" turns Winograd and the implicit GEMM off, for A/B runs.
+    if args.get(6).map(String::as_str) == Some("im2col") {
+        engine.set_conv_algos(vgg::engine::ConvAlgos::Im2col);
+    }
     let x: Vec<f32> = (0..batch * cin * 32 * 32).map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5).collect();
     let labels: Vec<usize> = (0..batch).map(|i| i % 10).collect();
     let mut times = vec![];

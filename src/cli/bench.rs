@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::Args;
 use vgg::config::Head;
-use vgg::engine::Engine;
+use vgg::engine::{ConvAlgos, Engine};
 use vgg::train::optim::{OptimizerConfig, OptimizerState};
 use vgg::train::sgd::SgdConfig;
 use vgg::{Vgg, VggConfig};
@@ -69,13 +69,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.batch == 0 || a.iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
-    let fast = match a.engine.as_str() {
-        "fast" => true,
-        "im2col" => {
-            vgg::kernels::set_winograd(false);
-            true
-        }
-        "burn" => false,
+    let (fast, algos) = match a.engine.as_str() {
+        "fast" => (true, ConvAlgos::Fastest),
+        "im2col" => (true, ConvAlgos::Im2col),
+        "burn" => (false, ConvAlgos::Fastest),
         other => bail!("unknown engine '{other}' (expected fast, im2col or burn)"),
     };
     let dims = [a.batch, config.in_channels, size, size];
@@ -86,10 +83,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.half.is_some() && (a.train || !fast) {
         bail!("--half is for the fast engine's inference");
     }
-    let engine = || match a.half {
-        // Drawn straight into 16 bits: the weights never exist in f32.
-        Some(h) => Engine::from_source(&config, &mut vgg::weights::init::TorchvisionInit::new(0), Some(h)),
-        None => Engine::from_state_dict(&config, vgg::weights::init::torchvision(&config, 0)),
+    let engine = || -> Result<Engine> {
+        let mut engine = match a.half {
+            // Drawn straight into 16 bits: the weights never exist in f32.
+            Some(h) => Engine::from_source(&config, &mut vgg::weights::init::TorchvisionInit::new(0), Some(h))?,
+            None => Engine::from_state_dict(&config, vgg::weights::init::torchvision(&config, 0))?,
+        };
+        engine.set_conv_algos(algos);
+        Ok(engine)
     };
     let model = || Vgg::new(&config, &model_device);
     let mut rng = 0x2545f4914f6cdd1du64;

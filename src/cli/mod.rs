@@ -3,6 +3,8 @@
 mod bench;
 mod classify;
 mod convert;
+mod curves;
+mod eval;
 mod explain;
 mod export;
 mod features;
@@ -46,9 +48,9 @@ enum Command {
     /// Train a VGG (Fashion-MNIST, CIFAR-10/100), checkpointing every epoch.
     Train(train::TrainArgs),
     /// Top-1/top-5 accuracy, per-class accuracy and confusion matrix of weights on a test set.
-    Eval(train::EvalArgs),
+    Eval(eval::EvalArgs),
     /// Draw a training run's loss and accuracy curves (PNG) from its metrics.jsonl.
-    Curves(train::CurvesArgs),
+    Curves(curves::CurvesArgs),
     /// Latency and throughput of inference or of a training step (random weights).
     Bench(bench::BenchArgs),
     /// List, locate or fetch torchvision's published weights.
@@ -68,11 +70,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Style(a) => style::run(a),
         Command::Export(a) => export::run(a),
         Command::Convert(a) => convert::run(a),
-        Command::Train(a) => train::run_train(a),
-        Command::Eval(a) => train::run_eval(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Weights(a) => weights::run(a),
         Command::Bench(a) => bench::run(a),
-        Command::Curves(a) => train::run_curves(a),
+        Command::Curves(a) => curves::run(a),
     };
     result.map_err(flag_hint)
 }

@@ -1,4 +1,4 @@
-//! `vgg train` and `vgg eval`
+//! `vgg train`, and the dataset options it shares with `vgg eval`
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ impl DataArgs {
             .context("--data-dir is required for CIFAR (the folder of the binary version's .bin files)")
     }
 
-    fn load(&self) -> Result<(vgg::data::Dataset, vgg::data::Dataset)> {
+    pub(super) fn load(&self) -> Result<(vgg::data::Dataset, vgg::data::Dataset)> {
         let (train, test) = match self.dataset.as_str() {
             "fashion-mnist" | "fashion_mnist" | "fmnist" => vgg::data::fashion_mnist(self.data_dir.as_deref())?,
             "cifar10" | "cifar-10" => vgg::data::cifar::cifar10(self.dir()?)?,
@@ -190,7 +190,7 @@ fn parse_duration(s: &str) -> Result<f64, String> {
     }
 }
 
-pub fn run_train(a: TrainArgs) -> Result<()> {
+pub fn run(a: TrainArgs) -> Result<()> {
     let (train, test) = a.data.load()?;
     let config = match a.arch.config()? {
         Some(c) => c,
@@ -319,104 +319,5 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             dir.last().display()
         );
     }
-    Ok(())
-}
-
-#[derive(Args, Debug)]
-pub struct EvalArgs {
-    /// A .safetensors file written by `vgg train` (or any weights recording their preprocessing),
-    /// or fashion-mnist for the built-in model (the default, as for `vgg classify`).
-    #[arg(long, default_value = "fashion-mnist")]
-    weights: PathBuf,
-    #[command(flatten)]
-    data: DataArgs,
-    #[arg(long, default_value_t = 256)]
-    batch: usize,
-    /// Also classify each image's horizontal mirror and average the two probability vectors (the
-    /// paper's test-time flip).
-    #[arg(long)]
-    flip: bool,
-    /// Write the confusion matrix as a PNG heatmap.
-    #[arg(long)]
-    confusion_png: Option<PathBuf>,
-    /// One JSON object.
-    #[arg(long)]
-    json: bool,
-}
-
-pub fn run_eval(a: EvalArgs) -> Result<()> {
-    let (_, test) = a.data.load()?;
-    let device = burn::tensor::Device::default();
-    let (model, pre) = vgg::eval::load_for_eval(&a.weights, &device)?;
-    let norm = match pre.normalize {
-        vgg::image::Normalize::Gray { mean, std } => vgg::data::batch::PixelNorm::gray(mean, std),
-        vgg::image::Normalize::MeanStd { mean, std } => vgg::data::batch::PixelNorm { mean, std, pca: None },
-        vgg::image::Normalize::Caffe => bail!("caffe-normalised weights cannot be evaluated on this dataset"),
-    };
-    let canvas = pre.crop.map(|c| c[0]).unwrap_or(test.shape[1]);
-    let bar = ProgressBar::new(test.len() as u64);
-    bar.set_style(ProgressStyle::with_template("[{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("template"));
-    let ev = vgg::eval::evaluate_tta(&model, &test, canvas, norm, a.batch, a.flip, &mut |n| bar.inc(n as u64));
-    bar.finish_and_clear();
-    if let Some(path) = &a.confusion_png {
-        let title = format!("{}: top-1 {:.2}%", a.weights.display(), ev.acc * 100.0);
-        vgg::plot::confusion(&ev.confusion, &test.classes, &title)
-            .save(path)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    let per_class: Vec<f64> = ev
-        .confusion
-        .iter()
-        .enumerate()
-        .map(|(i, row)| row[i] as f64 / row.iter().sum::<usize>().max(1) as f64)
-        .collect();
-    if a.json {
-        let out = serde_json::json!({
-            "weights": a.weights.display().to_string(), "images": test.len(), "flip": a.flip,
-            "top1": ev.acc, "top5": ev.acc5, "loss": ev.loss,
-            "per_class": per_class, "confusion": ev.confusion, "classes": test.classes,
-        });
-        println!("{out}");
-        return Ok(());
-    }
-    let how = if a.flip { ", each averaged with its mirror image" } else { "" };
-    println!("{}: {} test images{how}", a.weights.display(), test.len());
-    println!("top-1 {:.2}%  top-5 {:.2}%  loss {:.4}", ev.acc * 100.0, ev.acc5 * 100.0, ev.loss);
-    println!("\n{:<14} {:>8}", "class", "accuracy");
-    for (name, acc) in test.classes.iter().zip(&per_class) {
-        println!("{name:<14} {:>7.2}%", acc * 100.0);
-    }
-    println!("\nconfusion matrix (rows: true class, columns: predicted)");
-    for row in &ev.confusion {
-        println!("{}", row.iter().map(|v| format!("{v:>5}")).collect::<String>());
-    }
-    Ok(())
-}
-
-#[derive(Args, Debug)]
-pub struct CurvesArgs {
-    /// A run directory written by `vgg train` (its metrics.jsonl).
-    run: PathBuf,
-    /// Where to write the PNG (default: RUN/curves.png).
-    #[arg(long)]
-    out: Option<PathBuf>,
-}
-
-/// Draws a run's loss and accuracy curves from its metrics.jsonl.
-pub fn run_curves(a: CurvesArgs) -> Result<()> {
-    let path = a.run.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut rows = vec![];
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let m: training::EpochMetrics =
-            serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
-        rows.push((m.epoch, m.train_loss, m.train_acc, m.test_loss, m.test_acc));
-    }
-    let best = rows.iter().map(|r| r.4).fold(0.0, f64::max);
-    let out = a.out.unwrap_or_else(|| a.run.join("curves.png"));
-    vgg::plot::training_curves(&rows, &format!("best test accuracy {:.2}%", best * 100.0))
-        .save(&out)
-        .with_context(|| format!("writing {}", out.display()))?;
-    println!("{}", out.display());
     Ok(())
 }

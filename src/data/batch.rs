@@ -27,6 +27,17 @@ impl PixelNorm {
         Self { mean: [mean; 3], std: [std; 3], pca: None }
     }
 
+    /// The normalisation of a preprocessing, as a dataset's images get it; `None` for Caffe's
+    /// (BGR, 0-255), which the datasets' images are never given.
+    pub fn from_normalize(n: &crate::image::Normalize) -> Option<Self> {
+        use crate::image::Normalize;
+        match *n {
+            Normalize::Gray { mean, std } => Some(Self::gray(mean, std)),
+            Normalize::MeanStd { mean, std } => Some(Self { mean, std, pca: None }),
+            Normalize::Caffe => None,
+        }
+    }
+
     /// Means and standard deviations of each channel over a whole dataset (and, for RGB, its
     /// principal components, from at most about 2000 images).
     pub fn of(ds: &Dataset) -> Self {

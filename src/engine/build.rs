@@ -8,6 +8,7 @@ use super::ops::{BufPool, Op, Running};
 use super::{Engine, EngineError, ParamBuf};
 use crate::config::{Head, LayerKind, VggConfig};
 use crate::kernels::conv;
+use crate::kernels::conv::ConvAlgos;
 use crate::kernels::half::{HalfBuf, HalfKind};
 use crate::model::Vgg;
 use crate::weights::{StateDict, Strict};
@@ -212,6 +213,7 @@ impl Engine {
             momentum: 0.1,
             spare_acts: vec![],
             spare_grads: BufPool::default(),
+            conv_algos: ConvAlgos::default(),
         })
     }
 }

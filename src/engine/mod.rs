@@ -31,6 +31,7 @@ use crate::weights::{StateDict, TensorEntry};
 
 /// The 16-bit formats the engine can store weights in, and the kernel path (instruction set) it
 /// runs on: what callers above the engine choose or report, without reaching into the kernels.
+pub use crate::kernels::conv::ConvAlgos;
 pub use crate::kernels::half::HalfKind;
 pub use crate::kernels::isa::{Isa, IsaError, cpu_name};
 pub use build::{Taken, TensorSource};
@@ -75,6 +76,8 @@ pub struct Engine {
     spare_acts: Vec<Vec<f32>>,
     /// The previous training step's gradient buffers, for the next step's input gradients.
     spare_grads: BufPool,
+    /// Which convolution algorithms may run.
+    conv_algos: ConvAlgos,
 }
 
 /// The kernel path this process runs on (chosen once: the CPU's best, or `VGG_ISA`); an error
@@ -148,6 +151,12 @@ impl Engine {
                 *cache = Arc::default();
             }
         }
+    }
+
+    /// Lets the convolutions take only `algos` from now on (all of them by default).
+    pub fn set_conv_algos(&mut self, algos: ConvAlgos) {
+        self.conv_algos = algos;
+        self.drop_caches();
     }
 
     /// The configuration.

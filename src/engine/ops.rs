@@ -162,9 +162,9 @@ impl Engine {
                     // Winograd's rounding error (~3e-6 relative, 30x direct f32's) is amplified by
                     // train-mode BatchNorm over small batches past the fixture tolerances; the input
                     // gradients and evaluation stay within them and take the Winograd path.
-                    conv::forward_exact(x, &wk, transformed, bias, &sh, &mut out);
+                    conv::forward_exact(x, &wk, transformed, bias, &sh, &mut out, self.conv_algos);
                 } else {
-                    conv::forward_cached(x, &wk, transformed, bias, &sh, &mut out);
+                    conv::forward_cached(x, &wk, transformed, bias, &sh, &mut out, self.conv_algos);
                 }
                 (out, Shape::Map([n, h, wd, co]), Saved::None)
             }
@@ -258,8 +258,8 @@ impl Engine {
                 let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
                 let mut dx = if need_dx { self.spare_grads.take(x.len()) } else { vec![] };
                 let wk = &self.params[w].value;
-                let (dw, db) =
-                    conv::backward_cached(x, wk, &cache.input_grad, &g, &sh, need_dx.then_some(dx.as_mut_slice()));
+                let dx_out = need_dx.then_some(dx.as_mut_slice());
+                let (dw, db) = conv::backward_cached(x, wk, &cache.input_grad, &g, &sh, dx_out, self.conv_algos);
                 self.params[w].grad = dw;
                 self.params[b].grad = db;
                 self.spare_grads.give(g);

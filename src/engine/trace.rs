@@ -156,7 +156,7 @@ impl Engine {
                 let mut dx = vec![0f32; x.len()];
                 let once = conv::FilterCache::default();
                 let transformed = if self.params[w].half.is_some() { &once } else { &cache.input_grad };
-                conv::backward_input_cached(&self.params[w].values(), transformed, &g, &sh, &mut dx);
+                conv::backward_input_cached(&self.params[w].values(), transformed, &g, &sh, &mut dx, self.conv_algos);
                 dx
             }
             (Op::BnRelu { .. }, _) => {

@@ -143,32 +143,68 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// Which algorithms the convolutions may take: the fastest that suits each layer (Winograd
+/// F(4x4, 3x3), the implicit GEMM, direct loops, one dense product for tiny maps), or im2col + GEMM
+/// wherever a layer is not one of the special shapes (the reference, for A/B measurements:
+/// `vgg bench --engine im2col`). Chosen per network ([`crate::engine::Engine::set_conv_algos`]),
+/// not per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvAlgos {
+    /// The fastest algorithm for each layer's shape.
+    #[default]
+    Fastest,
+    /// im2col + GEMM instead of Winograd and the implicit GEMM.
+    Im2col,
+}
+
+impl ConvAlgos {
+    fn fast(self) -> bool {
+        self == ConvAlgos::Fastest
+    }
+}
+
 /// `out = conv(x, w) + bias`; `x` is `[n, h, w, ci]`, `out` `[n, h, w, co]`. Goes through Winograd
 /// F(4x4, 3x3) where that pays (see [`winograd::suits`]), transforming the filter for this call.
 pub fn forward(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
-    forward_cached(x, wk, &FilterCache::default(), bias, sh, out)
+    forward_cached(x, wk, &FilterCache::default(), bias, sh, out, ConvAlgos::Fastest)
 }
 
 /// [`forward`] with the derived filters kept in `cache` (filled on first use): the caller replaces
 /// it when the weights change.
-pub fn forward_cached(x: &[f32], wk: &[f32], cache: &FilterCache, bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
-    if !small::suits(sh) && super::winograd_enabled() && winograd::suits(sh) {
+pub fn forward_cached(
+    x: &[f32],
+    wk: &[f32],
+    cache: &FilterCache,
+    bias: &[f32],
+    sh: &ConvShape,
+    out: &mut [f32],
+    algos: ConvAlgos,
+) {
+    if !small::suits(sh) && algos.fast() && winograd::suits(sh) {
         let u = cache.winograd.get_or_init(|| winograd::transform_filter(wk, sh.ci, sh.co));
         winograd::forward(x, u, bias, sh, out);
     } else {
-        forward_exact(x, wk, cache, bias, sh, out);
+        forward_exact(x, wk, cache, bias, sh, out, algos);
     }
 }
 
 /// [`forward`] without Winograd's rounding (training's forward, where train-mode BatchNorm amplifies
 /// it): one dense product for maps of at most 2x2, direct loops for the first layer's few input
 /// channels, the implicit GEMM for other 3x3 kernels, im2col + GEMM otherwise (1x1).
-pub fn forward_exact(x: &[f32], wk: &[f32], cache: &FilterCache, bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
+pub fn forward_exact(
+    x: &[f32],
+    wk: &[f32],
+    cache: &FilterCache,
+    bias: &[f32],
+    sh: &ConvShape,
+    out: &mut [f32],
+    algos: ConvAlgos,
+) {
     if small::suits(sh) {
         small::forward(x, wk, bias, sh, out);
     } else if direct::suits(sh) {
         direct::forward(x, wk, bias, sh, out);
-    } else if super::winograd_enabled() && implicit::suits(sh) {
+    } else if algos.fast() && implicit::suits(sh) {
         let p = cache.packed.get_or_init(|| implicit::pack_filter(wk, sh));
         implicit::forward(x, p, bias, sh, out);
     } else {
@@ -211,7 +247,7 @@ pub fn forward_im2col(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: 
 /// writes the input gradient into it (as a convolution of `dz` with the rotated kernel, so that
 /// every thread writes only its own rows).
 pub fn backward(x: &[f32], wk: &[f32], dz: &[f32], sh: &ConvShape, dx: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
-    backward_cached(x, wk, &FilterCache::default(), dz, sh, dx)
+    backward_cached(x, wk, &FilterCache::default(), dz, sh, dx, ConvAlgos::Fastest)
 }
 
 /// [`backward`] with the input-gradient convolution's transformed filter kept in `cache` (see
@@ -223,18 +259,19 @@ pub fn backward_cached(
     dz: &[f32],
     sh: &ConvShape,
     dx: Option<&mut [f32]>,
+    algos: ConvAlgos,
 ) -> (Vec<f32>, Vec<f32>) {
     let (dw, db) = if small::suits(sh) {
         (small::weight_grad(x, dz, sh), bias_grad(dz, sh.co))
     } else if direct::suits(sh) {
         (direct::weight_grad(x, dz, sh), bias_grad(dz, sh.co))
-    } else if super::winograd_enabled() && winograd::suits_weight_grad(sh) {
+    } else if algos.fast() && winograd::suits_weight_grad(sh) {
         (winograd::weight_grad(x, dz, sh), bias_grad(dz, sh.co))
     } else {
         weight_grad_im2col(x, dz, sh)
     };
     if let Some(dx) = dx {
-        backward_input_cached(wk, cache, dz, sh, dx);
+        backward_input_cached(wk, cache, dz, sh, dx, algos);
     }
     (dw, db)
 }
@@ -301,21 +338,28 @@ fn bias_grad(dz: &[f32], co: usize) -> Vec<f32> {
 
 /// The input gradient of [`forward`] alone: `dx = conv(dz, rotated kernel)`.
 pub fn backward_input(wk: &[f32], dz: &[f32], sh: &ConvShape, dx: &mut [f32]) {
-    backward_input_cached(wk, &FilterCache::default(), dz, sh, dx)
+    backward_input_cached(wk, &FilterCache::default(), dz, sh, dx, ConvAlgos::Fastest)
 }
 
 /// [`backward_input`] with the transformed rotated filter kept in `cache` (see [`forward_cached`]).
-pub fn backward_input_cached(wk: &[f32], cache: &FilterCache, dz: &[f32], sh: &ConvShape, dx: &mut [f32]) {
+pub fn backward_input_cached(
+    wk: &[f32],
+    cache: &FilterCache,
+    dz: &[f32],
+    sh: &ConvShape,
+    dx: &mut [f32],
+    algos: ConvAlgos,
+) {
     let back = ConvShape { ci: sh.co, co: sh.ci, ..*sh };
     let zero = vec![0.0; sh.ci];
     if small::suits(sh) {
         small::input_grad(wk, dz, sh, dx);
-    } else if super::winograd_enabled() && winograd::suits(&back) {
+    } else if algos.fast() && winograd::suits(&back) {
         let u = cache
             .winograd
             .get_or_init(|| winograd::transform_filter(&flipped(wk, sh.ci, sh.co, sh.k), back.ci, back.co));
         winograd::forward(dz, u, &zero, &back, dx);
-    } else if super::winograd_enabled() && implicit::suits(&back) {
+    } else if algos.fast() && implicit::suits(&back) {
         let p = cache.packed.get_or_init(|| implicit::pack_filter(&flipped(wk, sh.ci, sh.co, sh.k), &back));
         implicit::forward(dz, p, &zero, &back, dx);
     } else {

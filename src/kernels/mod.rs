@@ -29,28 +29,12 @@ pub mod shape;
 pub mod small;
 pub mod winograd;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use rayon::prelude::*;
-
-static WINOGRAD: AtomicBool = AtomicBool::new(true);
-
-/// Turns the Winograd path for 3x3 convolutions on or off for the whole process (on by default;
-/// off leaves every convolution to im2col + GEMM, for A/B measurements and `vgg bench
-/// --no-winograd`).
-pub fn set_winograd(on: bool) {
-    WINOGRAD.store(on, Ordering::Relaxed);
-}
 
 /// Whether the kernels take their AVX2 + FMA paths: the CPU has them and [`isa::active`] chose
 /// them (`VGG_ISA=generic` forces the portable loops).
 pub fn avx2_fma() -> bool {
     isa::active() >= isa::Isa::Avx2
-}
-
-/// Whether 3x3 convolutions may use Winograd F(4x4, 3x3) (see [`set_winograd`]).
-pub fn winograd_enabled() -> bool {
-    WINOGRAD.load(Ordering::Relaxed)
 }
 
 /// `c[m×n] (+)= a[m×k] · b[k×n]`, each matrix given by its row and column strides.
