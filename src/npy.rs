@@ -11,31 +11,13 @@ pub struct Array {
     pub data: Vec<f64>,
 }
 
-/// Why a `.npy` file could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum NpyError {
-    /// The file could not be read or written.
-    #[error("{path}: {err}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        err: std::io::Error,
-    },
-    /// Not a supported `.npy` file.
-    #[error("{path}: {what}")]
-    Format {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        what: String,
-    },
-}
+/// A file that could not be read, or is damaged or of another format.
+pub type NpyError = crate::file::FileError;
 
 /// Reads a `.npy` file of f32, f64, i64 or i32 values.
 pub fn read(path: &Path) -> Result<Array, NpyError> {
     let p = path.display().to_string();
-    let b = std::fs::read(path).map_err(|err| NpyError::Io { path: p.clone(), err })?;
+    let b = crate::file::read(path)?;
     parse(&b).map_err(|what| NpyError::Format { path: p, what })
 }
 

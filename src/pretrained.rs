@@ -169,7 +169,7 @@ pub fn weights(
         }
         WeightsSpec::File(path) => {
             let p = path.display().to_string();
-            let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: p.clone(), err })?;
+            let bytes = crate::file::read(path).map_err(WeightsError::from)?;
             from_bytes(&bytes, p, config)
         }
         WeightsSpec::FashionMnist => from_bytes(FASHION_MNIST, "the built-in Fashion-MNIST model".into(), config),
@@ -215,9 +215,9 @@ fn from_bytes(bytes: &[u8], p: String, config: Option<VggConfig>) -> Result<Weig
         let k = weights::keras::read(bytes, &p)?;
         notes = k.imported.notes;
         (k.imported.state_dict, k.config, k.imported.preprocess)
-    } else if p.to_lowercase().ends_with(".onnx") || weights::onnx::looks_like(bytes) {
+    } else if p.to_lowercase().ends_with(".onnx") || crate::onnx::looks_like(bytes) {
         // The architecture is recognised from the graph's tensors, as for a .pth file.
-        let imported = weights::onnx::read(bytes, &p)?;
+        let imported = crate::onnx::read(bytes, &p)?;
         notes = imported.notes;
         (imported.state_dict, None, imported.preprocess)
     } else {

@@ -15,7 +15,7 @@ mod common;
 
 use burn::tensor::Device;
 use common::*;
-use vgg::weights::{self, Dtype, Strict, WeightsError};
+use vgg::weights::{self, Dtype, FileError, Strict, WeightsError};
 use vgg::{Vgg, VggConfig};
 
 const FILES: [&str; 4] = ["small.pth", "small_legacy.pth", "small_training_ckpt.pth", "small.safetensors"];
@@ -117,7 +117,7 @@ fn truncated_files_give_errors_not_panics() {
             let path = dir.join(format!("cut-{cut}-{f}"));
             std::fs::write(&path, &bytes[..cut]).unwrap();
             match weights::load_file(&path) {
-                Err(WeightsError::Format { path: p, what }) => {
+                Err(WeightsError::File(FileError::Format { path: p, what })) => {
                     assert!(p.contains("cut-"), "the error names the file: {p}");
                     assert!(!what.is_empty());
                 }
@@ -126,10 +126,10 @@ fn truncated_files_give_errors_not_panics() {
         }
     }
     let missing = weights::load_file(&dir.join("does-not-exist.pth")).unwrap_err();
-    assert!(matches!(missing, WeightsError::Io { .. }), "{missing}");
+    assert!(matches!(missing, WeightsError::File(FileError::Io { .. })), "{missing}");
     let junk = dir.join("junk.pth");
     std::fs::write(&junk, b"this is not a weights file at all").unwrap();
-    assert!(matches!(weights::load_file(&junk), Err(WeightsError::Format { .. })));
+    assert!(matches!(weights::load_file(&junk), Err(WeightsError::File(FileError::Format { .. }))));
     std::fs::remove_dir_all(&dir).ok();
 }
 

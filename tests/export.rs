@@ -11,7 +11,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
 use tract_onnx::prelude::*;
 use vgg::config::Head;
-use vgg::export::onnx::{OnnxOptions, to_onnx};
+use vgg::onnx::{OnnxOptions, to_onnx};
 use vgg::weights::{Dtype, KeyStyle, Strict};
 use vgg::{Vgg, VggConfig};
 
@@ -183,7 +183,7 @@ fn the_export_command_writes_onnx_and_says_what() {
 // ---------------------------------------------------------------------------------------------
 // Import.
 
-use vgg::export::proto::Msg;
+use vgg::onnx::proto::Msg;
 use vgg::weights::StateDict;
 
 fn attr_ints(name: &str, v: &[i64]) -> Msg {
@@ -323,7 +323,7 @@ fn keras_style_onnx_imports_with_the_flatten_order_undone() {
         .with_num_classes(5);
     let sd = formula_state_dict(&config.plan([64, 64]));
     let bytes = keras_style_onnx(&config, &sd, [64, 64], None);
-    let imported = vgg::weights::onnx::read(&bytes, "keras.onnx").unwrap();
+    let imported = vgg::onnx::read(&bytes, "keras.onnx").unwrap();
     assert!(imported.notes.iter().any(|n| n.contains("(h, w, c)")), "{:?}", imported.notes);
     assert_eq!(imported.preprocess.as_ref().map(|p| p.normalize), Some(vgg::image::Normalize::Caffe));
     let inferred = vgg::weights::infer::infer_config(&imported.state_dict).unwrap();
@@ -362,7 +362,7 @@ fn keras_dense_heads_with_batchnorm_import_folded() {
     let mut outputs = Vec::new();
     for after_relu in [false, true] {
         let bytes = keras_style_onnx(&config, &sd, [64, 64], Some(after_relu));
-        let imported = vgg::weights::onnx::read(&bytes, "keras-bn.onnx").unwrap();
+        let imported = vgg::onnx::read(&bytes, "keras-bn.onnx").unwrap();
         assert!(imported.notes.iter().any(|n| n.contains("folded")), "{:?}", imported.notes);
         let inferred = vgg::weights::infer::infer_config(&imported.state_dict).unwrap();
         assert_eq!(inferred.head, config.head);
@@ -395,7 +395,7 @@ fn exported_onnx_imports_back() {
     for fold in [false, true] {
         let opts = OnnxOptions { input: [32, 32], fold_batchnorm: fold };
         let (bytes, _) = to_onnx(&config, &m.state_dict(), None, &opts).unwrap();
-        let imported = vgg::weights::onnx::read(&bytes, "own.onnx").unwrap();
+        let imported = vgg::onnx::read(&bytes, "own.onnx").unwrap();
         let inferred = vgg::weights::infer::infer_config(&imported.state_dict).unwrap();
         assert_eq!(inferred.batch_norm, !fold, "folded BatchNorm leaves a plain VGG");
         if !fold {
@@ -413,6 +413,6 @@ fn exported_onnx_imports_back() {
     let mut bytes = bytes;
     let at = bytes.windows(4).position(|w| w == b"Relu").expect("a Relu node");
     bytes[at..at + 4].copy_from_slice(b"Tanh");
-    let e = vgg::weights::onnx::read(&bytes, "tanh.onnx").unwrap_err().to_string();
+    let e = vgg::onnx::read(&bytes, "tanh.onnx").unwrap_err().to_string();
     assert!(e.contains("Tanh"), "{e}");
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use vgg::export::onnx::{OnnxOptions, to_onnx};
+use vgg::onnx::{OnnxOptions, to_onnx};
 use vgg::weights::keys::{KeyStyle, key_pairs, rename};
 use vgg::weights::{Dtype, StateDict, is_optimizer_key};
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use vgg::export::onnx::{OnnxOptions, to_onnx};
+use vgg::onnx::{OnnxOptions, to_onnx};
 
 use super::ArchArgs;
 
@@ -65,7 +65,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
             bytes_written = bytes.len();
             let dims: Vec<String> = summary.input.iter().map(|d| d.map_or("?".into(), |v| v.to_string())).collect();
             info["format"] = "onnx".into();
-            info["opset"] = vgg::export::onnx::OPSET.into();
+            info["opset"] = vgg::onnx::OPSET.into();
             info["input"] = serde_json::json!(summary.input);
             info["output"] = summary.output.clone().into();
             info["nodes"] = summary.nodes.into();
@@ -74,7 +74,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
                     "{} ({source}) -> {}: ONNX opset {}, {} nodes, input [{}], output {}{}",
                     config.arch_name(),
                     a.out.display(),
-                    vgg::export::onnx::OPSET,
+                    vgg::onnx::OPSET,
                     summary.nodes,
                     dims.join(", "),
                     summary.output,

@@ -38,7 +38,7 @@ fn read(dir: &Path, files: &[&str], label_bytes: usize, classes: Vec<String>) ->
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     for f in files {
         let p = dir.join(f);
-        let bytes = std::fs::read(&p).map_err(|err| DataError::Io { path: p.display().to_string(), err })?;
+        let bytes = crate::file::read(&p)?;
         parse(&bytes, label_bytes, &p.display().to_string(), &mut images, &mut labels)?;
     }
     if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes.len()) {

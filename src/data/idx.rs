@@ -8,7 +8,7 @@ use super::DataError;
 
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     let p = path.display().to_string();
-    let raw = std::fs::read(path).map_err(|err| DataError::Io { path: p.clone(), err })?;
+    let raw = crate::file::read(path)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])

@@ -9,26 +9,8 @@ pub mod idx;
 
 use std::path::{Path, PathBuf};
 
-/// Why a dataset could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    /// A file could not be read.
-    #[error("{path}: {err}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        err: std::io::Error,
-    },
-    /// A file is damaged or not of the expected format.
-    #[error("{path}: {what}")]
-    Format {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        what: String,
-    },
-}
+/// A file that could not be read, or is damaged or of another format.
+pub type DataError = crate::file::FileError;
 
 /// Images `[n, c, h, w]` as bytes with their labels.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,9 +1,6 @@
-//! Files for other runtimes: ONNX ([`onnx`]) and safetensors with torchvision's or the paper's
-//! keys, each recording the architecture and preprocessing so that later commands need no
-//! `--arch`.
-
-pub mod onnx;
-pub mod proto;
+//! Weights for other tools: safetensors with torchvision's or the paper's keys, recording the
+//! architecture and preprocessing so that later commands need no `--arch`. ONNX graphs are
+//! written (and read) by [`crate::onnx`].
 
 use std::path::Path;
 
@@ -11,27 +8,6 @@ use crate::config::VggConfig;
 use crate::image::Preprocess;
 use crate::weights::safetensors::{self, Meta};
 use crate::weights::{Dtype, KeyStyle, StateDict, WeightsError, is_optimizer_key};
-
-/// Why an export failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    /// The weights lack a tensor the configuration needs.
-    #[error("the weights have no {0}")]
-    MissingKey(String),
-    /// A tensor of the wrong shape.
-    #[error("{key}: the weights hold {got:?}, the configuration needs {expected:?}")]
-    Shape {
-        /// The key.
-        key: String,
-        /// What the configuration needs.
-        expected: Vec<usize>,
-        /// What the weights hold.
-        got: Vec<usize>,
-    },
-    /// Writing failed.
-    #[error(transparent)]
-    Weights(#[from] WeightsError),
-}
 
 /// Writes the model's tensors (optimizer state dropped) as safetensors with torchvision's keys or
 /// the paper's (`conv1_1.weight`, `bn1_1.running_mean`, `fc6.weight`), floats stored as `dtype`
@@ -43,7 +19,7 @@ pub fn write_safetensors(
     preprocess: Option<&Preprocess>,
     keys: KeyStyle,
     dtype: Dtype,
-) -> Result<usize, ExportError> {
+) -> Result<usize, WeightsError> {
     let model: StateDict =
         sd.iter().filter(|(k, _)| !is_optimizer_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let plan = config.plan([224, 224]);

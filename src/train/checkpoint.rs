@@ -8,7 +8,7 @@ use super::config::FitConfig;
 use crate::data::batch::PixelNorm;
 use crate::model::Vgg;
 use crate::weights::safetensors::{self as st, Meta};
-use crate::weights::{self, Dtype, StateDict, Strict, WeightsError};
+use crate::weights::{self, Dtype, StateDict, Strict};
 
 /// What one epoch did.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -108,7 +108,7 @@ pub(crate) fn save_last(
 /// PyTorch's) and the run state.
 pub fn load_last(path: &Path, model: &mut Vgg) -> Result<(StateDict, TrainState), TrainError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: p.clone(), err })?;
+    let bytes = crate::file::read(path).map_err(crate::weights::WeightsError::from)?;
     let (sd, _) = st::read(&bytes, &p)?;
     let (optimizer, weights): (StateDict, StateDict) = sd.into_iter().partition(|(k, _)| weights::is_optimizer_key(k));
     model.load_state_dict(&weights, Strict::Yes)?;

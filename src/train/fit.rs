@@ -15,6 +15,7 @@ use super::learner::{Learner, learner};
 use crate::data::Dataset;
 use crate::data::batch::{Augment, PixelNorm, epoch_order, make_batch, make_batch_with};
 use crate::eval::{Evaluation, evaluate_net};
+use crate::file::FileError;
 use crate::model::Vgg;
 use crate::net::RunsOn;
 use crate::weights::safetensors::{self as st, Meta};
@@ -56,7 +57,8 @@ pub fn fit(
     resume: bool,
     events: &mut dyn FnMut(Event) -> ControlFlow<()>,
 ) -> Result<(Vgg, TrainState), TrainError> {
-    std::fs::create_dir_all(&dir.0).map_err(|err| WeightsError::Io { path: dir.0.display().to_string(), err })?;
+    std::fs::create_dir_all(&dir.0)
+        .map_err(|err| WeightsError::File(FileError::Io { path: dir.0.display().to_string(), err }))?;
     let (opt_sd, mut state) = if resume && dir.last().exists() {
         let (opt_sd, state) = load_last(&dir.last(), &mut model)?;
         if &state.fit != fit {

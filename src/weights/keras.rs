@@ -13,10 +13,11 @@ use std::collections::HashMap;
 
 use hdf5_pure::{AttrValue, File, FileBuilder};
 
-use super::onnx::{Dense, Imported, bn_affine, fold_head_affine, place_head};
+use super::import::{Dense, Imported, bn_affine, fold_head_affine, place_head};
 use super::safetensors::{CONFIG_KEY, PREPROCESS_KEY};
 use super::{Dtype, StateDict, TensorEntry, WeightsError};
 use crate::config::{Depth, Head, LayerKind, VggConfig};
+use crate::file::FileError;
 use crate::image::{Normalize, Preprocess};
 
 /// Keras' default BatchNormalization epsilon (PyTorch's and this project's is 1e-5).
@@ -92,7 +93,7 @@ enum Item {
 
 /// Reads a Keras `.h5` weights or model file.
 pub fn read(bytes: &[u8], path: &str) -> Result<KerasImport, WeightsError> {
-    let bad = |what: String| WeightsError::Format { path: path.to_string(), what };
+    let bad = |what: String| WeightsError::File(FileError::Format { path: path.to_string(), what });
     let file = File::from_bytes(bytes.to_vec()).map_err(|e| bad(format!("not a readable HDF5 file: {e}")))?;
     let root = file.root();
     let root_attrs = root.attrs().map_err(|e| bad(format!("damaged HDF5 root group: {e}")))?;
@@ -393,7 +394,9 @@ fn keras_name(paper: &str) -> Option<String> {
 /// (`block1_conv1/block1_conv1/kernel:0`).
 pub fn write(sd: &StateDict, config: &VggConfig, preprocess: &Preprocess) -> Result<(Vec<u8>, KeyMap), WeightsError> {
     let get = |key: &str| -> Result<&TensorEntry, WeightsError> {
-        sd.get(key).ok_or_else(|| WeightsError::Format { path: "keras".into(), what: format!("missing key '{key}'") })
+        sd.get(key).ok_or_else(|| {
+            WeightsError::File(FileError::Format { path: "keras".into(), what: format!("missing key '{key}'") })
+        })
     };
     let plan = config.plan([224, 224]);
     let mut b = FileBuilder::new();
@@ -473,7 +476,7 @@ pub fn write(sd: &StateDict, config: &VggConfig, preprocess: &Preprocess) -> Res
     b.set_attr("backend", AttrValue::AsciiString("tensorflow".into()));
     b.set_attr("keras_version", AttrValue::AsciiString("2.13.1".into()));
     let json = |v: serde_json::Result<String>| {
-        v.map_err(|e| WeightsError::Format { path: "keras".into(), what: e.to_string() })
+        v.map_err(|e| WeightsError::File(FileError::Format { path: "keras".into(), what: e.to_string() }))
     };
     b.set_attr(CONFIG_KEY, AttrValue::String(json(serde_json::to_string(config))?));
     b.set_attr(PREPROCESS_KEY, AttrValue::String(json(serde_json::to_string(preprocess))?));
@@ -494,7 +497,8 @@ pub fn write(sd: &StateDict, config: &VggConfig, preprocess: &Preprocess) -> Res
         }
         b.add_group(g.finish());
     }
-    let bytes =
-        b.finish().map_err(|e| WeightsError::Format { path: "keras".into(), what: format!("HDF5 writer: {e}") })?;
+    let bytes = b.finish().map_err(|e| {
+        WeightsError::File(FileError::Format { path: "keras".into(), what: format!("HDF5 writer: {e}") })
+    })?;
     Ok((bytes, mapping))
 }

@@ -5,11 +5,11 @@
 //! - [`pth`] (zip and legacy, read through the data-only [`pickle`] reader) and [`safetensors`] files.
 //! - [`registry`]: torchvision's published weights by name, downloaded once into a cache.
 
+pub mod import;
 pub mod infer;
 pub mod init;
 pub mod keras;
 pub mod keys;
-pub mod onnx;
 pub mod pickle;
 pub mod pth;
 pub mod registry;
@@ -18,6 +18,7 @@ pub mod safetensors;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use crate::file::FileError;
 pub use keys::{KeyStyle, LoadReport, Strict};
 
 /// Element type of a stored tensor (values are held as f32 in memory).
@@ -163,22 +164,9 @@ pub type StateDict = BTreeMap<String, TensorEntry>;
 /// Why weights could not be read, matched or fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    /// The file could not be read or written.
-    #[error("{path}: {err}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        err: std::io::Error,
-    },
-    /// The file is not in a format we read, or is damaged.
-    #[error("{path}: {what}")]
-    Format {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        what: String,
-    },
+    /// The file could not be read or written, or is damaged or of another format.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The model needs a key the weights lack.
     #[error("missing key '{key}' (expected shape {expected:?}) in the weights for {arch}; {hint}")]
     MissingKey {
@@ -241,7 +229,7 @@ pub enum WeightsError {
 /// `model`) and DataParallel's `module.` prefix is removed.
 pub fn load_file(path: &Path) -> Result<StateDict, WeightsError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: p.clone(), err })?;
+    let bytes = crate::file::read(path)?;
     load_bytes(&bytes, &p)
 }
 

@@ -6,6 +6,7 @@ use std::io::{Cursor, Read};
 
 use super::pickle::{self, TensorRef, Value};
 use super::{Dtype, StateDict, TensorEntry, WeightsError};
+use crate::file::FileError;
 
 /// torch's legacy magic number, pickled first in every legacy file.
 const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
@@ -14,10 +15,12 @@ const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 
 pub fn read(bytes: &[u8], path: &str) -> Result<StateDict, WeightsError> {
     let (root, storages) =
         if bytes.starts_with(b"PK\x03\x04") { read_zip(bytes, path)? } else { read_legacy(bytes, path)? };
-    let dict = find_state_dict(&root).ok_or_else(|| WeightsError::Format {
-        path: path.to_string(),
-        what: "no tensors found (expected a state dict, or a checkpoint holding one under 'state_dict' or 'model')"
-            .into(),
+    let dict = find_state_dict(&root).ok_or_else(|| {
+        WeightsError::File(FileError::Format {
+            path: path.to_string(),
+            what: "no tensors found (expected a state dict, or a checkpoint holding one under 'state_dict' or 'model')"
+                .into(),
+        })
     })?;
     let mut sd = StateDict::default();
     for (k, v) in dict {
@@ -52,7 +55,7 @@ fn find_state_dict(root: &Value) -> Option<&Vec<(Value, Value)>> {
 }
 
 fn read_zip(bytes: &[u8], path: &str) -> Result<(Value, HashMap<String, Vec<u8>>), WeightsError> {
-    let fmt = |what: String| WeightsError::Format { path: path.to_string(), what };
+    let fmt = |what: String| WeightsError::File(FileError::Format { path: path.to_string(), what });
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| fmt(format!("bad zip archive: {e}")))?;
     let names: Vec<String> = zip.file_names().map(str::to_string).collect();
     let pkl = names
@@ -90,7 +93,7 @@ fn read_zip(bytes: &[u8], path: &str) -> Result<(Value, HashMap<String, Vec<u8>>
 }
 
 fn read_legacy(bytes: &[u8], path: &str) -> Result<(Value, HashMap<String, Vec<u8>>), WeightsError> {
-    let fmt = |what: String| WeightsError::Format { path: path.to_string(), what };
+    let fmt = |what: String| WeightsError::File(FileError::Format { path: path.to_string(), what });
     let pk = |pos| pickle::read(bytes, pos).map_err(|e| fmt(e.to_string()));
     let (magic, pos) =
         pk(0).map_err(|_| fmt("not a PyTorch file (neither zip nor legacy pickle), nor safetensors".into()))?;
@@ -158,7 +161,7 @@ fn materialise(
     key: &str,
     path: &str,
 ) -> Result<TensorEntry, WeightsError> {
-    let fmt = |what: String| WeightsError::Format { path: path.to_string(), what };
+    let fmt = |what: String| WeightsError::File(FileError::Format { path: path.to_string(), what });
     let raw = storages
         .get(&t.storage.key)
         .ok_or_else(|| fmt(format!("data of '{key}' (storage {}) is missing (truncated file?)", t.storage.key)))?;
@@ -242,13 +245,15 @@ pub fn write(sd: &StateDict, float_dtype: Dtype) -> Result<Vec<u8>, WeightsError
         storages.push(t.to_le_bytes(dtype));
     }
     pk.bytes(b"u."); // SETITEMS, STOP
-    let fmt = |e: zip::result::ZipError| WeightsError::Format { path: "(writing .pth)".into(), what: e.to_string() };
+    let fmt = |e: zip::result::ZipError| {
+        WeightsError::File(FileError::Format { path: "(writing .pth)".into(), what: e.to_string() })
+    };
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
     let opts =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).with_alignment(64);
     let mut put = |name: String, data: &[u8]| -> Result<(), WeightsError> {
         zip.start_file(name, opts).map_err(fmt)?;
-        zip.write_all(data).map_err(|e| WeightsError::Io { path: "(writing .pth)".into(), err: e })
+        zip.write_all(data).map_err(|e| WeightsError::File(FileError::Io { path: "(writing .pth)".into(), err: e }))
     };
     put("archive/data.pkl".into(), &pk.out)?;
     put("archive/byteorder".into(), b"little")?;

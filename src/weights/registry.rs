@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::WeightsError;
 use crate::config::{Head, VggConfig};
+use crate::file::FileError;
 use crate::image::Normalize;
 
 /// A set of published weights.
@@ -211,7 +212,7 @@ pub fn download(
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<(), WeightsError> {
     let fail = |what: String| WeightsError::Download { url: url.to_string(), dest: dest.display().to_string(), what };
-    let io = |err| WeightsError::Io { path: dest.display().to_string(), err };
+    let io = |err| WeightsError::File(FileError::Io { path: dest.display().to_string(), err });
     if let Some(dir) = dest.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -261,7 +262,7 @@ pub fn download(
 
 /// sha256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String, WeightsError> {
-    let bytes = std::fs::read(path).map_err(|err| WeightsError::Io { path: path.display().to_string(), err })?;
+    let bytes = crate::file::read(path)?;
     Ok(hex(&Sha256::digest(&bytes)))
 }
 

@@ -8,6 +8,7 @@ use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 
 use super::{Dtype, StateDict, TensorEntry, WeightsError};
 use crate::config::VggConfig;
+use crate::file::FileError;
 use crate::image::Preprocess;
 
 /// The metadata key holding the [`VggConfig`] as JSON.
@@ -57,7 +58,7 @@ fn from_dtype(d: Dtype) -> StDtype {
 
 /// Reads the tensors and what the metadata records (architecture, preprocessing, other entries).
 pub fn read(bytes: &[u8], path: &str) -> Result<(StateDict, Meta), WeightsError> {
-    let fmt = |what: String| WeightsError::Format { path: path.to_string(), what };
+    let fmt = |what: String| WeightsError::File(FileError::Format { path: path.to_string(), what });
     let st = SafeTensors::deserialize(bytes).map_err(|e| fmt(format!("not a valid safetensors file: {e}")))?;
     let mut sd = StateDict::new();
     for (name, view) in st.tensors() {
@@ -89,12 +90,15 @@ pub fn read_meta<T: serde::de::DeserializeOwned>(
     path: &str,
     key: &str,
 ) -> Result<Option<T>, WeightsError> {
-    let (_, meta) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| WeightsError::Format { path: path.to_string(), what: format!("bad safetensors header: {e}") })?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| {
+        WeightsError::File(FileError::Format { path: path.to_string(), what: format!("bad safetensors header: {e}") })
+    })?;
     let Some(json) = meta.metadata().as_ref().and_then(|m| m.get(key)) else { return Ok(None) };
-    serde_json::from_str(json).map(Some).map_err(|e| WeightsError::Format {
-        path: path.to_string(),
-        what: format!("metadata '{key}' is not valid: {e}"),
+    serde_json::from_str(json).map(Some).map_err(|e| {
+        WeightsError::File(FileError::Format {
+            path: path.to_string(),
+            what: format!("metadata '{key}' is not valid: {e}"),
+        })
     })
 }
 
@@ -125,7 +129,7 @@ pub fn to_bytes(sd: &StateDict, m: &Meta, float_dtype: Dtype) -> Result<Vec<u8>,
         .iter()
         .map(|(k, d, s, b)| TensorView::new(from_dtype(*d), s.clone(), b).map(|v| (k.clone(), v)))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| WeightsError::Format { path: "<memory>".into(), what: e.to_string() })?;
+        .map_err(|e| WeightsError::File(FileError::Format { path: "<memory>".into(), what: e.to_string() }))?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     if let Some(c) = &m.config {
@@ -136,7 +140,7 @@ pub fn to_bytes(sd: &StateDict, m: &Meta, float_dtype: Dtype) -> Result<Vec<u8>,
     }
     meta.extend(m.extra.iter().cloned());
     safetensors::tensor::serialize(views, Some(meta))
-        .map_err(|e| WeightsError::Format { path: "<memory>".into(), what: e.to_string() })
+        .map_err(|e| WeightsError::File(FileError::Format { path: "<memory>".into(), what: e.to_string() }))
 }
 
 /// Writes a state dict atomically (temporary file, then rename), so that an interrupted write
@@ -148,7 +152,7 @@ pub fn write(path: &Path, sd: &StateDict, meta: &Meta, float_dtype: Dtype) -> Re
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
-    let io = |err| WeightsError::Io { path: path.display().to_string(), err };
+    let io = |err| WeightsError::File(FileError::Io { path: path.display().to_string(), err });
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp = path.as_os_str().to_owned();

@@ -12,12 +12,32 @@
 //! - BatchNorm is a `BatchNormalization` node, or folded into the convolution before it
 //!   (`fold_batchnorm`: `w·γ/σ`, `(b − μ)·γ/σ + β`).
 
-use super::ExportError;
 use super::proto::Msg;
 use crate::config::{Head, LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, LayerKind, VggConfig};
 use crate::image::Preprocess;
 use crate::model::layers::adaptive_pool_matrix;
 use crate::weights::StateDict;
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The weights lack a tensor the configuration needs.
+    #[error("the weights have no {0}")]
+    MissingKey(String),
+    /// A tensor of the wrong shape.
+    #[error("{key}: the weights hold {got:?}, the configuration needs {expected:?}")]
+    Shape {
+        /// The key.
+        key: String,
+        /// What the configuration needs.
+        expected: Vec<usize>,
+        /// What the weights hold.
+        got: Vec<usize>,
+    },
+    /// Writing failed.
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightsError),
+}
 
 /// ONNX's opset and the IR version that goes with it.
 pub const OPSET: i64 = 17;

@@ -3,125 +3,20 @@
 //! models (an NHWC input followed by a `Transpose`, a `Transpose` back to NHWC before the flatten —
 //! so the first dense layer's rows are in (h, w, c) order — dense layers as `MatMul` with `[in, out]`
 //! weights plus `Add`, a final `Softmax`). The graph is walked as one chain; its tensors are renamed
-//! to torchvision's keys and the architecture is recognised from them ([`super::infer`]). Anything
+//! to torchvision's keys and the architecture is recognised from them ([`crate::weights::infer`]). Anything
 //! that does not fit is refused with the node that did not.
 
 use std::collections::HashMap;
 
-use super::{StateDict, TensorEntry, WeightsError};
+use super::proto::{Field, bytes_of, fields, int, ints, string, strings};
+use crate::file::FileError;
 use crate::image::{Normalize, Preprocess};
-
-/// What an ONNX file gave.
-#[derive(Debug)]
-pub struct Imported {
-    /// The tensors under torchvision's keys.
-    pub state_dict: StateDict,
-    /// The preprocessing: recorded by this project's export, or Caffe-style for a graph with an
-    /// NHWC input (Keras' VGG16/VGG19 applications), else none.
-    pub preprocess: Option<Preprocess>,
-    /// What was adapted on the way (for messages).
-    pub notes: Vec<String>,
-}
+use crate::weights::import::{Dense, Imported, bn_affine, fold_head_affine, place_head};
+use crate::weights::{Dtype, StateDict, TensorEntry, WeightsError, safetensors};
 
 /// Whether `bytes` may be an ONNX model (a `ModelProto` starts with its `ir_version`, field 1).
 pub fn looks_like(bytes: &[u8]) -> bool {
     bytes.first() == Some(&0x08)
-}
-
-// ---------------------------------------------------------------------------------------------
-// A minimal protobuf reader: enough of ModelProto, GraphProto, NodeProto, AttributeProto and
-// TensorProto.
-
-#[derive(Debug, Clone, Copy)]
-enum Field<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-    Fixed32(u32),
-    Fixed64,
-}
-
-fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*pos)?;
-        *pos += 1;
-        v |= ((byte & 0x7f) as u64) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-/// The fields of one message, in order.
-fn fields(b: &[u8]) -> Option<Vec<(u32, Field<'_>)>> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < b.len() {
-        let key = varint(b, &mut pos)?;
-        let (num, wire) = ((key >> 3) as u32, key & 7);
-        let f = match wire {
-            0 => Field::Varint(varint(b, &mut pos)?),
-            1 => {
-                b.get(pos..pos + 8)?;
-                pos += 8;
-                Field::Fixed64
-            }
-            2 => {
-                let len = varint(b, &mut pos)? as usize;
-                let s = b.get(pos..pos.checked_add(len)?)?;
-                pos += len;
-                Field::Bytes(s)
-            }
-            5 => {
-                let v = u32::from_le_bytes(b.get(pos..pos + 4)?.try_into().ok()?);
-                pos += 4;
-                Field::Fixed32(v)
-            }
-            _ => return None,
-        };
-        out.push((num, f));
-    }
-    Some(out)
-}
-
-fn bytes_of<'a, 'b>(fs: &'b [(u32, Field<'a>)], num: u32) -> impl Iterator<Item = &'a [u8]> + 'b {
-    fs.iter().filter(move |(n, _)| *n == num).filter_map(|(_, f)| if let Field::Bytes(b) = f { Some(*b) } else { None })
-}
-
-fn string(fs: &[(u32, Field<'_>)], num: u32) -> String {
-    bytes_of(fs, num).next().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
-}
-
-fn strings(fs: &[(u32, Field<'_>)], num: u32) -> Vec<String> {
-    bytes_of(fs, num).map(|b| String::from_utf8_lossy(b).into_owned()).collect()
-}
-
-/// Repeated int64 field, packed or not.
-fn ints(fs: &[(u32, Field<'_>)], num: u32) -> Option<Vec<i64>> {
-    let mut out = Vec::new();
-    for (n, f) in fs {
-        if *n != num {
-            continue;
-        }
-        match f {
-            Field::Varint(v) => out.push(*v as i64),
-            Field::Bytes(b) => {
-                let mut pos = 0;
-                while pos < b.len() {
-                    out.push(varint(b, &mut pos)? as i64);
-                }
-            }
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
-fn int(fs: &[(u32, Field<'_>)], num: u32) -> Option<i64> {
-    fs.iter()
-        .rev()
-        .find_map(|(n, f)| if *n == num { if let Field::Varint(v) = f { Some(*v as i64) } else { None } } else { None })
 }
 
 /// A tensor's dimensions and values (f32, f64, f16, bf16; int64 as f32).
@@ -221,7 +116,7 @@ impl Node {
 
 /// Reads an ONNX VGG; `path` names it in errors.
 pub fn read(bytes: &[u8], path: &str) -> Result<Imported, WeightsError> {
-    let bad = |what: String| WeightsError::Format { path: path.to_string(), what };
+    let bad = |what: String| WeightsError::File(FileError::Format { path: path.to_string(), what });
     let model = fields(bytes).ok_or_else(|| bad("not an ONNX file (damaged protobuf)".into()))?;
     let graph = bytes_of(&model, 7).next().ok_or_else(|| bad("an ONNX model without a graph".into()))?;
     let mut meta = HashMap::new();
@@ -258,126 +153,6 @@ pub fn read(bytes: &[u8], path: &str) -> Result<Imported, WeightsError> {
         .find(|name| !inits.contains_key(name))
         .ok_or_else(|| bad("the graph has no input".into()))?;
     walk(&nodes, &inits, &input, &meta).map_err(bad)
-}
-
-/// A dense layer collected from the head: `[out, in]` weights and bias.
-pub(super) struct Dense {
-    pub(super) w: Vec<f32>,
-    pub(super) out: usize,
-    pub(super) inp: usize,
-    pub(super) b: Vec<f32>,
-}
-
-impl Dense {
-    /// `y ↦ s·y + t` applied to this layer's output (a BatchNorm between it and its ReLU).
-    pub(super) fn scale_output(&mut self, s: &[f32], t: &[f32]) {
-        for o in 0..self.out {
-            self.w[o * self.inp..][..self.inp].iter_mut().for_each(|w| *w *= s[o]);
-            self.b[o] = self.b[o] * s[o] + t[o];
-        }
-    }
-
-    /// `x ↦ s·x + t` applied to this layer's input (a BatchNorm after the previous ReLU):
-    /// W' = W·diag(s), b' = b + W·t.
-    pub(super) fn absorb_input(&mut self, s: &[f32], t: &[f32]) {
-        for o in 0..self.out {
-            let row = &mut self.w[o * self.inp..][..self.inp];
-            let shift: f32 = row.iter().zip(t).map(|(w, t)| w * t).sum();
-            self.b[o] += shift;
-            row.iter_mut().zip(s).for_each(|(w, s)| *w *= s);
-        }
-    }
-}
-
-/// A BatchNorm in evaluation mode as the affine map it is: scale and shift per feature.
-pub(super) fn bn_affine(g: &[f32], b: &[f32], m: &[f32], v: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
-    let s: Vec<f32> = g.iter().zip(v).map(|(g, v)| g / (v + eps).sqrt()).collect();
-    let t = b.iter().zip(m).zip(&s).map(|((b, m), s)| b - m * s).collect();
-    (s, t)
-}
-
-/// Folds a per-feature affine map of the head into the last dense layer (when no ReLU came
-/// between) or keeps it for the next one (composed with one already waiting).
-pub(super) fn fold_head_affine(
-    dense: &mut [Dense],
-    pending: &mut Option<(Vec<f32>, Vec<f32>)>,
-    after_relu: bool,
-    s: Vec<f32>,
-    t: Vec<f32>,
-) -> Result<(), String> {
-    if !after_relu {
-        let d = dense.last_mut().ok_or("an affine map before any dense layer")?;
-        d.scale_output(&s, &t);
-        return Ok(());
-    }
-    *pending = Some(match pending.take() {
-        // x ↦ s2·(s1·x + t1) + t2
-        Some((s1, t1)) => {
-            let st: Vec<f32> = s1.iter().zip(&s).map(|(a, b)| a * b).collect();
-            let tt = t1.iter().zip(&s).zip(&t).map(|((t1, s2), t2)| t1 * s2 + t2).collect();
-            (st, tt)
-        }
-        None => (s, t),
-    });
-    Ok(())
-}
-
-/// Puts the dense layers of an imported head under torchvision's `classifier.N` keys: its
-/// three-layer ImageNet head over a pooled map, or a CIFAR-style MLP over the channel vector.
-/// `hwc`: the first layer's inputs are in Keras' (h, w, c) flatten order, reordered to (c, h, w).
-pub(super) fn place_head(
-    sd: &mut StateDict,
-    mut dense: Vec<Dense>,
-    channels: usize,
-    hwc: bool,
-    notes: &mut Vec<String>,
-) -> Result<(), String> {
-    if let Some(first) = dense.first_mut() {
-        let hw = first.inp / channels.max(1);
-        if hw * channels != first.inp {
-            return Err(format!(
-                "the first dense layer takes {} features, not a multiple of the trunk's {channels} channels",
-                first.inp
-            ));
-        }
-        if hwc && hw > 1 {
-            // Keras flattens (h, w, c); torchvision (c, h, w).
-            let mut w = vec![0f32; first.w.len()];
-            for o in 0..first.out {
-                let (src, dst) = (&first.w[o * first.inp..][..first.inp], &mut w[o * first.inp..][..first.inp]);
-                for p in 0..hw {
-                    for c in 0..channels {
-                        dst[c * hw + p] = src[p * channels + c];
-                    }
-                }
-            }
-            first.w = w;
-            notes.push("the first dense layer's rows reordered from Keras' (h, w, c) flatten to (c, h, w)".into());
-        }
-    }
-    // torchvision's head is three layers with equal hidden widths over a pooled map; any other
-    // dense head is an MLP over the channel vector or over a pooled map of C x side x side.
-    let imagenet = dense.len() == 3 && dense[0].out == dense[1].out && dense[0].inp > channels;
-    if let Some(first) = dense.first() {
-        let side = ((first.inp / channels.max(1)) as f64).sqrt().round() as usize;
-        if side * side * channels != first.inp {
-            return Err(format!(
-                "the first dense layer takes {} features: not the trunk's {channels} channels over a square map",
-                first.inp
-            ));
-        }
-    }
-    for w in dense.windows(2) {
-        if w[1].inp != w[0].out {
-            return Err(format!("a dense layer of {} inputs after one of {} outputs", w[1].inp, w[0].out));
-        }
-    }
-    for (i, d) in dense.into_iter().enumerate() {
-        let key = if imagenet { 3 * i } else { 2 * i };
-        sd.insert(format!("classifier.{key}.weight"), TensorEntry::f32(vec![d.out, d.inp], d.w));
-        sd.insert(format!("classifier.{key}.bias"), TensorEntry::f32(vec![d.out], d.b));
-    }
-    Ok(())
 }
 
 fn walk(
@@ -477,7 +252,7 @@ fn walk(
                 }
                 sd.insert(
                     format!("features.{idx}.num_batches_tracked"),
-                    TensorEntry { shape: vec![], dtype: super::Dtype::I64, data: vec![0.0] },
+                    TensorEntry { shape: vec![], dtype: Dtype::I64, data: vec![0.0] },
                 );
                 idx += 1;
             }
@@ -587,10 +362,8 @@ fn walk(
         return Err("a BatchNorm after the last dense layer's ReLU: no dense layer to fold it into".into());
     }
     place_head(&mut sd, dense, channels, hwc_flatten, &mut notes)?;
-    let preprocess = match meta.get(super::safetensors::PREPROCESS_KEY) {
-        Some(p) => {
-            Some(serde_json::from_str(p).map_err(|e| format!("bad {}: {e}", super::safetensors::PREPROCESS_KEY))?)
-        }
+    let preprocess = match meta.get(safetensors::PREPROCESS_KEY) {
+        Some(p) => Some(serde_json::from_str(p).map_err(|e| format!("bad {}: {e}", safetensors::PREPROCESS_KEY))?),
         None if nhwc_input => {
             notes.push("an NHWC graph (Keras): Caffe preprocessing assumed (BGR, 0-255, mean subtracted)".into());
             let mut p = Preprocess::imagenet();
