@@ -19,8 +19,9 @@ use burn::tensor::{Device, Tensor};
 use common::*;
 use vgg::config::{Depth, Head};
 use vgg::engine::Engine;
-use vgg::train::optim::{OptimizerConfig, OptimizerState, clip_grad_norm};
-use vgg::train::sgd::SgdConfig;
+use vgg::train::OptimizerConfig;
+use vgg::train::SgdConfig;
+use vgg::train::engine_optim::{OptimizerState, clip_grad_norm};
 use vgg::weights::Strict;
 use vgg::{Vgg, VggConfig};
 
@@ -141,9 +142,9 @@ fn burn_grads(
     let mut out = vec![];
     for (key, slot) in mm.param_slots() {
         let g = match slot {
-            vgg::weights::keys::ParamSlot::P1(p) => p.val().grad(&grads).map(values),
-            vgg::weights::keys::ParamSlot::P2(p) => p.val().grad(&grads).map(values),
-            vgg::weights::keys::ParamSlot::P4(p) => p.val().grad(&grads).map(values),
+            vgg::model::ParamSlot::P1(p) => p.val().grad(&grads).map(values),
+            vgg::model::ParamSlot::P2(p) => p.val().grad(&grads).map(values),
+            vgg::model::ParamSlot::P4(p) => p.val().grad(&grads).map(values),
         };
         out.push((key, g.expect("every parameter has a gradient")));
     }

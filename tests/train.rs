@@ -13,8 +13,9 @@ mod common;
 use burn::tensor::{Device, Tensor};
 use common::*;
 use vgg::config::{Depth, Head};
+use vgg::train::SgdConfig;
+use vgg::train::burn_sgd::SgdState;
 use vgg::train::cross_entropy;
-use vgg::train::sgd::{SgdConfig, SgdState};
 use vgg::weights::Strict;
 use vgg::{Vgg, VggConfig};
 
@@ -127,7 +128,7 @@ fn three_sgd_steps_match_pytorch() {
             ((got - want) / want).abs(),
         );
         let grads = loss.backward();
-        m.sgd_step(&grads, &mut state, &config, 0.002, &|_| false);
+        state.step(&mut m, &grads, &config, 0.002, &|_| false);
     }
     let sd = m.state_dict();
     for key in ["classifier.2.weight", "features.0.weight"] {

@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use burn::tensor::Device;
 use common::*;
 use vgg::config::Head;
-use vgg::train::sgd::SgdConfig;
+use vgg::train::SgdConfig;
 use vgg::train::{self as fit, Event, FitConfig, RunDir, Schedule, SwaConfig, TrainError};
 use vgg::{Vgg, VggConfig};
 
@@ -460,12 +460,7 @@ fn burns_reference_path_trains_the_same_run_as_the_engine() {
     // What burn's path does not do is refused before any step, saying what and why.
     let adamw = FitConfig {
         burn_reference: true,
-        optimizer: Some(vgg::train::optim::OptimizerConfig::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }),
+        optimizer: Some(vgg::train::OptimizerConfig::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }),
         ..cfg
     };
     let err =

@@ -6,8 +6,9 @@ use anyhow::{Result, bail};
 use clap::Args;
 use vgg::config::Head;
 use vgg::engine::{ConvAlgos, Engine};
-use vgg::train::optim::{OptimizerConfig, OptimizerState};
-use vgg::train::sgd::SgdConfig;
+use vgg::train::OptimizerConfig;
+use vgg::train::SgdConfig;
+use vgg::train::engine_optim::OptimizerState;
 use vgg::{Vgg, VggConfig};
 
 use super::ArchArgs;
@@ -163,12 +164,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         (false, true) => {
             let device = model_device.clone();
             let mut model = model()?;
-            let mut state = vgg::train::sgd::SgdState::default();
+            let mut state = vgg::train::burn_sgd::SgdState::default();
             Box::new(move || {
                 let t = burn::tensor::Tensor::<4>::from_data(burn::tensor::TensorData::new(x.clone(), dims), &device);
                 let loss = vgg::train::cross_entropy(model.forward_train(t), &labels, 0.0);
                 let grads = loss.backward();
-                model.sgd_step(&grads, &mut state, &sgd, 0.01, &|_| false);
+                state.step(&mut model, &grads, &sgd, 0.01, &|_| false);
             })
         }
     };

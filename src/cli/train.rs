@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vgg::config::Head;
-use vgg::train::optim::OptimizerConfig;
-use vgg::train::sgd::SgdConfig;
+use vgg::train::OptimizerConfig;
+use vgg::train::SgdConfig;
 use vgg::train::{self as training, Event, FitConfig, RunDir, Schedule};
 use vgg::{Vgg, VggConfig};
 

@@ -45,7 +45,7 @@ impl Engine {
                 Op::Relu => norm::relu_inplace(&mut act),
                 Op::Dropout => {}
                 op => {
-                    let (out, s, _) = self.op_forward_into(op, &act, shape, false, &mut rng, &mut spare);
+                    let (out, s, _) = op.forward_into(&self.env(), &act, shape, false, &mut rng, &mut spare);
                     spare = std::mem::replace(&mut act, out);
                     shape = s;
                 }

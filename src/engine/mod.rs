@@ -39,7 +39,7 @@ pub use params::ParamBuf;
 pub use trace::Trace;
 pub use train::StepResult;
 
-use ops::{BufPool, Op};
+use ops::{BufPool, Op, OpEnv};
 
 /// What the engine cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +157,11 @@ impl Engine {
     pub fn set_conv_algos(&mut self, algos: ConvAlgos) {
         self.conv_algos = algos;
         self.drop_caches();
+    }
+
+    /// What the ops read besides their inputs.
+    fn env(&self) -> OpEnv<'_> {
+        OpEnv { params: &self.params, eps: self.eps, dropout: self.config.dropout, conv_algos: self.conv_algos }
     }
 
     /// The configuration.

@@ -5,8 +5,28 @@ use std::sync::Arc;
 
 use rand::rngs::StdRng;
 
-use super::Engine;
+use super::params::ParamBuf;
+use crate::kernels::conv::ConvAlgos;
 use crate::kernels::{conv, dense, norm, pool};
+
+/// What an op reads besides its input: the parameters and the network's settings.
+pub(super) struct OpEnv<'a> {
+    pub(super) params: &'a [ParamBuf],
+    /// BatchNorm's ε.
+    pub(super) eps: f64,
+    /// The head's dropout probability.
+    pub(super) dropout: f64,
+    pub(super) conv_algos: ConvAlgos,
+}
+
+/// What an op's backward writes: the parameters' gradients, and the pool its input gradient is
+/// taken from and its output gradient given back to.
+pub(super) struct OpGrads<'a> {
+    pub(super) params: &'a mut [ParamBuf],
+    pub(super) spare: &'a mut BufPool,
+    pub(super) eps: f64,
+    pub(super) conv_algos: ConvAlgos,
+}
 
 /// A convolution's transformed filters for the forward and input-gradient passes (filled on first
 /// use; `Arc` so that cloning an op or an engine shares instead of copying them).
@@ -124,24 +144,24 @@ impl BufPool {
     }
 }
 
-impl Engine {
-    /// Runs one op. In training, BatchNorm uses the batch statistics (returned in [`Saved::Stats`])
+impl Op {
+    /// Runs the op. In training, BatchNorm uses the batch statistics (returned in [`Saved::Stats`])
     /// and dropout is applied.
-    pub(super) fn op_forward(
+    pub(super) fn forward(
         &self,
-        op: &Op,
+        env: &OpEnv,
         x: &[f32],
         shape: Shape,
         train: bool,
         rng: &mut StdRng,
     ) -> (Vec<f32>, Shape, Saved) {
-        self.op_forward_into(op, x, shape, train, rng, &mut Vec::new())
+        self.forward_into(env, x, shape, train, rng, &mut Vec::new())
     }
 
-    /// [`Engine::op_forward`] writing its output into `spare`'s allocation where it has one.
-    pub(super) fn op_forward_into(
+    /// [`Op::forward`] writing its output into `spare`'s allocation where it has one.
+    pub(super) fn forward_into(
         &self,
-        op: &Op,
+        env: &OpEnv,
         x: &[f32],
         shape: Shape,
         train: bool,
@@ -149,37 +169,37 @@ impl Engine {
         spare: &mut Vec<f32>,
     ) -> (Vec<f32>, Shape, Saved) {
         let mut buffer = |len: usize| reuse(std::mem::take(spare), len);
-        match (op, shape) {
+        match (self, shape) {
             (&Op::Conv { w, b, ci, co, k, ref cache }, Shape::Map([n, h, wd, c])) => {
                 debug_assert_eq!(c, ci);
                 let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
                 let mut out = buffer(n * h * wd * co);
-                let (wk, bias) = (self.params[w].values(), &self.params[b].value);
+                let (wk, bias) = (env.params[w].values(), &env.params[b].value);
                 // Half-precision storage keeps no transformed f32 filters between calls.
                 let once = conv::FilterCache::default();
-                let transformed = if self.params[w].half.is_some() { &once } else { &cache.forward };
+                let transformed = if env.params[w].half.is_some() { &once } else { &cache.forward };
                 if train {
                     // Winograd's rounding error (~3e-6 relative, 30x direct f32's) is amplified by
                     // train-mode BatchNorm over small batches past the fixture tolerances; the input
                     // gradients and evaluation stay within them and take the Winograd path.
-                    conv::forward_exact(x, &wk, transformed, bias, &sh, &mut out, self.conv_algos);
+                    conv::forward_exact(x, &wk, transformed, bias, &sh, &mut out, env.conv_algos);
                 } else {
-                    conv::forward_cached(x, &wk, transformed, bias, &sh, &mut out, self.conv_algos);
+                    conv::forward_cached(x, &wk, transformed, bias, &sh, &mut out, env.conv_algos);
                 }
                 (out, Shape::Map([n, h, wd, co]), Saved::None)
             }
             (Op::BnRelu { g, b, running }, Shape::Map([_, _, _, c])) => {
-                let (gamma, beta) = (&self.params[*g].value, &self.params[*b].value);
+                let (gamma, beta) = (&env.params[*g].value, &env.params[*b].value);
                 let mut out = buffer(x.len());
                 if train {
                     let (mean, var) = norm::batch_stats(x, c);
-                    let affine = norm::Affine::new(&mean, &var, gamma, beta, self.eps);
+                    let affine = norm::Affine::new(&mean, &var, gamma, beta, env.eps);
                     norm::affine_relu(x, &affine, &mut out);
                     (out, shape, Saved::Stats { mean, var, affine })
                 } else {
                     let mean: Vec<f64> = running.mean.iter().map(|&v| v as f64).collect();
                     let var: Vec<f64> = running.var.iter().map(|&v| v as f64).collect();
-                    let affine = norm::Affine::new(&mean, &var, gamma, beta, self.eps);
+                    let affine = norm::Affine::new(&mean, &var, gamma, beta, env.eps);
                     norm::affine_relu(x, &affine, &mut out);
                     (out, shape, Saved::Eval(affine))
                 }
@@ -222,16 +242,16 @@ impl Engine {
             (&Op::Linear { w, b, inp, out }, Shape::Flat([n, f])) => {
                 assert_eq!(f, inp, "the head expects {inp} features, got {f}");
                 let mut y = buffer(n * out);
-                match &self.params[w].half {
-                    Some(h) => crate::kernels::half::linear_forward(x, h, &self.params[b].value, n, &mut y),
-                    None => dense::linear_forward(x, &self.params[w].value, &self.params[b].value, n, &mut y),
+                match &env.params[w].half {
+                    Some(h) => crate::kernels::half::linear_forward(x, h, &env.params[b].value, n, &mut y),
+                    None => dense::linear_forward(x, &env.params[w].value, &env.params[b].value, n, &mut y),
                 }
                 (y, Shape::Flat([n, out]), Saved::None)
             }
             (Op::Dropout, _) => {
                 let mut out = x.to_vec();
-                if train && self.config.dropout > 0.0 {
-                    let mask = dense::dropout(&mut out, self.config.dropout, rng);
+                if train && env.dropout > 0.0 {
+                    let mask = dense::dropout(&mut out, env.dropout, rng);
                     (out, shape, Saved::Mask(mask))
                 } else {
                     (out, shape, Saved::None)
@@ -241,48 +261,47 @@ impl Engine {
         }
     }
 
-    /// Backward of op `i` with input `x`: stores parameter gradients and returns the input gradient
-    /// (empty when `need_dx` is false).
-    pub(super) fn op_backward(
-        &mut self,
-        i: usize,
+    /// Backward with input `x`: stores parameter gradients and returns the input gradient (empty
+    /// when `need_dx` is false).
+    pub(super) fn backward(
+        &self,
+        grads: OpGrads,
         x: &[f32],
         shape: Shape,
         saved: &Saved,
         mut g: Vec<f32>,
         need_dx: bool,
     ) -> Vec<f32> {
-        let op = self.ops[i].clone();
-        match (&op, shape) {
+        match (self, shape) {
             (&Op::Conv { w, b, ci, co, k, ref cache }, Shape::Map([n, h, wd, _])) => {
                 let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
-                let mut dx = if need_dx { self.spare_grads.take(x.len()) } else { vec![] };
-                let wk = &self.params[w].value;
+                let mut dx = if need_dx { grads.spare.take(x.len()) } else { vec![] };
+                let wk = &grads.params[w].value;
                 let dx_out = need_dx.then_some(dx.as_mut_slice());
-                let (dw, db) = conv::backward_cached(x, wk, &cache.input_grad, &g, &sh, dx_out, self.conv_algos);
-                self.params[w].grad = dw;
-                self.params[b].grad = db;
-                self.spare_grads.give(g);
+                let (dw, db) = conv::backward_cached(x, wk, &cache.input_grad, &g, &sh, dx_out, grads.conv_algos);
+                grads.params[w].grad = dw;
+                grads.params[b].grad = db;
+                grads.spare.give(g);
                 dx
             }
             (Op::BnRelu { g: gi, b, .. }, _) => {
                 let Saved::Stats { mean, var, affine } = saved else { unreachable!("BatchNorm saved its statistics") };
                 let (dg, dbeta) =
-                    norm::bn_relu_backward(x, &mut g, mean, var, &self.params[*gi].value, affine, self.eps);
-                self.params[*gi].grad = dg;
-                self.params[*b].grad = dbeta;
+                    norm::bn_relu_backward(x, &mut g, mean, var, &grads.params[*gi].value, affine, grads.eps);
+                grads.params[*gi].grad = dg;
+                grads.params[*b].grad = dbeta;
                 g
             }
             (&Op::Linear { w, b, out, .. }, Shape::Flat([n, _])) => {
-                let mut dx = if need_dx { self.spare_grads.take(x.len()) } else { vec![] };
+                let mut dx = if need_dx { grads.spare.take(x.len()) } else { vec![] };
                 let (dw, db) =
-                    dense::linear_backward(x, &self.params[w].value, &g, n, out, need_dx.then_some(dx.as_mut_slice()));
-                self.params[w].grad = dw;
-                self.params[b].grad = db;
-                self.spare_grads.give(g);
+                    dense::linear_backward(x, &grads.params[w].value, &g, n, out, need_dx.then_some(dx.as_mut_slice()));
+                grads.params[w].grad = dw;
+                grads.params[b].grad = db;
+                grads.spare.give(g);
                 dx
             }
-            (op, _) => passive_backward(op, x, shape, saved, g, &mut self.spare_grads),
+            (op, _) => passive_backward(op, x, shape, saved, g, grads.spare),
         }
     }
 }

@@ -106,7 +106,7 @@ impl Engine {
         let mut saved = Vec::new();
         for op in &self.ops[..upto.min(self.ops.len())] {
             let (out, shape, s) =
-                self.op_forward(op, acts.last().expect("input"), *shapes.last().expect("input"), false, &mut rng);
+                op.forward(&self.env(), acts.last().expect("input"), *shapes.last().expect("input"), false, &mut rng);
             acts.push(out);
             shapes.push(shape);
             saved.push(s);

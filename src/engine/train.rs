@@ -4,7 +4,7 @@
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::ops::{Op, Saved, Shape};
+use super::ops::{Op, OpGrads, Saved, Shape};
 use super::{Engine, to_nhwc};
 use crate::kernels::dense;
 
@@ -69,7 +69,7 @@ impl Engine {
         for i in 0..self.ops.len() {
             let t = std::time::Instant::now();
             let mut buf = spare.get_mut(i + 1).map(std::mem::take).unwrap_or_default();
-            let (out, shape, s) = self.op_forward_into(&self.ops[i], &acts[i], shapes[i], true, &mut rng, &mut buf);
+            let (out, shape, s) = self.ops[i].forward_into(&self.env(), &acts[i], shapes[i], true, &mut rng, &mut buf);
             if let Saved::Stats { mean, var, .. } = &s {
                 self.update_running(i, mean, var, shapes[i].len() / c_of(shapes[i]));
             }
@@ -92,7 +92,14 @@ impl Engine {
         for i in (lowest..self.ops.len()).rev() {
             let t = std::time::Instant::now();
             let need_dx = i > lowest;
-            grad = self.op_backward(i, &acts[i], shapes[i], &saved[i], grad, need_dx);
+            // Field by field, so that the op is read while the parameters' gradients are written.
+            let grads = OpGrads {
+                params: &mut self.params,
+                spare: &mut self.spare_grads,
+                eps: self.eps,
+                conv_algos: self.conv_algos,
+            };
+            grad = self.ops[i].backward(grads, &acts[i], shapes[i], &saved[i], grad, need_dx);
             lap(&self.names[i], "bwd", t);
         }
         self.spare_grads.give(grad);
@@ -120,7 +127,7 @@ impl Engine {
             let mut act = to_nhwc(&x, dims);
             let mut shape = Shape::Map([n, h, w, c]);
             for (i, sum) in sums.iter_mut().enumerate().take(last_bn + 1) {
-                let (out, next, saved) = self.op_forward(&self.ops[i], &act, shape, true, &mut rng);
+                let (out, next, saved) = self.ops[i].forward(&self.env(), &act, shape, true, &mut rng);
                 if let Saved::Stats { mean, var, .. } = saved {
                     let unbias = unbias_factor(shape.len() / c_of(shape));
                     let (m, v) = sum.get_or_insert_with(|| (vec![0.0; mean.len()], vec![0.0; var.len()]));

@@ -5,6 +5,9 @@
 //! it, so the layer names a person reads are the ones the code executes.
 
 pub mod layers;
+mod state;
+
+pub use state::ParamSlot;
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;

@@ -3,11 +3,38 @@
 
 use super::TrainError;
 use super::checkpoint::EpochMetrics;
-use super::optim::OptimizerConfig;
 use super::schedule::Schedule;
-use super::sgd::SgdConfig;
 use crate::data::augment::CropAug;
 use crate::model::Vgg;
+
+/// Which optimizer, with its hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum OptimizerConfig {
+    /// SGD with momentum.
+    Sgd(SgdConfig),
+    /// AdamW.
+    AdamW {
+        /// β₁.
+        beta1: f64,
+        /// β₂.
+        beta2: f64,
+        /// ε.
+        eps: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+    },
+}
+
+/// Hyper-parameters, as PyTorch names them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SgdConfig {
+    /// Momentum factor (0 disables the buffers).
+    pub momentum: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+}
 
 /// Everything that defines a run (saved in its checkpoints).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

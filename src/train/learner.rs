@@ -12,9 +12,10 @@ use std::collections::BTreeSet;
 use burn::tensor::{Tensor, TensorData};
 
 use super::TrainError;
+use super::burn_sgd::SgdState;
 use super::config::FitConfig;
-use super::optim::{OptimizerConfig, OptimizerState, clip_grad_norm};
-use super::sgd::{SgdConfig, SgdState};
+use super::config::{OptimizerConfig, SgdConfig};
+use super::engine_optim::{OptimizerState, clip_grad_norm};
 use crate::engine::Engine;
 use crate::model::Vgg;
 use crate::net::{BurnNet, Choice, Network, RunsOn};
@@ -236,7 +237,7 @@ impl Learner for BurnLearner {
         }
         let grads = loss.backward();
         let frozen = |k: &str| self.frozen.contains(k);
-        self.model.sgd_step(&grads, &mut self.sgd, &self.config, lr, &frozen);
+        self.sgd.step(&mut self.model, &grads, &self.config, lr, &frozen);
         self.eval = Default::default();
         step
     }

@@ -2,16 +2,16 @@
 //! momentum buffers can be checkpointed (burn's own SGD also dampens momentum by 0.1 by default;
 //! PyTorch does not).
 
+pub mod burn_sgd;
 pub mod checkpoint;
 pub mod config;
+pub mod engine_optim;
 pub mod fit;
 pub mod learner;
-pub mod optim;
 pub mod schedule;
-pub mod sgd;
 
 pub use checkpoint::{EpochMetrics, RunDir, TrainState, load_last};
-pub use config::{FitConfig, SwaConfig, frozen_keys};
+pub use config::{FitConfig, OptimizerConfig, SgdConfig, SwaConfig, frozen_keys};
 pub use fit::{Event, fit};
 pub use learner::{Learner, SWA_PREFIX, learner};
 pub use schedule::{Schedule, plateau_cuts};

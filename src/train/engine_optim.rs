@@ -1,31 +1,13 @@
-//! Optimizers over the [`Engine`]'s parameters, in PyTorch's formulation: `torch.optim.SGD`
+//! The engine's path: optimizers over the [`Engine`]'s parameters, in PyTorch's formulation: `torch.optim.SGD`
 //! (momentum buffer = first gradient, no dampening, decay added to the gradient, Nesterov) and
 //! `torch.optim.AdamW` (decoupled decay, bias-corrected moments); and `clip_grad_norm_`.
 //!
 //! State is checkpointed as a `state_dict` in PyTorch's tensor layout: `momentum_buffer.<key>`,
 //! `exp_avg.<key>`, `exp_avg_sq.<key>`, and `adam_step`.
 
+use super::config::OptimizerConfig;
 use crate::engine::Engine;
-use crate::train::sgd::SgdConfig;
 use crate::weights::{StateDict, TensorEntry};
-
-/// Which optimizer, with its hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum OptimizerConfig {
-    /// SGD with momentum.
-    Sgd(SgdConfig),
-    /// AdamW.
-    AdamW {
-        /// β₁.
-        beta1: f64,
-        /// β₂.
-        beta2: f64,
-        /// ε.
-        eps: f64,
-        /// Decoupled weight decay.
-        weight_decay: f64,
-    },
-}
 
 /// Per-parameter optimizer state, aligned with [`Engine::params`], in the engine's layout.
 #[derive(Debug, Clone, Default)]

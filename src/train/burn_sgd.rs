@@ -1,5 +1,6 @@
-//! `torch.optim.SGD`, step for step, with its momentum buffers keyed by torchvision `state_dict`
-//! keys so that a checkpoint can hold them next to the weights.
+//! burn's path: `torch.optim.SGD`, step for step, on a burn [`Vgg`] and its autodiff gradients,
+//! with its momentum buffers keyed by torchvision `state_dict` keys so that a checkpoint can hold
+//! them next to the weights. (The engine's optimizers are in [`super::engine_optim`].)
 
 use std::collections::BTreeMap;
 
@@ -7,19 +8,9 @@ use burn::module::Param;
 use burn::tensor::Gradients;
 use burn::tensor::Tensor;
 
-use crate::model::Vgg;
+use super::config::SgdConfig;
+use crate::model::{ParamSlot, Vgg};
 use crate::weights::{StateDict, TensorEntry};
-
-/// Hyper-parameters, as PyTorch names them.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SgdConfig {
-    /// Momentum factor (0 disables the buffers).
-    pub momentum: f64,
-    /// L2 penalty added to the gradient.
-    pub weight_decay: f64,
-    /// Nesterov momentum.
-    pub nesterov: bool,
-}
 
 /// The momentum buffers, flattened, by parameter key.
 #[derive(Debug, Default, Clone)]
@@ -83,24 +74,18 @@ fn update<const D: usize>(
     *p = Param::initialized(p.id, Tensor::from_inner(new).require_grad());
 }
 
-impl Vgg {
-    /// One SGD step on every parameter that has a gradient in `grads` and is not in `frozen`.
-    pub fn sgd_step(
-        &mut self,
-        grads: &Gradients,
-        state: &mut SgdState,
-        c: &SgdConfig,
-        lr: f64,
-        frozen: &dyn Fn(&str) -> bool,
-    ) {
-        for (key, slot) in self.param_slots() {
+impl SgdState {
+    /// One SGD step of `model` on every parameter that has a gradient in `grads` and is not in
+    /// `frozen`.
+    pub fn step(&mut self, model: &mut Vgg, grads: &Gradients, c: &SgdConfig, lr: f64, frozen: &dyn Fn(&str) -> bool) {
+        for (key, slot) in model.param_slots() {
             if frozen(&key) {
                 continue;
             }
             match slot {
-                crate::weights::keys::ParamSlot::P1(p) => update(p, &key, grads, state, c, lr),
-                crate::weights::keys::ParamSlot::P2(p) => update(p, &key, grads, state, c, lr),
-                crate::weights::keys::ParamSlot::P4(p) => update(p, &key, grads, state, c, lr),
+                ParamSlot::P1(p) => update(p, &key, grads, self, c, lr),
+                ParamSlot::P2(p) => update(p, &key, grads, self, c, lr),
+                ParamSlot::P4(p) => update(p, &key, grads, self, c, lr),
             }
         }
     }
