@@ -7,6 +7,7 @@ use burn::tensor::Tensor;
 use crate::image::{ImageError, ImageTensor, Preprocess};
 use crate::model::Vgg;
 use crate::net::Network;
+pub use crate::protocol::ClassifyError;
 
 /// One class of a prediction.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -48,17 +49,6 @@ pub fn top_k_rows(v: &[f32], c: usize, k: usize) -> Vec<Vec<(usize, f32)>> {
 /// Soft-max of each row of `c` logits.
 fn softmax_rows(v: &[f32], c: usize) -> Vec<f32> {
     v.chunks_exact(c.max(1)).flat_map(crate::kernels::dense::softmax).map(|p| p as f32).collect()
-}
-
-/// Why an image could not be classified.
-#[derive(Debug, thiserror::Error)]
-pub enum ClassifyError {
-    /// The file could not be read, decoded or preprocessed.
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    /// The network cannot look at images the way asked (dense evaluation on burn's path).
-    #[error(transparent)]
-    Net(#[from] crate::net::NetError),
 }
 
 /// Classifies image files one at a time under a test protocol of the paper (dense or multi-crop,

@@ -16,12 +16,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Layout, in dependency order: [`config`] (Table 1 and the layer plan) → [`model`] (burn modules)
-//! → [`weights`] (keys, `.pth`, safetensors, the torchvision registry) and [`image`]
-//! (preprocessing) → [`kernels`] and [`engine`] (the fast CPU path, training and gradients) →
-//! [`classify`], [`features`], [`explain`] (Grad-CAM, saliency), [`style`] (style transfer),
-//! [`eval`] (accuracy on a dataset, over [`data`]'s batches), [`train`] and [`export`] (ONNX,
-//! safetensors): what the CLI verbs call.
+//! Layout, in dependency order (each module uses only those before it):
+//! [`config`] (Table 1 and the layer plan), [`parse`] (the written forms' error) and [`file`]
+//! (the readers' error) → [`image`] (preprocessing) → [`weights`] (keys, `.pth`, safetensors,
+//! Keras, the torchvision registry) and [`formula`] (the fixtures' weights) → [`model`] (burn modules, their `state_dict`) →
+//! [`onnx`] (graphs read and written), [`kernels`] and [`engine`] (the fast CPU path) →
+//! [`net`] (the seam: a [`net::Network`] on either path, chosen in one place) →
+//! [`pretrained`] (weights specs to networks), [`data`], [`protocol`], [`classify`],
+//! [`features`], [`explain`], [`style`], [`eval`], [`train`] (a [`train::Learner`] stepped by the
+//! loop) and [`export`]: what the CLI verbs call.
 
 pub mod classify;
 pub mod config;

@@ -4,10 +4,20 @@
 //! crops), each at one or several scales Q and optionally with the horizontally flipped image; the
 //! soft-max posteriors of all views are averaged.
 
-use crate::classify::ClassifyError;
-use crate::image::{self, Preprocess, Rgb8};
+use crate::image::{self, ImageError, Preprocess, Rgb8};
 use crate::kernels::dense::softmax;
 use crate::net::Network;
+
+/// Why an image could not be classified.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    /// The file could not be read, decoded or preprocessed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The network cannot look at images the way asked (dense evaluation on burn's path).
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+}
 
 /// How an image is looked at.
 #[derive(Debug, Clone, PartialEq)]

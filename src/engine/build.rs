@@ -11,49 +11,11 @@ use crate::kernels::conv;
 use crate::kernels::conv::ConvAlgos;
 use crate::kernels::half::{HalfBuf, HalfKind};
 use crate::model::Vgg;
+use crate::weights::source::TensorSource;
 use crate::weights::{StateDict, Strict};
 
-/// A tensor handed to the engine: f32, or already in 16 bits.
-pub enum Taken {
-    /// f32 values.
-    F32(Vec<f32>),
-    /// 16-bit values.
-    Half(HalfBuf),
-}
-
-/// Where the engine takes its tensors from, one at a time, so that a half-precision engine need
-/// never hold every weight in f32 at once.
-pub trait TensorSource {
-    /// The tensor `key` of `shape` (PyTorch's layout), as 16-bit values if `half` asks and the
-    /// source can (f32 otherwise).
-    fn take(&mut self, key: &str, shape: &[usize], half: Option<HalfKind>) -> Result<Taken, EngineError>;
-    /// BatchNorm's `num_batches_tracked` (0 when absent).
-    fn count(&mut self, key: &str) -> f32;
-}
-
-impl TensorSource for StateDict {
-    fn take(&mut self, key: &str, shape: &[usize], half: Option<HalfKind>) -> Result<Taken, EngineError> {
-        let e = self.remove(key).ok_or_else(|| EngineError::Weights(format!("missing {key}")))?;
-        if e.shape != shape {
-            return Err(EngineError::Weights(format!("{key}: shape {:?}, expected {shape:?}", e.shape)));
-        }
-        Ok(match half {
-            // The f32 copy is dropped here, tensor by tensor.
-            Some(kind) => Taken::Half(HalfBuf::encode(kind, &e.data)),
-            None => Taken::F32(e.data),
-        })
-    }
-
-    fn count(&mut self, key: &str) -> f32 {
-        self.get(key).map_or(0.0, |e| e.data[0])
-    }
-}
-
 fn take(src: &mut dyn TensorSource, key: &str, shape: &[usize]) -> Result<Vec<f32>, EngineError> {
-    match src.take(key, shape, None)? {
-        Taken::F32(v) => Ok(v),
-        Taken::Half(h) => Ok(h.decode()),
-    }
+    Ok(src.take(key, shape)?)
 }
 
 impl Engine {
@@ -147,12 +109,13 @@ impl Engine {
                         }
                         p
                     }
-                    (None, h) => {
+                    (None, None) => ParamBuf::new(k.clone(), shape.clone(), take(sd, &k, &shape)?, None),
+                    (None, Some(kind)) => {
+                        // Encoded piece by piece as the source hands them over.
+                        let mut bits = Vec::with_capacity(shape.iter().product());
+                        sd.take_pieces(&k, &shape, &mut |piece| bits.extend(HalfBuf::encode(kind, piece).bits))?;
                         let mut p = ParamBuf::new(k.clone(), shape.clone(), vec![], None);
-                        match sd.take(&k, &shape, h)? {
-                            Taken::F32(v) => p.value = v,
-                            Taken::Half(b) => p.half = Some(b),
-                        }
+                        p.half = Some(HalfBuf { kind, bits });
                         p
                     }
                 };

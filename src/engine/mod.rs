@@ -34,7 +34,6 @@ use crate::weights::{StateDict, TensorEntry};
 pub use crate::kernels::conv::ConvAlgos;
 pub use crate::kernels::half::HalfKind;
 pub use crate::kernels::isa::{Isa, IsaError, cpu_name};
-pub use build::{Taken, TensorSource};
 pub use params::ParamBuf;
 pub use trace::Trace;
 pub use train::StepResult;
@@ -47,9 +46,6 @@ pub enum EngineError {
     /// A layer kind or head without a kernel here.
     #[error("the fast CPU engine does not run {0}; the burn path does")]
     Unsupported(String),
-    /// A weight the model should have is absent or of another size.
-    #[error("weights for the engine: {0}")]
-    Weights(String),
     /// The weights do not fit the configuration (a strict load).
     #[error(transparent)]
     Load(#[from] crate::weights::WeightsError),

@@ -6,10 +6,9 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Dtype, StateDict, TensorEntry};
+use super::source::TensorSource;
+use super::{Dtype, StateDict, TensorEntry, WeightsError};
 use crate::config::VggConfig;
-use crate::engine::{EngineError, Taken, TensorSource};
-use crate::kernels::half::{HalfBuf, HalfKind};
 
 /// Conv weights Kaiming-normal (fan_out, ReLU gain) with zero bias, BatchNorm γ = 1, β = 0 and
 /// running statistics (0, 1), linear weights N(0, 0.01) with zero bias — `VGG._initialize_weights`.
@@ -20,18 +19,16 @@ pub fn torchvision(config: &VggConfig, seed: u64) -> StateDict {
         let entry = if key.ends_with(".num_batches_tracked") {
             TensorEntry { shape, dtype: Dtype::I64, data: vec![0.0] }
         } else {
-            match src.take(&key, &shape, None).expect("the initialiser has every tensor") {
-                Taken::F32(v) => TensorEntry::f32(shape, v),
-                Taken::Half(h) => TensorEntry::f32(shape, h.decode()),
-            }
+            let v = src.take(&key, &shape).expect("the initialiser has every tensor");
+            TensorEntry::f32(shape, v)
         };
         sd.insert(key, entry);
     }
     sd
 }
 
-/// [`torchvision`]'s draws as an engine [`TensorSource`]: each tensor is drawn when the engine asks
-/// for it, straight into 16 bits if it asks for that, so that a half-precision engine never holds
+/// [`torchvision`]'s draws as a [`TensorSource`]: each tensor is drawn when the network being
+/// built asks for it, in pieces if it asks for that, so that a half-precision engine never holds
 /// an f32 copy of its weights (`vgg bench --half`).
 pub struct TorchvisionInit {
     rng: StdRng,
@@ -44,30 +41,43 @@ impl TorchvisionInit {
     }
 }
 
-impl TensorSource for TorchvisionInit {
-    fn take(&mut self, key: &str, shape: &[usize], half: Option<HalfKind>) -> Result<Taken, EngineError> {
-        let n: usize = shape.iter().product();
+impl TorchvisionInit {
+    /// The standard deviation of `key`'s draws, or its constant value.
+    fn law(key: &str, shape: &[usize]) -> Result<f64, f32> {
         let leaf = key.rsplit('.').next().unwrap_or("");
-        let std = match (leaf, shape.len()) {
-            ("weight", 4) => (2.0 / (shape[0] * shape[2] * shape[3]) as f64).sqrt(),
-            ("weight", 2) => 0.01,
-            ("weight", 1) | ("running_var", _) => return Ok(Taken::F32(vec![1.0; n])),
-            _ => return Ok(Taken::F32(vec![0.0; n])),
-        };
-        Ok(match half {
-            // In pieces, so that not even one layer exists in f32 (fc6: 411 MB).
-            Some(kind) => {
-                let mut bits = Vec::with_capacity(n);
-                let mut left = n;
-                while left > 0 {
-                    let m = left.min(1 << 20);
-                    bits.extend(HalfBuf::encode(kind, &normal(&mut self.rng, m, std)).bits);
-                    left -= m;
-                }
-                Taken::Half(HalfBuf { kind, bits })
-            }
-            None => Taken::F32(normal(&mut self.rng, n, std)),
+        match (leaf, shape.len()) {
+            ("weight", 4) => Ok((2.0 / (shape[0] * shape[2] * shape[3]) as f64).sqrt()),
+            ("weight", 2) => Ok(0.01),
+            ("weight", 1) | ("running_var", _) => Err(1.0),
+            _ => Err(0.0),
+        }
+    }
+}
+
+impl TensorSource for TorchvisionInit {
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, WeightsError> {
+        let n: usize = shape.iter().product();
+        Ok(match Self::law(key, shape) {
+            Ok(std) => normal(&mut self.rng, n, std),
+            Err(constant) => vec![constant; n],
         })
+    }
+
+    fn take_pieces(&mut self, key: &str, shape: &[usize], sink: &mut dyn FnMut(&[f32])) -> Result<(), WeightsError> {
+        let n: usize = shape.iter().product();
+        let Ok(std) = Self::law(key, shape) else {
+            sink(&self.take(key, shape)?);
+            return Ok(());
+        };
+        // In pieces of 2^20 draws, so that not even one layer exists in f32 (fc6: 411 MB). The
+        // draws are those of `take`: Box-Muller pairs never straddle a piece of even length.
+        let mut left = n;
+        while left > 0 {
+            let m = left.min(1 << 20);
+            sink(&normal(&mut self.rng, m, std));
+            left -= m;
+        }
+        Ok(())
     }
 
     fn count(&mut self, _key: &str) -> f32 {

@@ -14,6 +14,7 @@ pub mod pickle;
 pub mod pth;
 pub mod registry;
 pub mod safetensors;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::path::Path;
