@@ -3,42 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use super::TrainError;
 use super::config::FitConfig;
+use super::{EpochMetrics, TrainError};
 use crate::data::batch::PixelNorm;
 use crate::model::Vgg;
 use crate::weights::safetensors::{self as st, Meta};
 use crate::weights::{self, Dtype, StateDict, Strict};
-
-/// What one epoch did.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EpochMetrics {
-    /// Epoch, 1-based.
-    pub epoch: usize,
-    /// Mean training loss.
-    pub train_loss: f64,
-    /// Training accuracy (on augmented images, in training mode).
-    pub train_acc: f64,
-    /// Test loss.
-    pub test_loss: f64,
-    /// Test top-1 accuracy.
-    pub test_acc: f64,
-    /// Learning rate at the end of the epoch.
-    pub lr: f64,
-    /// Training images per second.
-    pub images_per_s: f64,
-    /// Wall time of the epoch, evaluation included.
-    pub seconds: f64,
-    /// With weight averaging or precise BatchNorm, in the last epoch: the test accuracy of the last
-    /// weights with their running statistics, before averaging and recomputing the statistics
-    /// (the result's accuracy is `test_acc`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_weights_test_acc: Option<f64>,
-    /// With a time budget: the number of epochs the schedule was planned for during this epoch
-    /// ([`FitConfig::planned_epochs`]), so that a budgeted run's metrics say how its schedule moved.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub planned_epochs: Option<usize>,
-}
 
 /// What a checkpoint records besides tensors.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -1,8 +1,8 @@
 //! What defines a training run: [`FitConfig`] (saved in its checkpoints, so that a resumed run
 //! is the same run), weight averaging, frozen layers, and the plan of epochs under a time budget.
 
+use super::EpochMetrics;
 use super::TrainError;
-use super::checkpoint::EpochMetrics;
 use super::schedule::Schedule;
 use crate::data::augment::CropAug;
 use crate::model::Vgg;

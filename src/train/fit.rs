@@ -8,8 +8,9 @@ use std::sync::mpsc::sync_channel;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use super::EpochMetrics;
 use super::TrainError;
-use super::checkpoint::{EpochMetrics, RunDir, TrainState, load_last, save_last};
+use super::checkpoint::{RunDir, TrainState, load_last, save_last};
 use super::config::{FitConfig, frozen_keys};
 use super::learner::{Learner, learner};
 use crate::data::Dataset;

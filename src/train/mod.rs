@@ -10,7 +10,7 @@ pub mod fit;
 pub mod learner;
 pub mod schedule;
 
-pub use checkpoint::{EpochMetrics, RunDir, TrainState, load_last};
+pub use checkpoint::{RunDir, TrainState, load_last};
 pub use config::{FitConfig, OptimizerConfig, SgdConfig, SwaConfig, frozen_keys};
 pub use fit::{Event, fit};
 pub use learner::{Learner, SWA_PREFIX, learner};
@@ -63,4 +63,34 @@ pub enum TrainError {
     /// A setting does not fit the model or the path that trains it.
     #[error("{0}")]
     Config(String),
+}
+
+/// What one epoch did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch, 1-based.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy (on augmented images, in training mode).
+    pub train_acc: f64,
+    /// Test loss.
+    pub test_loss: f64,
+    /// Test top-1 accuracy.
+    pub test_acc: f64,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Training images per second.
+    pub images_per_s: f64,
+    /// Wall time of the epoch, evaluation included.
+    pub seconds: f64,
+    /// With weight averaging or precise BatchNorm, in the last epoch: the test accuracy of the last
+    /// weights with their running statistics, before averaging and recomputing the statistics
+    /// (the result's accuracy is `test_acc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_weights_test_acc: Option<f64>,
+    /// With a time budget: the number of epochs the schedule was planned for during this epoch
+    /// ([`FitConfig::planned_epochs`]), so that a budgeted run's metrics say how its schedule moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_epochs: Option<usize>,
 }

@@ -1,6 +1,6 @@
 //! Learning-rate schedules, as PyTorch's schedulers move the rate.
 
-use super::checkpoint::EpochMetrics;
+use super::EpochMetrics;
 
 /// How the learning rate moves over training.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
