@@ -21,3 +21,23 @@ mod tests {
         assert_eq!(n[999], "toilet tissue");
     }
 }
+
+/// The class names of a configuration when nothing else names them: ImageNet's for 1000 classes,
+/// Fashion-MNIST's for ten classes of one channel, `class N` otherwise.
+pub fn for_config(config: &crate::config::VggConfig) -> Vec<String> {
+    match (config.num_classes, config.in_channels) {
+        (1000, _) => imagenet().iter().map(|s| s.to_string()).collect(),
+        (10, 1) => FASHION_MNIST.iter().map(|s| s.to_string()).collect(),
+        (n, _) => (0..n).map(|i| format!("class {i}")).collect(),
+    }
+}
+
+/// Class names from a text file, one per line.
+pub fn read(path: &std::path::Path) -> Result<Vec<String>, crate::file::FileError> {
+    let bytes = crate::file::read(path)?;
+    let text = String::from_utf8(bytes).map_err(|_| crate::file::FileError::Format {
+        path: path.display().to_string(),
+        what: "not UTF-8 text".into(),
+    })?;
+    Ok(text.lines().map(str::to_string).collect())
+}

@@ -243,16 +243,8 @@ fn load_weights(
 /// for a 10-class gray model, else `class N`.
 fn class_names(config: &VggConfig, file: Option<&std::path::Path>) -> Result<Vec<String>> {
     Ok(match file {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        None if config.num_classes == 1000 => vgg::labels::imagenet().iter().map(|s| s.to_string()).collect(),
-        None if config.num_classes == 10 && config.in_channels == 1 => {
-            vgg::labels::FASHION_MNIST.iter().map(|s| s.to_string()).collect()
-        }
-        None => (0..config.num_classes).map(|i| format!("class {i}")).collect(),
+        Some(p) => vgg::labels::read(p)?,
+        None => vgg::labels::for_config(config),
     })
 }
 
