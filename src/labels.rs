@@ -10,18 +10,6 @@ pub fn imagenet() -> &'static [&'static str] {
 pub const FASHION_MNIST: [&str; 10] =
     ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn imagenet_has_1000_names_in_torchvision_order() {
-        let n = super::imagenet();
-        assert_eq!(n.len(), 1000);
-        assert_eq!(n[0], "tench");
-        assert_eq!(n[281], "tabby");
-        assert_eq!(n[999], "toilet tissue");
-    }
-}
-
 /// The class names of a configuration when nothing else names them: ImageNet's for 1000 classes,
 /// Fashion-MNIST's for ten classes of one channel, `class N` otherwise.
 pub fn for_config(config: &crate::config::VggConfig) -> Vec<String> {
@@ -40,4 +28,16 @@ pub fn read(path: &std::path::Path) -> Result<Vec<String>, crate::file::FileErro
         what: "not UTF-8 text".into(),
     })?;
     Ok(text.lines().map(str::to_string).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn imagenet_has_1000_names_in_torchvision_order() {
+        let n = super::imagenet();
+        assert_eq!(n.len(), 1000);
+        assert_eq!(n[0], "tench");
+        assert_eq!(n[281], "tabby");
+        assert_eq!(n[999], "toilet tissue");
+    }
 }
