@@ -194,6 +194,17 @@ fn softmax_at(row: &[f32], i: usize) -> f32 {
     (((row[i] - m) as f64).exp() / sum) as f32
 }
 
+/// The last ReLU of the trunk of `config` (`relu5_3` for VGG-16), Grad-CAM's usual layer: the
+/// deepest map that still has positions.
+pub fn last_trunk_relu(config: &crate::config::VggConfig) -> Option<String> {
+    let plan = config.plan([224, 224]);
+    plan.layers[..plan.trunk]
+        .iter()
+        .rev()
+        .find(|l| matches!(l.kind, crate::config::LayerKind::Relu))
+        .map(|l| l.name.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,6 +47,7 @@ pub mod parse;
 pub mod plot;
 pub mod pretrained;
 pub mod protocol;
+pub mod serve;
 pub mod style;
 pub mod train;
 pub mod weights;

@@ -15,6 +15,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::config::VggConfig;
 use crate::engine::{Engine, EngineError, HalfKind, Isa};
+use crate::explain::{ExplainError, Explanation, Method};
 use crate::model::Vgg;
 use crate::weights::{StateDict, Strict};
 
@@ -30,6 +31,9 @@ pub enum NetError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// An explanation that cannot be made (no such layer or class).
+    #[error(transparent)]
+    Explain(#[from] ExplainError),
     /// Something only the engine does was asked of a model it does not run.
     #[error("{what} runs on the fast CPU engine, which does not run {arch}: {why}")]
     NeedsEngine {
@@ -86,6 +90,15 @@ pub trait Network {
     /// The paper's dense evaluation: the classifier applied convolutionally to the whole image,
     /// class scores averaged over positions (`[n, classes]`).
     fn dense_logits(&self, x: &[f32], dims: [usize; 4]) -> Result<Vec<f32>, NetError>;
+    /// Why the network chose a class: Grad-CAM or saliency maps for each image of the batch
+    /// (of `classes`, or of the top class), on the engine's input-gradient path.
+    fn explain(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        method: &Method,
+        classes: Option<&[usize]>,
+    ) -> Result<Vec<Explanation>, NetError>;
     /// Parameters and BatchNorm buffers as a torchvision `state_dict`.
     fn state_dict(&self) -> StateDict;
 }
@@ -103,6 +116,15 @@ impl Network for Engine {
     }
     fn dense_logits(&self, x: &[f32], dims: [usize; 4]) -> Result<Vec<f32>, NetError> {
         Ok(self.dense_forward(x, dims))
+    }
+    fn explain(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        method: &Method,
+        classes: Option<&[usize]>,
+    ) -> Result<Vec<Explanation>, NetError> {
+        Ok(crate::explain::explain(self, x, dims, method, classes)?)
     }
     fn state_dict(&self) -> StateDict {
         Engine::state_dict(self)
@@ -142,6 +164,9 @@ impl Network for BurnNet {
     }
     fn dense_logits(&self, _: &[f32], _: [usize; 4]) -> Result<Vec<f32>, NetError> {
         Err(needs_engine("dense evaluation", self.config(), self.because.as_deref()))
+    }
+    fn explain(&self, _: &[f32], _: [usize; 4], _: &Method, _: Option<&[usize]>) -> Result<Vec<Explanation>, NetError> {
+        Err(needs_engine("explanations", self.config(), self.because.as_deref()))
     }
     fn state_dict(&self) -> StateDict {
         self.model.state_dict()

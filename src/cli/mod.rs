@@ -8,6 +8,7 @@ mod eval;
 mod explain;
 mod export;
 mod features;
+mod serve;
 mod style;
 mod summary;
 mod train;
@@ -53,6 +54,9 @@ enum Command {
     Curves(curves::CurvesArgs),
     /// Latency and throughput of inference or of a training step (random weights).
     Bench(bench::BenchArgs),
+    /// Serve models over HTTP: the Open Inference Protocol (KServe v2, Triton), a curl route,
+    /// Prometheus metrics and a web page.
+    Serve(serve::ServeArgs),
     /// List, locate or fetch torchvision's published weights.
     #[command(subcommand)]
     Weights(weights::WeightsCommand),
@@ -74,6 +78,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Weights(a) => weights::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Curves(a) => curves::run(a),
     };
     result.map_err(flag_hint)
