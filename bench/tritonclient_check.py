@@ -1,4 +1,5 @@
 """tritonclient[http] against `vgg serve` (see tritonclient_check.sh). Exits non-zero on any mismatch."""
+import base64
 import json
 import subprocess
 import sys
@@ -28,14 +29,13 @@ for path in files:
     # Encoded files as BYTES, binary and JSON; probabilities with the classification extension.
     for binary in (True, False):
         inp = httpclient.InferInput("image", [1], "BYTES")
-        inp.set_data_from_numpy(np.array([raw], dtype=np.object_), binary_data=binary)
+        if binary:
+            inp.set_data_from_numpy(np.array([raw], dtype=np.object_), binary_data=True)
+        else:
+            # In JSON, BYTES are text: images travel as base64.
+            inp.set_data_from_numpy(np.array([base64.b64encode(raw)], dtype=np.object_), binary_data=False)
         outs = [httpclient.InferRequestedOutput("probabilities", binary_data=binary),
                 httpclient.InferRequestedOutput("logits", binary_data=binary, class_count=3)]
-        if not binary:
-            # JSON BYTES travel as base64 text for images.
-            import base64
-            inp = httpclient.InferInput("image", [1], "BYTES")
-            inp.set_data_from_numpy(np.array([base64.b64encode(raw)], dtype=np.object_), binary_data=False)
         res = client.infer("fashion-mnist", [inp], outputs=outs)
         probs = res.as_numpy("probabilities")[0]
         top = [int(i) for i in np.argsort(-probs, kind="stable")[:3]]

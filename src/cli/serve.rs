@@ -35,9 +35,10 @@ pub struct ServeArgs {
     /// How long the first request of a batch waits for others, in microseconds.
     #[arg(long, default_value_t = 2000)]
     max_queue_delay_us: u64,
-    /// Requests waiting per model at most; more get 503 with Retry-After at once.
-    #[arg(long, default_value_t = 64)]
-    max_queue_size: usize,
+    /// Requests waiting per model at most; more get 503 with Retry-After at once (default: twice
+    /// --max-batch-size, so that an accepted request waits at most about two forward passes).
+    #[arg(long)]
+    max_queue_size: Option<usize>,
     /// How long a request may wait for its answer, in milliseconds (504 beyond).
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
@@ -78,7 +79,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         "json" => true,
         other => bail!("unknown log format '{other}' (expected text or json)"),
     };
-    if a.max_batch_size == 0 || a.max_queue_size == 0 {
+    let max_queue_size = a.max_queue_size.unwrap_or(2 * a.max_batch_size);
+    if a.max_batch_size == 0 || max_queue_size == 0 {
         bail!("--max-batch-size and --max-queue-size must be at least 1");
     }
     if let Some(n) = a.threads {
@@ -97,7 +99,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         batch: BatchOptions {
             max_batch_size: a.max_batch_size,
             max_queue_delay: Duration::from_micros(a.max_queue_delay_us),
-            max_queue_size: a.max_queue_size,
+            max_queue_size,
         },
         request_timeout: Duration::from_millis(a.timeout_ms.max(1)),
         api_key: a.api_key.filter(|k| !k.is_empty()),

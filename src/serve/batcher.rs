@@ -30,7 +30,7 @@ pub struct BatchOptions {
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        BatchOptions { max_batch_size: 8, max_queue_delay: Duration::from_micros(2000), max_queue_size: 64 }
+        BatchOptions { max_batch_size: 8, max_queue_delay: Duration::from_micros(2000), max_queue_size: 16 }
     }
 }
 
