@@ -43,11 +43,25 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
+/// The most pixels an image may have: PIL's `Image.MAX_IMAGE_PIXELS` (89,478,485, about
+/// 9459x9459), past which PIL warns of a decompression bomb. The CLI and the server refuse larger
+/// images from their headers, before decoding anything.
+pub const MAX_PIXELS: u64 = 89_478_485;
+
 /// Decodes PNG or JPEG bytes to RGB as PIL's `convert("RGB")` does: grayscale is replicated, alpha
-/// is dropped (not blended), palettes are expanded.
+/// is dropped (not blended), palettes are expanded. Images over [`MAX_PIXELS`] are refused.
 pub fn decode(bytes: &[u8], name: &str) -> Result<Rgb8, ImageError> {
-    let img = image::load_from_memory(bytes)
-        .map_err(|e| ImageError::Decode { path: name.to_string(), what: e.to_string() })?;
+    let bad = |what: String| ImageError::Decode { path: name.to_string(), what };
+    let reader =
+        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| bad(e.to_string()))?;
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(bad(format!("{w}x{h} is over the limit of {MAX_PIXELS} pixels (a decompression bomb?)")));
+    }
+    // The decoder's own allocations stay within the image crate's default limit (512 MiB).
+    let reader =
+        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+    let img = reader.decode().map_err(|e| bad(e.to_string()))?;
     let rgb = img.to_rgb8();
     Ok(Rgb8 { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
 }

@@ -198,6 +198,7 @@ fn the_protocol_endpoints_answer_and_every_bad_request_gets_a_4xx() {
 
     // Bad input: a 4xx with a JSON error, and the server carries on.
     let truncated = &body[..body.len() - 10];
+    let bomb = base64::engine::general_purpose::STANDARD.encode(claimed_png(20_000));
     type Case<'a> = (Vec<u8>, Vec<(&'a str, &'a str)>, u16, &'a str);
     let cases: Vec<Case> = vec![
         (b"{not json".to_vec(), vec![], 400, "not an inference request"),
@@ -208,6 +209,7 @@ fn the_protocol_endpoints_answer_and_every_bad_request_gets_a_4xx() {
         (json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["bm90IGFuIGltYWdl"]}]}).to_string().into_bytes(), vec![], 400, "cannot decode"),
         (json!({"inputs": [{"name": "input", "shape": [1, 1, 32, 32], "datatype": "FP32", "data": vec![0.0; 1024]}], "outputs": [{"name": "features"}]}).to_string().into_bytes(), vec![], 400, "no output 'features'"),
         (truncated.to_vec(), vec![("Inference-Header-Content-Length", &len)], 400, "declares"),
+        (json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [bomb]}]}).to_string().into_bytes(), vec![], 400, "over the limit of 89478485 pixels"),
     ];
     for (body, headers, status, needle) in cases {
         let r = post(&s, INFER, &headers, &body);
@@ -225,7 +227,7 @@ fn the_protocol_endpoints_answer_and_every_bad_request_gets_a_4xx() {
     let stats = json_of(&get(&s, "/v2/models/fashion-mnist/stats"));
     let st = &stats["model_stats"][0];
     assert_eq!(st["inference_stats"]["success"]["count"], 3);
-    assert_eq!(st["inference_stats"]["fail"]["count"], 9);
+    assert_eq!(st["inference_stats"]["fail"]["count"], 10);
     assert!(st["execution_count"].as_u64().unwrap() >= 5);
     let metrics = String::from_utf8(get(&s, "/metrics").1).unwrap();
     assert!(
@@ -254,6 +256,33 @@ fn raw_post(s: &Running, path: &str, length: usize) -> (u16, String) {
     let text = String::from_utf8_lossy(&answer).to_string();
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, text)
+}
+
+/// A PNG whose header claims `side` x `side` pixels, with no pixel data: a decompression bomb's
+/// first bytes.
+fn claimed_png(side: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&side.to_be_bytes());
+    ihdr.extend_from_slice(&side.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut crc = flate2::Crc::new();
+    crc.update(&ihdr);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc.sum().to_be_bytes());
+    // The first row's worth of compressed zeros: enough for a reader to reach the pixel data.
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut z, &vec![0u8; 1 + 3 * side as usize]).unwrap();
+    let mut idat = b"IDAT".to_vec();
+    idat.extend_from_slice(&z.finish().unwrap());
+    let mut crc = flate2::Crc::new();
+    crc.update(&idat);
+    png.extend_from_slice(&((idat.len() - 4) as u32).to_be_bytes());
+    png.extend_from_slice(&idat);
+    png.extend_from_slice(&crc.sum().to_be_bytes());
+    png.extend_from_slice(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82]);
+    png
 }
 
 /// `[n, 1, side, side]` images as a binary FP32 request.
