@@ -526,3 +526,60 @@ fn the_web_page_classifies_an_uploaded_example_in_headless_chromium() {
 fn finish_ok(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Option<Reply> {
     r.ok().map(|r| finish(Ok(r))).filter(|r| r.0 == 200)
 }
+
+#[test]
+fn several_models_side_by_side_and_a_request_past_its_timeout_gets_504() {
+    // The same weights twice, one kept in bfloat16; a timeout that no forward pass of large images meets.
+    let s = start(&[
+        "--model",
+        "f32=fashion-mnist",
+        "--model",
+        "bf16=fashion-mnist",
+        "--half",
+        "bf16",
+        "--timeout-ms",
+        "300",
+    ]);
+    let stats = json_of(&get(&s, "/v2/models/stats"));
+    let names: Vec<&str> =
+        stats["model_stats"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["f32", "bf16"]);
+    let x = preprocessed("9-ankle-boot.png");
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 1, 32, 32], "datatype": "FP32", "data": x}],
+                      "outputs": [{"name": "probabilities"}]})
+    .to_string();
+    let p = |model: &str| {
+        let r = post(&s, &format!("/v2/models/{model}/infer"), &[], body.as_bytes());
+        assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.1));
+        floats(&json_of(&r)["outputs"][0]["data"])
+    };
+    let (one, other) = (p("f32"), p("bf16"));
+    assert_eq!(one, other, "two names, the same network");
+    let logits = local_logits(&x, [1, 1, 32, 32]);
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = logits.iter().map(|v| (v - m).exp()).collect();
+    let full: Vec<f32> = e.iter().map(|v| v / e.iter().sum::<f32>()).collect();
+    assert_ne!(one, full, "--half rounds the weights to bfloat16");
+    assert!(full.iter().zip(&one).all(|(a, b)| (a - b).abs() < 0.02), "{full:?} vs {one:?}");
+    assert_eq!(
+        json_of(&get(&s, "/v2/models/bf16"))["parameters"]["runs_on"].as_str().map(|r| r.contains("engine")),
+        Some(true)
+    );
+    // Four 640x640 images (51 GMAC, over a second even in a release build): 504.
+    let (big, len) = binary_images(4, 640, 0.1);
+    let r = post(&s, "/v2/models/f32/infer", &[("Inference-Header-Content-Length", &len)], &big);
+    assert_eq!(r.0, 504, "{}", String::from_utf8_lossy(&r.1));
+    assert!(json_of(&r)["error"].as_str().unwrap().contains("no answer within 300 ms"));
+    // The forward pass still runs for the timed-out request; once it is done, answers come again.
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = post(&s, "/v2/models/f32/infer", &[], body.as_bytes());
+        if r.0 == 200 {
+            break;
+        }
+        // Meanwhile small requests time out behind it too, or find the queue full.
+        assert!(r.0 == 504 || r.0 == 503, "{}", String::from_utf8_lossy(&r.1));
+        assert!(Instant::now() < until, "no answer after the timed-out request");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
