@@ -47,7 +47,7 @@ pub fn top_k_rows(v: &[f32], c: usize, k: usize) -> Vec<Vec<(usize, f32)>> {
 }
 
 /// Soft-max of each row of `c` logits.
-fn softmax_rows(v: &[f32], c: usize) -> Vec<f32> {
+pub fn softmax_rows(v: &[f32], c: usize) -> Vec<f32> {
     v.chunks_exact(c.max(1)).flat_map(crate::kernels::dense::softmax).map(|p| p as f32).collect()
 }
 

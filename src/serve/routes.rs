@@ -22,7 +22,7 @@ use super::batcher::{Done, Job, SubmitError, Work};
 use super::oip::{self, BadRequest, InferResponse, OutputValues, ResponseOutput, Tensor, Values};
 use super::stats::RequestTimes;
 use super::{Served, Server, access, page};
-use crate::classify::{Prediction, Scored, top_k_rows};
+use crate::classify::{Prediction, Scored, softmax_rows, top_k_rows};
 
 /// A JSON error body with `status`.
 pub fn error(status: StatusCode, what: impl std::fmt::Display) -> Response {
@@ -286,8 +286,13 @@ pub async fn run(s: &Server, m: &Served, groups: Groups) -> Result<(Vec<f32>, Du
     Ok((logits, queued, compute))
 }
 
-fn softmax(logits: &[f32], classes: usize) -> Vec<f32> {
-    logits.chunks_exact(classes.max(1)).flat_map(crate::kernels::dense::softmax).map(|p| p as f32).collect()
+/// How a request ended, for the metrics: a 503 is a refusal, any other error a failure.
+fn outcome(result: &Result<Response, Response>) -> &'static str {
+    match result {
+        Ok(_) => "success",
+        Err(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => "rejected",
+        Err(_) => "failure",
+    }
 }
 
 /// `value:index:label` for the `k` largest values of each row.
@@ -336,12 +341,7 @@ async fn infer(State(s): Shared, Path(name): Path<String>, headers: HeaderMap, b
     let mut times = RequestTimes::default();
     let result = infer_on(&s, m, headers, body, &mut times).await;
     let total = started.elapsed();
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => "rejected",
-        Err(_) => "failure",
-    };
-    s.metrics.request(&m.name, outcome, total);
+    s.metrics.request(&m.name, outcome(&result), total);
     if let Ok(mut stats) = m.stats.lock() {
         stats.record_request(result.is_ok(), total, &times);
     }
@@ -387,7 +387,7 @@ async fn infer_on(
     let mut outputs = Vec::new();
     let mut values = Vec::new();
     for (name, params) in wanted {
-        let v = if name == "logits" { logits.clone() } else { softmax(&logits, classes) };
+        let v = if name == "logits" { logits.clone() } else { softmax_rows(&logits, classes) };
         let binary = all_binary || oip::flag(&params, "binary_data");
         let (datatype, shape, vals) = match params.get("classification").and_then(Value::as_u64) {
             Some(k) => {
@@ -463,7 +463,7 @@ async fn predictions(State(s): Shared, Path(name): Path<String>, request: Reques
         let (file, bytes) = uploaded_image(&s, request).await?;
         let groups = preprocess_images(m, vec![bytes]).await?;
         let (logits, _, _) = run(&s, m, groups).await?;
-        let probs = softmax(&logits, m.config.num_classes);
+        let probs = softmax_rows(&logits, m.config.num_classes);
         let top = top_k_rows(&probs, m.config.num_classes, 5).remove(0);
         let top = top
             .into_iter()
@@ -476,11 +476,6 @@ async fn predictions(State(s): Shared, Path(name): Path<String>, request: Reques
         Ok::<_, Response>(axum::Json(Prediction { image: file, top }).into_response())
     }
     .await;
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => "rejected",
-        Err(_) => "failure",
-    };
-    s.metrics.request(&m.name, outcome, started.elapsed());
+    s.metrics.request(&m.name, outcome(&result), started.elapsed());
     result.unwrap_or_else(|r| r)
 }
