@@ -3,7 +3,6 @@
 //! (`POST /explain/{name}`). One self-contained file: no external asset, no CDN.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
@@ -11,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::oneshot;
 
 use super::Server;
-use super::batcher::{Job, SubmitError, Work};
-use super::routes::{error, uploaded_image};
+use super::batcher::Work;
+use super::routes::{error, submit, uploaded_image};
 use crate::explain::{Method, last_trunk_relu};
 
 const PAGE: &str = include_str!("page.html");
@@ -94,10 +93,8 @@ pub async fn explain(State(s): State<Arc<Server>>, Path(name): Path<String>, req
         let method = Method::GradCam { layer };
         let _ = reply.send(net.explain(&x.data, dims, &method, None).map_err(|e| e.to_string()));
     };
-    match m.batcher.submit(Job { work: Work::Call(Box::new(call)), enqueued: Instant::now() }) {
-        Ok(()) => {}
-        Err(e @ SubmitError::Full(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    if let Err(r) = submit(m, Work::Call(Box::new(call))) {
+        return r;
     }
     let explanation = match tokio::time::timeout(s.options.request_timeout, answer).await {
         Ok(Ok(Ok(mut e))) if !e.is_empty() => e.remove(0),

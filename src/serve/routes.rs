@@ -250,20 +250,27 @@ async fn inputs(m: &Served, tensors: Vec<Tensor>) -> Result<Groups, Response> {
     }
 }
 
+/// Queues `work` for `m`'s worker, or answers 503 at once (with `Retry-After` when the queue is
+/// full).
+pub fn submit(m: &Served, work: Work) -> Result<(), Response> {
+    match m.batcher.submit(Job { work, enqueued: Instant::now() }) {
+        Ok(()) => Ok(()),
+        Err(e @ SubmitError::Full(_)) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Err(r)
+        }
+        Err(e) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
+    }
+}
+
 /// Queues every group and waits for all of them: the logits in order, with the longest wait.
 pub async fn run(s: &Server, m: &Served, groups: Groups) -> Result<(Vec<f32>, Duration, Duration), Response> {
     let mut waiting = Vec::with_capacity(groups.len());
     for (x, dims) in groups {
         let (reply, answer) = oneshot::channel();
-        match m.batcher.submit(Job { work: Work::Logits { x, dims, reply }, enqueued: Instant::now() }) {
-            Ok(()) => waiting.push(answer),
-            Err(e @ SubmitError::Full(_)) => {
-                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e);
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return Err(r);
-            }
-            Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
-        }
+        submit(m, Work::Logits { x, dims, reply })?;
+        waiting.push(answer);
     }
     let (mut logits, mut queued, mut compute) = (Vec::new(), Duration::ZERO, Duration::ZERO);
     let deadline = tokio::time::Instant::now() + s.options.request_timeout;
