@@ -244,8 +244,11 @@ pub enum Choice {
 /// The one place that decides what runs `model`: the engine wherever it runs it, unless `burn`
 /// asks for the reference path.
 pub fn choose(model: &Vgg, burn: bool) -> Choice {
+    // Asked for burn: no engine (a copy of every weight) is built only to be dropped.
+    if burn {
+        return Choice::Burn { because: None };
+    }
     match Engine::new(model) {
-        Ok(_) if burn => Choice::Burn { because: None },
         Ok(engine) => Choice::Engine(Box::new(engine)),
         Err(why) => Choice::Burn { because: Some(why.to_string()) },
     }
