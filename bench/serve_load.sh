@@ -4,9 +4,17 @@
 # `vgg serve` under closed-loop load (concurrency N and 2N) and open-loop load at 1x, 2x and 4x that
 # capacity (examples/serve_load.rs), with the server's RSS before and after.
 # usage: bench/serve_load.sh [SECONDS]
+# PIN=1: the server and `vgg bench` on core 0 with one compute thread, the load generator on core 1,
+#   so that the client's threads do not take compute from the server (as on a separate client host).
+# VGG16_DELAY_US: VGG-16's --max-queue-delay-us (default: the server's own default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
+if [ "${PIN:-0}" = 1 ]; then
+    SERVER=(taskset -c 0 env RAYON_NUM_THREADS=1) CLIENT=(taskset -c 1) THREADS=(--threads 1)
+else
+    SERVER=(env) CLIENT=(env) THREADS=()
+fi
 cargo build --release -q --example serve_load
 LOAD=./target/release/examples/serve_load
 VGG=./target/release/vgg
@@ -14,24 +22,24 @@ rss() { awk '/VmRSS/ {print $2 / 1024 " MiB"}' "/proc/$1/status"; }
 run_case() {  # name, bench args, serve args, side, channels, batch
     local name=$1 bargs=$2 sargs=$3 side=$4 ch=$5 n=$6
     local cap
-    cap=$($VGG bench $bargs --batch "$n" --iters 6 --warmup 2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["img_per_s"])')
+    cap=$("${SERVER[@]}" $VGG bench $bargs --batch "$n" --iters 6 --warmup 2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["img_per_s"])')
     echo "$name: vgg bench --batch $n: $cap img/s ($(lscpu | sed -n 's/Model name: *//p'))"
     local log; log=$(mktemp)
-    $VGG serve --port 0 --max-batch-size "$n" $sargs > "$log" 2>/dev/null &
+    "${SERVER[@]}" $VGG serve --port 0 --max-batch-size "$n" "${THREADS[@]}" $sargs > "$log" 2>/dev/null &
     local pid=$!
     for _ in $(seq 300); do grep -q listening "$log" && break; sleep 0.1; done
     local url; url=$(sed -n 's|.*listening on ||p' "$log" | head -1)
     for _ in $(seq 600); do curl -sf "$url/v2/health/ready" > /dev/null && break; sleep 0.1; done
     local model; model=$(curl -s "$url/v2/models/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["model_stats"][0]["name"])')
     echo "  server RSS at start: $(rss $pid)"
-    for c in "$n" "$((2 * n))"; do echo "  closed:$c $($LOAD "$url" "$model" "$side" "$ch" "closed:$c" "$SECS") RSS $(rss $pid)"; done
+    for c in "$n" "$((2 * n))"; do echo "  closed:$c $("${CLIENT[@]}" $LOAD "$url" "$model" "$side" "$ch" "closed:$c" "$SECS") RSS $(rss $pid)"; done
     for x in 1 2 4; do
         local rate; rate=$(python3 -c "print($cap * $x)")
-        echo "  open ${x}x ($rate/s) $($LOAD "$url" "$model" "$side" "$ch" "open:$rate" "$SECS") RSS $(rss $pid)"
+        echo "  open ${x}x ($rate/s) $("${CLIENT[@]}" $LOAD "$url" "$model" "$side" "$ch" "open:$rate" "$SECS") RSS $(rss $pid)"
     done
     echo "  server RSS at the end: $(rss $pid)"
     kill $pid; wait $pid 2>/dev/null || true
     rm -f "$log"
 }
 run_case "built-in Fashion-MNIST model" "--arch vgg13_bn --width 0.375 --head cifar --num-classes 10 --in-channels 1 --size 32" "" 32 1 8
-run_case "VGG-16 224x224" "--arch vgg16 --size 224" "--model vgg16=random --arch vgg16" 224 3 8
+run_case "VGG-16 224x224" "--arch vgg16 --size 224" "--model vgg16=random --arch vgg16 ${VGG16_DELAY_US:+--max-queue-delay-us $VGG16_DELAY_US}" 224 3 8
