@@ -31,7 +31,7 @@ fn main() {
     let mut times = vec![];
     for i in 0..steps {
         let t = Instant::now();
-        let r = engine.train_step(&x, [batch, cin, 32, 32], &labels, 0.0, i, &|_| false);
+        let r = engine.train_step(&x, [batch, cin, 32, 32], &labels, 0.0, &vec![i; batch], &|_| false);
         times.push(t.elapsed().as_secs_f64());
         eprintln!("step {i}: {:.3} s loss {:.4}", times[i as usize], r.loss);
     }

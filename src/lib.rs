@@ -29,6 +29,7 @@
 pub mod classify;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod engine;
 pub mod eval;
 pub mod explain;

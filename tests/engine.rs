@@ -62,7 +62,7 @@ fn loss_gradients_and_sgd_steps_match_pytorch() {
     let mut engine = Engine::new(&m).unwrap();
     let x = input("cifar_train", [8, 3, 32, 32]);
     let manifest = manifest();
-    let r = engine.train_step(&x, [8, 3, 32, 32], &LABELS, 0.0, 0, &|_| false);
+    let r = engine.train_step(&x, [8, 3, 32, 32], &LABELS, 0.0, &[0; 8], &|_| false);
     let want = manifest["train"]["loss"].as_f64().unwrap();
     assert_near_torch_f32("loss", "train.loss", ((r.loss - want) / want).abs());
     let grad = |key: &str| {
@@ -102,7 +102,7 @@ fn loss_gradients_and_sgd_steps_match_pytorch() {
     let losses: Vec<f64> =
         manifest["train"]["sgd"]["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     for (step, want) in losses.iter().enumerate() {
-        let r = engine.train_step(&x, [8, 3, 32, 32], &LABELS, 0.0, 0, &|_| false);
+        let r = engine.train_step(&x, [8, 3, 32, 32], &LABELS, 0.0, &[0; 8], &|_| false);
         let err = ((r.loss - want) / want).abs();
         assert_near_torch_f32(&format!("step {step} loss"), &format!("train.sgd.loss{step}"), err);
         opt.step(&mut engine, &cfg, 0.002, &|_| false);
@@ -114,7 +114,7 @@ fn loss_gradients_and_sgd_steps_match_pytorch() {
     }
     // Running statistics after one training forward.
     let mut engine = Engine::new(&m).unwrap();
-    engine.train_step(&x, [8, 3, 32, 32], &LABELS, 0.0, 0, &|_| false);
+    engine.train_step(&x, [8, 3, 32, 32], &LABELS, 0.0, &[0; 8], &|_| false);
     let sd = engine.state_dict();
     for key in
         ["features.1.running_mean", "features.1.running_var", "features.26.running_mean", "features.26.running_var"]
@@ -184,7 +184,7 @@ fn training_gradients_agree_with_burn_on_other_layouts() {
         let labels: Vec<usize> = (0..dims[0]).map(|i| (i * 3) % config.num_classes).collect();
         let (want_loss, want) = burn_grads(&m, &x, dims, &labels, 0.1);
         let mut engine = Engine::new(&m).unwrap();
-        let r = engine.train_step(&x, dims, &labels, 0.1, 0, &|_| false);
+        let r = engine.train_step(&x, dims, &labels, 0.1, &vec![0; dims[0]], &|_| false);
         println!("{}: loss {} vs burn {want_loss}", config.arch_name(), r.loss);
         assert!(((r.loss - want_loss) / want_loss).abs() < 1e-5);
         for (key, g) in want {
@@ -210,7 +210,7 @@ fn adamw_first_step_and_gradient_clipping_follow_pytorch() {
     let m = Vgg::new(&config.clone().with_in_channels(1), &Device::default()).unwrap();
     let x: Vec<f32> = s("engine:adamw", 2 * 32 * 32).iter().map(|&v| v as f32).collect();
     let mut engine = Engine::new(&m).unwrap();
-    engine.train_step(&x, [2, 1, 32, 32], &[0, 2], 0.0, 1, &|_| false);
+    engine.train_step(&x, [2, 1, 32, 32], &[0, 2], 0.0, &[1, 2], &|_| false);
     let before = engine.params().to_vec();
     // clip_grad_norm_: the returned norm is the global one, and afterwards it is max_norm.
     let global = |e: &Engine| e.params().iter().flat_map(|p| &p.grad).map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();

@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use common::*;
 use vgg::config::Head;
 use vgg::train::SgdConfig;
-use vgg::train::{self as fit, Event, FitConfig, RunDir, Schedule, SwaConfig, TrainError};
+use vgg::train::{self as fit, Event, FitConfig, RunDir, RunOptions, Schedule, SwaConfig, TrainError};
 use vgg::{Vgg, VggConfig};
 
 fn config() -> VggConfig {
@@ -68,9 +68,10 @@ fn model(seed: u64) -> Vgg {
 fn a_short_run_learns_far_above_chance_and_eval_reproduces_it() {
     let (train, test) = data(3000, 500);
     let dir = tmpdir("learn");
-    let (_, state) =
-        fit::fit(model(1), &train, &test, &fit_config(2, 0.05), &dir, false, &mut |_| ControlFlow::Continue(()))
-            .unwrap();
+    let (_, state) = fit::fit(model(1), &train, &test, &fit_config(2, 0.05), &dir, &RunOptions::default(), &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     let last = state.history.last().unwrap();
     println!("after 2 epochs on 3000 images: test accuracy {:.1}%", last.test_acc * 100.0);
     assert!(last.test_acc > 0.6, "chance is 10%; got {}", last.test_acc);
@@ -128,11 +129,13 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     let cfg = FitConfig { erase: 0.5, ..fit_config(2, 0.05) };
     let init = Vgg::new(&config(), &Device::default()).unwrap().state_dict();
     let straight = tmpdir("straight");
-    let (a, sa) =
-        fit::fit(model_from(&init), &train, &test, &cfg, &straight, false, &mut |_| ControlFlow::Continue(())).unwrap();
+    let (a, sa) = fit::fit(model_from(&init), &train, &test, &cfg, &straight, &RunOptions::default(), &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     // Interrupted in the middle of epoch 2: only epoch 1's checkpoint survives.
     let broken = tmpdir("broken");
-    let _ = fit::fit(model_from(&init), &train, &test, &cfg, &broken, false, &mut |e| match e {
+    let _ = fit::fit(model_from(&init), &train, &test, &cfg, &broken, &RunOptions::default(), &mut |e| match e {
         Event::Step(5, ..) if std::fs::metadata(broken.last()).is_ok() => ControlFlow::Break(()),
         _ => ControlFlow::Continue(()),
     })
@@ -141,8 +144,10 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     assert_eq!(partial.epochs_done, 1);
     // A fresh process would build a new model: its random init is replaced by the checkpoint.
     let fresh = Vgg::new(&config(), &Device::default()).unwrap().state_dict();
-    let (b, sb) =
-        fit::fit(model_from(&fresh), &train, &test, &cfg, &broken, true, &mut |_| ControlFlow::Continue(())).unwrap();
+    let (b, sb) = fit::fit(model_from(&fresh), &train, &test, &cfg, &broken, &RunOptions::resuming(), &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(sb.history.len(), 2);
     // The engine's reductions run in a fixed order, so the resumed run repeats the straight one.
     for (x, y) in sa.history.iter().zip(&sb.history) {
@@ -179,14 +184,16 @@ fn weight_averaging_averages_the_late_epochs_and_resumes() {
 
     let init = Vgg::new(&config(), &Device::default()).unwrap().state_dict();
     let straight = tmpdir("swa-straight");
-    let (a, sa) =
-        fit::fit(model_from(&init), &train, &test, &cfg, &straight, false, &mut |_| ControlFlow::Continue(())).unwrap();
+    let (a, sa) = fit::fit(model_from(&init), &train, &test, &cfg, &straight, &RunOptions::default(), &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(sa.swa_count, 2);
     let last = sa.history.last().unwrap();
     assert!(last.last_weights_test_acc.is_some() && sa.history[1].last_weights_test_acc.is_none());
     // Stopped after epoch 2: one snapshot, which is that epoch's weights.
     let broken = tmpdir("swa-broken");
-    let _ = fit::fit(model_from(&init), &train, &test, &cfg, &broken, false, &mut |e| match e {
+    let _ = fit::fit(model_from(&init), &train, &test, &cfg, &broken, &RunOptions::default(), &mut |e| match e {
         Event::EpochEnd(m) if m.epoch == 2 => ControlFlow::Break(()),
         _ => ControlFlow::Continue(()),
     })
@@ -200,8 +207,10 @@ fn weight_averaging_averages_the_late_epochs_and_resumes() {
         assert_eq!(opt[&format!("{}{k}", fit::SWA_PREFIX)].data, t.data, "{k}");
     }
     let fresh = Vgg::new(&config(), &Device::default()).unwrap().state_dict();
-    let (b, _) =
-        fit::fit(model_from(&fresh), &train, &test, &cfg, &broken, true, &mut |_| ControlFlow::Continue(())).unwrap();
+    let (b, _) = fit::fit(model_from(&fresh), &train, &test, &cfg, &broken, &RunOptions::resuming(), &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     let (wa, wb) = (a.state_dict(), b.state_dict());
     for (k, t) in &wa {
         let reference: Vec<f64> = t.data.iter().map(|&v| v as f64).collect();
@@ -234,8 +243,10 @@ fn precise_batchnorm_recomputes_the_statistics_after_the_last_epoch() {
     let init = Vgg::new(&config(), &Device::default()).unwrap().state_dict();
     let run = |precise_bn: bool, name: &str| {
         let cfg = FitConfig { precise_bn, ..fit_config(2, 0.05) };
-        fit::fit(model_from(&init), &train, &test, &cfg, &tmpdir(name), false, &mut |_| ControlFlow::Continue(()))
-            .unwrap()
+        fit::fit(model_from(&init), &train, &test, &cfg, &tmpdir(name), &RunOptions::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
     };
     let (plain, sp) = run(false, "precise-off");
     let (precise, sq) = run(true, "precise-on");
@@ -260,7 +271,8 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_good_checkpoint() {
     let (train, test) = data(256, 64);
     let dir = tmpdir("nan");
     let cfg = FitConfig { schedule: Schedule::Constant, ..fit_config(2, 1e12) };
-    let err = fit::fit(model(5), &train, &test, &cfg, &dir, false, &mut |_| ControlFlow::Continue(())).unwrap_err();
+    let err = fit::fit(model(5), &train, &test, &cfg, &dir, &RunOptions::default(), &mut |_| ControlFlow::Continue(()))
+        .unwrap_err();
     assert!(matches!(err, TrainError::NonFinite { epoch: 1, .. }), "{err}");
     assert!(err.to_string().contains("lower learning rate"));
     assert!(!dir.last().exists(), "no checkpoint claims a state that diverged");
@@ -272,8 +284,10 @@ fn freezing_the_trunk_trains_only_the_head() {
     let init = Vgg::new(&config(), &Device::default()).unwrap().state_dict();
     let cfg = FitConfig { freeze: Some("features".into()), ..fit_config(1, 0.05) };
     let (m, _) =
-        fit::fit(model_from(&init), &train, &test, &cfg, &tmpdir("freeze"), false, &mut |_| ControlFlow::Continue(()))
-            .unwrap();
+        fit::fit(model_from(&init), &train, &test, &cfg, &tmpdir("freeze"), &RunOptions::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
     let after = m.state_dict();
     for (k, t) in &init {
         let trainable = !k.contains("running_") && !k.ends_with("num_batches_tracked");
@@ -359,7 +373,7 @@ fn a_spent_time_budget_ends_the_run_annealed_after_one_more_epoch() {
     let cfg = FitConfig { time_budget_s: Some(1e-3), ..fit_config(4, 0.05) };
     let dir = tmpdir("budget");
     let mut planned = vec![];
-    let (_, state) = fit::fit(model_from(&init), &train, &test, &cfg, &dir, false, &mut |e| {
+    let (_, state) = fit::fit(model_from(&init), &train, &test, &cfg, &dir, &RunOptions::default(), &mut |e| {
         if let Event::EpochStart(epoch, plan, _) = e {
             planned.push((epoch, plan));
         }
@@ -379,13 +393,15 @@ fn a_spent_time_budget_ends_the_run_annealed_after_one_more_epoch() {
     assert!(last_lr < 0.05 / 25.0, "the schedule did not end annealed: {last_lr}");
     // Stopped after the first epoch and resumed, the run plans and ends the same.
     let dir2 = tmpdir("budget-resume");
-    fit::fit(model_from(&init), &train, &test, &cfg, &dir2, false, &mut |e| match e {
+    fit::fit(model_from(&init), &train, &test, &cfg, &dir2, &RunOptions::default(), &mut |e| match e {
         Event::EpochEnd(_) => ControlFlow::Break(()),
         _ => ControlFlow::Continue(()),
     })
     .unwrap();
-    let (_, resumed) =
-        fit::fit(model_from(&init), &train, &test, &cfg, &dir2, true, &mut |_| ControlFlow::Continue(())).unwrap();
+    let (_, resumed) = fit::fit(model_from(&init), &train, &test, &cfg, &dir2, &RunOptions::resuming(), &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(resumed.history.len(), 2);
     assert_eq!(resumed.history[1].test_acc, state.history[1].test_acc);
     assert_eq!(resumed.history[1].train_loss, state.history[1].train_loss);
@@ -428,14 +444,21 @@ fn burns_reference_path_trains_the_same_run_as_the_engine() {
     for burn_reference in [false, true] {
         let cfg = FitConfig { burn_reference, ..cfg.clone() };
         let mut runs_on = None;
-        let (m, state) =
-            fit::fit(from(&init), &train, &test, &cfg, &tmpdir(&format!("ref{burn_reference}")), false, &mut |e| {
+        let (m, state) = fit::fit(
+            from(&init),
+            &train,
+            &test,
+            &cfg,
+            &tmpdir(&format!("ref{burn_reference}")),
+            &RunOptions::default(),
+            &mut |e| {
                 if let Event::RunsOn(r) = e {
                     runs_on = Some(r);
                 }
                 ControlFlow::Continue(())
-            })
-            .unwrap();
+            },
+        )
+        .unwrap();
         let runs_on = runs_on.expect("the loop says what runs it");
         assert_eq!(matches!(runs_on, vgg::net::RunsOn::Burn { .. }), burn_reference, "{runs_on}");
         assert_eq!(runs_on.fallback(), None, "nothing fell back");
@@ -463,9 +486,10 @@ fn burns_reference_path_trains_the_same_run_as_the_engine() {
         optimizer: Some(vgg::train::OptimizerConfig::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }),
         ..cfg
     };
-    let err =
-        fit::fit(from(&init), &train, &test, &adamw, &tmpdir("ref-adamw"), false, &mut |_| ControlFlow::Continue(()))
-            .unwrap_err()
-            .to_string();
+    let err = fit::fit(from(&init), &train, &test, &adamw, &tmpdir("ref-adamw"), &RunOptions::default(), &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("AdamW runs on the fast CPU engine only"), "{err}");
 }

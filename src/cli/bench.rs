@@ -149,7 +149,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 layer_times = median_of(runs);
             }
             Box::new(move || {
-                engine.train_step(&x, dims, &labels, 0.0, 0, &|_| false);
+                engine.train_step(&x, dims, &labels, 0.0, &vec![0; dims[0]], &|_| false);
                 opt.step(&mut engine, &cfg, 0.01, &|_| false);
             })
         }

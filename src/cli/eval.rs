@@ -29,9 +29,13 @@ pub struct EvalArgs {
     /// One JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    mpi: super::parallel::MpiArgs,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    // Under mpirun, each process evaluates its share of the batches and rank 0 reports.
+    let group = a.mpi.group()?;
     let (_, test) = a.data.load()?;
     let device = burn::tensor::Device::default();
     let (model, pre) = vgg::eval::load_for_eval(&a.weights, &device)?;
@@ -41,8 +45,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let canvas = pre.crop.map(|c| c[0]).unwrap_or(test.shape[1]);
     let bar = ProgressBar::new(test.len() as u64);
     bar.set_style(ProgressStyle::with_template("[{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("template"));
-    let ev = vgg::eval::evaluate_tta(&model, &test, canvas, norm, a.batch, a.flip, &mut |n| bar.inc(n as u64));
+    if !group.is_root() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let net = vgg::net::for_model(&model);
+    let ev = vgg::eval::evaluate_net(&*net, &test, canvas, norm, a.batch, a.flip, &*group, &mut |n| {
+        bar.inc((n * group.size()) as u64)
+    });
     bar.finish_and_clear();
+    if !group.is_root() {
+        return Ok(());
+    }
     if let Some(path) = &a.confusion_png {
         let title = format!("{}: top-1 {:.2}%", a.weights.display(), ev.acc * 100.0);
         vgg::plot::confusion(&ev.confusion, &test.classes, &title)

@@ -8,6 +8,7 @@ mod eval;
 mod explain;
 mod export;
 mod features;
+mod parallel;
 mod serve;
 mod style;
 mod summary;
@@ -47,7 +48,7 @@ enum Command {
     /// Neural style transfer (Gatys et al.): CONTENT painted in the style of STYLE.
     Style(style::StyleArgs),
     /// Train a VGG (Fashion-MNIST, CIFAR-10/100), checkpointing every epoch.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Top-1/top-5 accuracy, per-class accuracy and confusion matrix of weights on a test set.
     Eval(eval::EvalArgs),
     /// Draw a training run's loss and accuracy curves (PNG) from its metrics.jsonl.
@@ -74,7 +75,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Style(a) => style::run(a),
         Command::Export(a) => export::run(a),
         Command::Convert(a) => convert::run(a),
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Weights(a) => weights::run(a),
         Command::Bench(a) => bench::run(a),

@@ -173,6 +173,12 @@ pub struct TrainArgs {
     /// Print one JSON object per epoch instead of the progress bar.
     #[arg(long)]
     json: bool,
+    /// Stop after training this many epochs in this invocation, checkpoint kept, for `--resume`
+    /// later (e.g. a cluster job's time slot); the schedule stays that of --epochs.
+    #[arg(long)]
+    stop_after: Option<usize>,
+    #[command(flatten)]
+    parallel: super::parallel::ParallelArgs,
 }
 
 /// Seconds in a duration written as a number with an optional unit: s, m (the default) or h.
@@ -191,6 +197,9 @@ fn parse_duration(s: &str) -> Result<f64, String> {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    let group = a.parallel.mpi.group()?;
+    let parallel = a.parallel.data_parallel(&group)?;
+    let root = group.is_root();
     let (train, test) = a.data.load()?;
     let config = match a.arch.config()? {
         Some(c) => c,
@@ -253,22 +262,36 @@ pub fn run(a: TrainArgs) -> Result<()> {
         None => Vgg::new(&config, &device)?,
         Some(spec) => {
             let loaded = super::load_weights(spec, Some(config.clone()), false, &device)?;
-            eprintln!("initialised from {}", loaded.source);
+            if root {
+                eprintln!("initialised from {}", loaded.source);
+            }
             loaded.model
         }
     };
-    eprintln!("training {config} on {} images, testing on {}", train.len(), test.len());
+    if root {
+        eprintln!("training {config} on {} images, testing on {}", train.len(), test.len());
+        if group.size() > 1 {
+            eprintln!(
+                "data-parallel over {} processes: {} images per process per step{}",
+                group.size(),
+                fit_config.batch_size.div_ceil(group.size()),
+                if run_sync_bn(&parallel) { ", BatchNorm synchronised" } else { "" }
+            );
+        }
+    }
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("epoch {prefix} [{bar:25}] {pos}/{len} {msg} {per_sec} eta {eta}")
             .expect("template"),
     );
-    if a.json {
+    if a.json || !root {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let batch = fit_config.batch_size as u64;
     let dir = RunDir(a.out.clone());
-    let (_, state) = training::fit(model, &train, &test, &fit_config, &dir, a.resume, &mut |e| match e {
+    let run = training::RunOptions { resume: a.resume, parallel };
+    let mut trained = 0usize;
+    let (_, state) = training::fit(model, &train, &test, &fit_config, &dir, &run, &mut |e| match e {
         Event::EpochStart(epoch, planned, steps) => {
             bar.reset();
             bar.set_length(steps as u64);
@@ -287,6 +310,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             ControlFlow::Continue(())
         }
         Event::EpochEnd(m) => {
+            trained += 1;
             if a.json {
                 println!("{}", serde_json::to_string(m).expect("metrics serialise"));
             } else {
@@ -307,11 +331,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     bar.println(line);
                 }
             }
-            ControlFlow::Continue(())
+            if a.stop_after.is_some_and(|n| trained >= n) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         }
     })?;
     bar.finish_and_clear();
-    if !a.json {
+    if !a.json && root {
         println!(
             "best test accuracy {:.2}%; weights in {}, checkpoint in {}",
             state.best_acc * 100.0,
@@ -320,4 +344,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn run_sync_bn(parallel: &Option<vgg::engine::DataParallel>) -> bool {
+    parallel.as_ref().is_some_and(|p| p.sync_bn)
 }

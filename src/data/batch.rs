@@ -89,7 +89,8 @@ pub fn make_batch(
     make_batch_with(ds, idx, canvas, &Augment { crop: CropAug::Shift, shift, lighting: 0.0, erase: 0.0 }, norm, rng)
 }
 
-/// [`make_batch`] with any augmentation (applied only when `rng` is given).
+/// [`make_batch`] with any augmentation (applied only when `rng` is given), the images drawing one
+/// after another from `rng`.
 pub fn make_batch_with(
     ds: &Dataset,
     idx: &[usize],
@@ -98,79 +99,108 @@ pub fn make_batch_with(
     norm: PixelNorm,
     mut rng: Option<&mut StdRng>,
 ) -> (Vec<f32>, Vec<usize>) {
-    let [c, h, w] = ds.shape;
+    let [c, _, _] = ds.shape;
     let labels = idx.iter().map(|&i| ds.labels[i] as usize).collect();
-    let plane = canvas * canvas;
-    if let (Some(r), CropAug::ScaleJitter { .. } | CropAug::ResizedCrop { .. }) = (rng.as_deref_mut(), aug.crop) {
-        let mut x = vec![0f32; idx.len() * c * plane];
-        for (b, &i) in idx.iter().enumerate() {
-            let bx = match aug.crop {
-                CropAug::ScaleJitter { smin, smax } => augment::scale_jitter_box(h, w, canvas, smin, smax, r),
-                CropAug::ResizedCrop { min_scale } => augment::resized_crop_box(h, w, min_scale, r),
-                CropAug::Shift => unreachable!(),
-            };
-            let flip = r.random_bool(0.5);
-            let out = &mut x[b * c * plane..(b + 1) * c * plane];
-            augment::sample_box(ds.image(i), ds.shape, bx, canvas, flip, out);
-            let light = lighting(c, aug, &norm, r);
-            for ch in 0..c {
-                let k = ch.min(2);
-                for v in &mut out[ch * plane..(ch + 1) * plane] {
-                    *v = (*v + light[k] - norm.mean[k]) / norm.std[k];
-                }
-            }
-            erase(out, c, canvas, aug.erase, r);
-        }
-        return (x, labels);
-    }
-    let shift = aug.shift;
-    let mut x = vec![0f32; idx.len() * c * plane];
-    for b in 0..idx.len() {
-        for ch in 0..c {
-            let k = ch.min(2);
-            x[(b * c + ch) * plane..(b * c + ch + 1) * plane].fill((0.0 - norm.mean[k]) / norm.std[k]);
-        }
-    }
-    let (cy, cx) = ((canvas as isize - h as isize) / 2, (canvas as isize - w as isize) / 2);
-    let s = shift as isize;
-    for (b, &i) in idx.iter().enumerate() {
-        let (dy, dx, flip) = match rng.as_deref_mut() {
-            Some(r) => (
-                r.random_range(-s as i64..=s as i64) as isize,
-                r.random_range(-s as i64..=s as i64) as isize,
-                r.random_bool(0.5),
-            ),
-            None => (0, 0, false),
-        };
-        let (oy, ox) = (cy + dy, cx + dx);
-        let img = ds.image(i);
-        let light = match rng.as_deref_mut() {
-            Some(r) => lighting(c, aug, &norm, r),
-            None => [0.0; 3],
-        };
-        for ch in 0..c {
-            let (mean, std) = (norm.mean[ch.min(2)] - light[ch.min(2)], norm.std[ch.min(2)]);
-            for y in 0..h {
-                let ty = oy + y as isize;
-                if ty < 0 || ty >= canvas as isize {
-                    continue;
-                }
-                for xx in 0..w {
-                    let tx = ox + xx as isize;
-                    if tx < 0 || tx >= canvas as isize {
-                        continue;
-                    }
-                    let src = if flip { w - 1 - xx } else { xx };
-                    let v = img[(ch * h + y) * w + src] as f32 / 255.0;
-                    x[((b * c + ch) * canvas + ty as usize) * canvas + tx as usize] = (v - mean) / std;
-                }
-            }
-        }
-        if let Some(r) = rng.as_deref_mut() {
-            erase(&mut x[b * c * plane..(b + 1) * c * plane], c, canvas, aug.erase, r);
-        }
+    let mut x = vec![0f32; idx.len() * c * canvas * canvas];
+    for (&i, out) in idx.iter().zip(x.chunks_exact_mut(c * canvas * canvas)) {
+        place_image(ds, i, canvas, aug, &norm, rng.as_deref_mut(), out);
     }
     (x, labels)
+}
+
+/// [`make_batch_with`] where image `b` draws its augmentation from its own seed `seeds[b]`, so that
+/// an image is augmented the same whichever batch or process assembles it (the shards of a
+/// data-parallel batch concatenate to the batch one process would assemble).
+pub fn make_batch_seeded(
+    ds: &Dataset,
+    idx: &[usize],
+    canvas: usize,
+    aug: &Augment,
+    norm: PixelNorm,
+    seeds: &[u64],
+) -> (Vec<f32>, Vec<usize>) {
+    assert_eq!(idx.len(), seeds.len(), "one seed per image");
+    let [c, _, _] = ds.shape;
+    let labels = idx.iter().map(|&i| ds.labels[i] as usize).collect();
+    let mut x = vec![0f32; idx.len() * c * canvas * canvas];
+    for ((&i, &seed), out) in idx.iter().zip(seeds).zip(x.chunks_exact_mut(c * canvas * canvas)) {
+        place_image(ds, i, canvas, aug, &norm, Some(&mut StdRng::seed_from_u64(seed)), out);
+    }
+    (x, labels)
+}
+
+/// Image `i` of `ds` normalised onto its `[c, canvas, canvas]` slot `out`, augmented from `rng`
+/// when given (draws in a fixed order: the crop or shift, the flip, the lighting, the erasing).
+fn place_image(
+    ds: &Dataset,
+    i: usize,
+    canvas: usize,
+    aug: &Augment,
+    norm: &PixelNorm,
+    mut rng: Option<&mut StdRng>,
+    out: &mut [f32],
+) {
+    let [c, h, w] = ds.shape;
+    let plane = canvas * canvas;
+    if let (Some(r), CropAug::ScaleJitter { .. } | CropAug::ResizedCrop { .. }) = (rng.as_deref_mut(), aug.crop) {
+        let bx = match aug.crop {
+            CropAug::ScaleJitter { smin, smax } => augment::scale_jitter_box(h, w, canvas, smin, smax, r),
+            CropAug::ResizedCrop { min_scale } => augment::resized_crop_box(h, w, min_scale, r),
+            CropAug::Shift => unreachable!(),
+        };
+        let flip = r.random_bool(0.5);
+        augment::sample_box(ds.image(i), ds.shape, bx, canvas, flip, out);
+        let light = lighting(c, aug, norm, r);
+        for ch in 0..c {
+            let k = ch.min(2);
+            for v in &mut out[ch * plane..(ch + 1) * plane] {
+                *v = (*v + light[k] - norm.mean[k]) / norm.std[k];
+            }
+        }
+        erase(out, c, canvas, aug.erase, r);
+        return;
+    }
+    for ch in 0..c {
+        let k = ch.min(2);
+        out[ch * plane..(ch + 1) * plane].fill((0.0 - norm.mean[k]) / norm.std[k]);
+    }
+    let (cy, cx) = ((canvas as isize - h as isize) / 2, (canvas as isize - w as isize) / 2);
+    let s = aug.shift as isize;
+    let (dy, dx, flip) = match rng.as_deref_mut() {
+        Some(r) => (
+            r.random_range(-s as i64..=s as i64) as isize,
+            r.random_range(-s as i64..=s as i64) as isize,
+            r.random_bool(0.5),
+        ),
+        None => (0, 0, false),
+    };
+    let (oy, ox) = (cy + dy, cx + dx);
+    let img = ds.image(i);
+    let light = match rng.as_deref_mut() {
+        Some(r) => lighting(c, aug, norm, r),
+        None => [0.0; 3],
+    };
+    for ch in 0..c {
+        let (mean, std) = (norm.mean[ch.min(2)] - light[ch.min(2)], norm.std[ch.min(2)]);
+        for y in 0..h {
+            let ty = oy + y as isize;
+            if ty < 0 || ty >= canvas as isize {
+                continue;
+            }
+            for xx in 0..w {
+                let tx = ox + xx as isize;
+                if tx < 0 || tx >= canvas as isize {
+                    continue;
+                }
+                let src = if flip { w - 1 - xx } else { xx };
+                let v = img[(ch * h + y) * w + src] as f32 / 255.0;
+                out[(ch * canvas + ty as usize) * canvas + tx as usize] = (v - mean) / std;
+            }
+        }
+    }
+    if let Some(r) = rng {
+        erase(out, c, canvas, aug.erase, r);
+    }
 }
 
 /// Random erasing of one normalised image (`[c, canvas, canvas]`): the rectangle is set to 0, the

@@ -177,6 +177,7 @@ impl Engine {
             spare_acts: vec![],
             spare_grads: BufPool::default(),
             conv_algos: ConvAlgos::default(),
+            parallel: None,
         })
     }
 }

@@ -1,9 +1,6 @@
 //! Evaluation passes: logits, the per-op profile of `vgg bench --layers`, and the paper's dense
 //! evaluation.
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-
 use super::ops::{Op, Shape};
 use super::{Engine, nhwc, to_nhwc};
 use crate::config::Head;
@@ -35,7 +32,6 @@ impl Engine {
         mut shape: Shape,
         mut times: Option<&mut Vec<(String, f64)>>,
     ) -> (Vec<f32>, Shape) {
-        let mut rng = StdRng::seed_from_u64(0);
         // Each op writes into the buffer its input's input had (the largest maps are tens of
         // megabytes: fresh allocations cost page faults and zeroing every layer).
         let mut spare = Vec::new();
@@ -45,7 +41,7 @@ impl Engine {
                 Op::Relu => norm::relu_inplace(&mut act),
                 Op::Dropout => {}
                 op => {
-                    let (out, s, _) = op.forward_into(&self.env(), &act, shape, false, &mut rng, &mut spare);
+                    let (out, s, _) = op.forward_into(&self.env(), &act, shape, false, &[], &mut spare);
                     spare = std::mem::replace(&mut act, out);
                     shape = s;
                 }

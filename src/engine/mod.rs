@@ -18,6 +18,7 @@
 mod build;
 mod infer;
 mod ops;
+mod parallel;
 mod params;
 mod trace;
 mod train;
@@ -34,6 +35,7 @@ use crate::weights::{StateDict, TensorEntry};
 pub use crate::kernels::conv::ConvAlgos;
 pub use crate::kernels::half::HalfKind;
 pub use crate::kernels::isa::{Isa, IsaError, cpu_name};
+pub use parallel::DataParallel;
 pub use params::ParamBuf;
 pub use trace::Trace;
 pub use train::StepResult;
@@ -74,6 +76,8 @@ pub struct Engine {
     spare_grads: BufPool,
     /// Which convolution algorithms may run.
     conv_algos: ConvAlgos,
+    /// The processes the training steps span, if more than this one.
+    parallel: Option<DataParallel>,
 }
 
 /// The kernel path this process runs on (chosen once: the CPU's best, or `VGG_ISA`); an error
@@ -157,7 +161,18 @@ impl Engine {
 
     /// What the ops read besides their inputs.
     fn env(&self) -> OpEnv<'_> {
-        OpEnv { params: &self.params, eps: self.eps, dropout: self.config.dropout, conv_algos: self.conv_algos }
+        OpEnv {
+            params: &self.params,
+            eps: self.eps,
+            dropout: self.config.dropout,
+            conv_algos: self.conv_algos,
+            sync_bn: self.sync_bn_group(),
+        }
+    }
+
+    /// The processes whose batches BatchNorm's training statistics span, if synchronised.
+    fn sync_bn_group(&self) -> Option<&dyn crate::dist::Collective> {
+        self.parallel.as_ref().filter(|p| p.sync_bn).map(|p| &*p.group)
     }
 
     /// The configuration.

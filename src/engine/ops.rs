@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::params::ParamBuf;
+use crate::dist::Collective;
 use crate::kernels::conv::ConvAlgos;
 use crate::kernels::{conv, dense, norm, pool};
 
@@ -17,6 +19,8 @@ pub(super) struct OpEnv<'a> {
     /// The head's dropout probability.
     pub(super) dropout: f64,
     pub(super) conv_algos: ConvAlgos,
+    /// The processes whose batches BatchNorm's training statistics span (synchronised BatchNorm).
+    pub(super) sync_bn: Option<&'a dyn Collective>,
 }
 
 /// What an op's backward writes: the parameters' gradients, and the pool its input gradient is
@@ -26,6 +30,8 @@ pub(super) struct OpGrads<'a> {
     pub(super) spare: &'a mut BufPool,
     pub(super) eps: f64,
     pub(super) conv_algos: ConvAlgos,
+    /// As [`OpEnv::sync_bn`].
+    pub(super) sync_bn: Option<&'a dyn Collective>,
 }
 
 /// A convolution's transformed filters for the forward and input-gradient passes (filled on first
@@ -104,6 +110,8 @@ pub(super) enum Saved {
         mean: Vec<f64>,
         var: Vec<f64>,
         affine: norm::Affine,
+        /// Values per channel the statistics are over (over every process's batch when synchronised).
+        count: usize,
     },
     /// Evaluation-mode BatchNorm: the affine map of the running statistics.
     Eval(norm::Affine),
@@ -146,16 +154,16 @@ impl BufPool {
 
 impl Op {
     /// Runs the op. In training, BatchNorm uses the batch statistics (returned in [`Saved::Stats`])
-    /// and dropout is applied.
+    /// and dropout is applied, row `r` drawing its mask from `dropout_seeds[r]`.
     pub(super) fn forward(
         &self,
         env: &OpEnv,
         x: &[f32],
         shape: Shape,
         train: bool,
-        rng: &mut StdRng,
+        dropout_seeds: &[u64],
     ) -> (Vec<f32>, Shape, Saved) {
-        self.forward_into(env, x, shape, train, rng, &mut Vec::new())
+        self.forward_into(env, x, shape, train, dropout_seeds, &mut Vec::new())
     }
 
     /// [`Op::forward`] writing its output into `spare`'s allocation where it has one.
@@ -165,7 +173,7 @@ impl Op {
         x: &[f32],
         shape: Shape,
         train: bool,
-        rng: &mut StdRng,
+        dropout_seeds: &[u64],
         spare: &mut Vec<f32>,
     ) -> (Vec<f32>, Shape, Saved) {
         let mut buffer = |len: usize| reuse(std::mem::take(spare), len);
@@ -192,10 +200,14 @@ impl Op {
                 let (gamma, beta) = (&env.params[*g].value, &env.params[*b].value);
                 let mut out = buffer(x.len());
                 if train {
-                    let (mean, var) = norm::batch_stats(x, c);
+                    let (mut mean, mut var) = norm::batch_stats(x, c);
+                    let mut count = x.len() / c;
+                    if let Some(group) = env.sync_bn {
+                        count = global_stats(group, count, &mut mean, &mut var);
+                    }
                     let affine = norm::Affine::new(&mean, &var, gamma, beta, env.eps);
                     norm::affine_relu(x, &affine, &mut out);
-                    (out, shape, Saved::Stats { mean, var, affine })
+                    (out, shape, Saved::Stats { mean, var, affine, count })
                 } else {
                     let mean: Vec<f64> = running.mean.iter().map(|&v| v as f64).collect();
                     let var: Vec<f64> = running.var.iter().map(|&v| v as f64).collect();
@@ -251,7 +263,14 @@ impl Op {
             (Op::Dropout, _) => {
                 let mut out = x.to_vec();
                 if train && env.dropout > 0.0 {
-                    let mask = dense::dropout(&mut out, env.dropout, rng);
+                    // Each image's mask from its own seed, so that it does not depend on which
+                    // batch or process the image is in.
+                    let row = out.len() / dropout_seeds.len().max(1);
+                    let mut mask = Vec::with_capacity(out.len());
+                    for (r, part) in out.chunks_mut(row.max(1)).enumerate() {
+                        let mut rng = StdRng::seed_from_u64(dropout_seeds.get(r).copied().unwrap_or(0));
+                        mask.extend(dense::dropout(part, env.dropout, &mut rng));
+                    }
                     (out, shape, Saved::Mask(mask))
                 } else {
                     (out, shape, Saved::None)
@@ -285,9 +304,26 @@ impl Op {
                 dx
             }
             (Op::BnRelu { g: gi, b, .. }, _) => {
-                let Saved::Stats { mean, var, affine } = saved else { unreachable!("BatchNorm saved its statistics") };
-                let (dg, dbeta) =
-                    norm::bn_relu_backward(x, &mut g, mean, var, &grads.params[*gi].value, affine, grads.eps);
+                let Saved::Stats { mean, var, affine, count } = saved else {
+                    unreachable!("BatchNorm saved its statistics")
+                };
+                // Synchronised: the sums of the output gradient (and of its product with x̂) over
+                // every process's batch, as the statistics were.
+                let reduce = |sums: &mut [f64]| {
+                    if let Some(group) = grads.sync_bn {
+                        group.all_reduce_f64(sums);
+                    }
+                };
+                let (dg, dbeta) = norm::bn_relu_backward(
+                    x,
+                    &mut g,
+                    mean,
+                    var,
+                    &grads.params[*gi].value,
+                    affine,
+                    grads.eps,
+                    (*count, &reduce as norm::SumAcross),
+                );
                 grads.params[*gi].grad = dg;
                 grads.params[*b].grad = dbeta;
                 g
@@ -304,6 +340,26 @@ impl Op {
             (op, _) => passive_backward(op, x, shape, saved, g, grads.spare),
         }
     }
+}
+
+/// The mean and biased variance over every process's batch from this one's (`count` values per
+/// channel): the counts and the per-channel sums of x and x² are summed across processes, in f64.
+/// Returns the total count.
+fn global_stats(group: &dyn Collective, count: usize, mean: &mut [f64], var: &mut [f64]) -> usize {
+    let c = mean.len();
+    let n = count as f64;
+    let mut sums = Vec::with_capacity(2 * c + 1);
+    sums.push(n);
+    sums.extend(mean.iter().map(|m| n * m));
+    sums.extend(mean.iter().zip(var.iter()).map(|(m, v)| n * (v + m * m)));
+    group.all_reduce_f64(&mut sums);
+    let total = sums[0];
+    for ch in 0..c {
+        let m = sums[1 + ch] / total;
+        mean[ch] = m;
+        var[ch] = (sums[1 + c + ch] / total - m * m).max(0.0);
+    }
+    total as usize
 }
 
 /// Backward of an op without parameters (ReLU, pooling, flatten, dropout) to its input.

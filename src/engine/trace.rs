@@ -1,9 +1,6 @@
 //! Tracing for explain and style: an evaluation pass that keeps every activation, and gradients
 //! of a scalar with respect to activations and the input.
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-
 use super::ops::{BufPool, Op, Saved, Shape, passive_backward};
 use super::{Engine, EngineError, nhwc, to_nhwc};
 use crate::kernels::{conv, dense, pool};
@@ -100,13 +97,12 @@ impl Engine {
     /// Evaluation-mode forward of `x` (`[n, c, h, w]`) up to activation `upto` (see
     /// [`Engine::activation_index`]), keeping everything [`Engine::gradient`] needs.
     pub fn trace(&self, x: &[f32], dims: [usize; 4], upto: usize) -> Trace {
-        let mut rng = StdRng::seed_from_u64(0);
         let mut acts = vec![to_nhwc(x, dims)];
         let mut shapes = vec![Shape::Map(nhwc(dims))];
         let mut saved = Vec::new();
         for op in &self.ops[..upto.min(self.ops.len())] {
             let (out, shape, s) =
-                op.forward(&self.env(), acts.last().expect("input"), *shapes.last().expect("input"), false, &mut rng);
+                op.forward(&self.env(), acts.last().expect("input"), *shapes.last().expect("input"), false, &[]);
             acts.push(out);
             shapes.push(shape);
             saved.push(s);

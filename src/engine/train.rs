@@ -1,36 +1,42 @@
 //! The training step (forward with batch statistics, loss, backward into each parameter's
 //! gradient) and the recalibration of BatchNorm statistics (`update_bn`).
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-
 use super::ops::{Op, OpGrads, Saved, Shape};
+use super::parallel::Bucket;
 use super::{Engine, to_nhwc};
 use crate::kernels::dense;
 
 /// Result of [`Engine::train_step`].
 #[derive(Debug, Clone, Copy)]
 pub struct StepResult {
-    /// Mean loss of the batch.
+    /// Mean loss of the batch (of the global batch when data-parallel).
     pub loss: f64,
-    /// Correct top-1 predictions in the batch.
+    /// Correct top-1 predictions in the batch (in the global batch when data-parallel).
     pub hits: usize,
+}
+
+/// The dropout seed of each op for image `r`: the image's seed mixed with the op's index, so that
+/// the head's two dropout layers draw different masks.
+fn op_seed(sample_seed: u64, op: usize) -> u64 {
+    (sample_seed ^ (op as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xbf58_476d_1ce4_e5b9)
 }
 
 impl Engine {
     /// One training forward and backward on `x` (`[n, c, h, w]`): leaves each parameter's gradient
     /// in [`ParamBuf::grad`] and updates the BatchNorm running statistics as PyTorch does. Ops before
-    /// `first_trainable` get no gradients (frozen layers); dropout draws from `seed`.
+    /// `first_trainable` get no gradients (frozen layers); image `r`'s dropout masks draw from
+    /// `sample_seeds[r]`. Data-parallel ([`Engine::set_data_parallel`]), `x` is this process's shard
+    /// and the gradients left are those of the global batch's mean loss, identical everywhere.
     pub fn train_step(
         &mut self,
         x: &[f32],
         dims: [usize; 4],
         labels: &[usize],
         smoothing: f64,
-        seed: u64,
+        sample_seeds: &[u64],
         frozen: &dyn Fn(&str) -> bool,
     ) -> StepResult {
-        self.train_step_timed(x, dims, labels, smoothing, seed, frozen, None)
+        self.train_step_timed(x, dims, labels, smoothing, sample_seeds, frozen, None)
     }
 
     /// [`Engine::train_step`] that also times each op's forward and backward: (`"<name> fwd"` or
@@ -38,7 +44,7 @@ impl Engine {
     /// order they run. The per-layer view of `vgg bench --train --layers`.
     pub fn profile_train_step(&mut self, x: &[f32], dims: [usize; 4], labels: &[usize]) -> Vec<(String, f64)> {
         let mut times = Vec::with_capacity(2 * self.ops.len() + 1);
-        self.train_step_timed(x, dims, labels, 0.0, 0, &|_| false, Some(&mut times));
+        self.train_step_timed(x, dims, labels, 0.0, &vec![0; dims[0]], &|_| false, Some(&mut times));
         times
     }
 
@@ -49,7 +55,7 @@ impl Engine {
         dims: [usize; 4],
         labels: &[usize],
         smoothing: f64,
-        seed: u64,
+        sample_seeds: &[u64],
         frozen: &dyn Fn(&str) -> bool,
         mut times: Option<&mut Vec<(String, f64)>>,
     ) -> StepResult {
@@ -61,7 +67,18 @@ impl Engine {
         let [n, c, h, w] = dims;
         // Gradients and optimizer updates need f32 weights.
         self.store_f32();
-        let mut rng = StdRng::seed_from_u64(seed);
+        assert_eq!(sample_seeds.len(), n, "one dropout seed per image");
+        // Data-parallel: the global batch size, and (DDP's broadcast_buffers) rank 0's running
+        // statistics where each process's BatchNorm keeps its own.
+        let mut global_n = n;
+        if let Some(p) = self.parallel.clone() {
+            let mut count = [n as f64];
+            p.group.all_reduce_f64(&mut count);
+            global_n = count[0] as usize;
+            if !p.sync_bn {
+                self.broadcast_running(&*p.group, 0);
+            }
+        }
         let mut acts = vec![to_nhwc(x, dims)];
         let mut shapes = vec![Shape::Map([n, h, w, c])];
         let mut saved = Vec::with_capacity(self.ops.len());
@@ -69,9 +86,13 @@ impl Engine {
         for i in 0..self.ops.len() {
             let t = std::time::Instant::now();
             let mut buf = spare.get_mut(i + 1).map(std::mem::take).unwrap_or_default();
-            let (out, shape, s) = self.ops[i].forward_into(&self.env(), &acts[i], shapes[i], true, &mut rng, &mut buf);
-            if let Saved::Stats { mean, var, .. } = &s {
-                self.update_running(i, mean, var, shapes[i].len() / c_of(shapes[i]));
+            let seeds: Vec<u64> = match self.ops[i] {
+                Op::Dropout => sample_seeds.iter().map(|&s| op_seed(s, i)).collect(),
+                _ => vec![],
+            };
+            let (out, shape, s) = self.ops[i].forward_into(&self.env(), &acts[i], shapes[i], true, &seeds, &mut buf);
+            if let Saved::Stats { mean, var, count, .. } = &s {
+                self.update_running(i, mean, var, *count);
             }
             acts.push(out);
             shapes.push(shape);
@@ -80,7 +101,16 @@ impl Engine {
         }
         let t = std::time::Instant::now();
         let classes = self.config.num_classes;
-        let (loss, mut grad, hits) = dense::cross_entropy(acts.last().expect("output"), labels, classes, smoothing);
+        let (mut loss, mut grad, mut hits) =
+            dense::cross_entropy(acts.last().expect("output"), labels, classes, smoothing);
+        if let Some(p) = &self.parallel {
+            // This shard's share of the global mean, so that the processes' gradients sum to it.
+            let share = n as f64 / global_n as f64;
+            grad.iter_mut().for_each(|g| *g = (*g as f64 * share) as f32);
+            let mut sums = [loss * n as f64, hits as f64];
+            p.group.all_reduce_f64(&mut sums);
+            (loss, hits) = (sums[0] / global_n as f64, sums[1] as usize);
+        }
         lap("loss", "", t);
         // Backward stops below the lowest op that has a trainable parameter.
         let lowest = (0..self.ops.len())
@@ -89,6 +119,7 @@ impl Engine {
         for p in &mut self.params {
             p.grad.clear();
         }
+        let mut bucket = Bucket::default();
         for i in (lowest..self.ops.len()).rev() {
             let t = std::time::Instant::now();
             let need_dx = i > lowest;
@@ -98,8 +129,16 @@ impl Engine {
                 spare: &mut self.spare_grads,
                 eps: self.eps,
                 conv_algos: self.conv_algos,
+                sync_bn: self.parallel.as_ref().filter(|p| p.sync_bn).map(|p| &*p.group),
             };
             grad = self.ops[i].backward(grads, &acts[i], shapes[i], &saved[i], grad, need_dx);
+            // Frozen parameters' gradients are cleared here, before they could be summed.
+            for p in self.op_params(i) {
+                if frozen(&self.params[p].key) {
+                    self.params[p].grad.clear();
+                }
+            }
+            self.reduce_gradients(&mut bucket, &self.op_params(i), i == lowest);
             lap(&self.names[i], "bwd", t);
         }
         self.spare_grads.give(grad);
@@ -120,14 +159,13 @@ impl Engine {
             return 0;
         };
         let mut sums: Vec<Option<(Vec<f64>, Vec<f64>)>> = vec![None; self.ops.len()];
-        let mut rng = StdRng::seed_from_u64(0);
         let mut count = 0usize;
         for (x, dims) in batches {
             let [n, c, h, w] = dims;
             let mut act = to_nhwc(&x, dims);
             let mut shape = Shape::Map([n, h, w, c]);
             for (i, sum) in sums.iter_mut().enumerate().take(last_bn + 1) {
-                let (out, next, saved) = self.ops[i].forward(&self.env(), &act, shape, true, &mut rng);
+                let (out, next, saved) = self.ops[i].forward(&self.env(), &act, shape, true, &[]);
                 if let Saved::Stats { mean, var, .. } = saved {
                     let unbias = unbias_factor(shape.len() / c_of(shape));
                     let (m, v) = sum.get_or_insert_with(|| (vec![0.0; mean.len()], vec![0.0; var.len()]));

@@ -162,8 +162,17 @@ pub fn relu_backward(y: &[f32], g: &mut [f32]) {
     });
 }
 
+/// Sums per-channel values in place over every process whose rows share the statistics (the
+/// identity in one process).
+pub type SumAcross<'a> = &'a dyn Fn(&mut [f64]);
+
 /// Backward of `relu(BatchNorm_train(z))` with batch statistics `mean`, `var` (biased): turns the
 /// output gradient `g` into the gradient of `z` in place and returns (dγ, dβ).
+///
+/// `(count, reduce)`: the statistics are over `count` values per channel, of which these rows are
+/// some (all of them in one process); `reduce` sums the per-channel sums `[Σg…, Σg·x̂…]` over the
+/// rest (the identity in one process), as synchronised BatchNorm's backward does.
+#[allow(clippy::too_many_arguments)]
 pub fn bn_relu_backward(
     z: &[f32],
     g: &mut [f32],
@@ -172,15 +181,16 @@ pub fn bn_relu_backward(
     gamma: &[f32],
     a: &Affine,
     eps: f64,
+    (count, reduce): (usize, SumAcross),
 ) -> (Vec<f32>, Vec<f32>) {
     let c = gamma.len();
-    let rows = (z.len() / c) as f64;
+    let rows = count as f64;
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let meanf: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
     let fast = super::avx2_fma();
     // Pass 1: apply the ReLU mask (recomputed from z exactly as the forward computed it) and sum
     // g and g·x̂ per channel.
-    let sums: Vec<[f64; 2]> = {
+    let (local, sums): (Vec<[f64; 2]>, Vec<[f64; 2]>) = {
         let parts: Vec<Vec<[f64; 2]>> = g
             .par_chunks_mut(ROWS_PER_CHUNK * c)
             .zip(z.par_chunks(ROWS_PER_CHUNK * c))
@@ -197,14 +207,18 @@ pub fn bn_relu_backward(
                 acc
             })
             .collect();
-        let mut total = vec![[0f64; 2]; c];
+        let mut total = vec![0f64; 2 * c];
         for p in parts {
-            for (t, v) in total.iter_mut().zip(p) {
-                t[0] += v[0];
-                t[1] += v[1];
+            for (ch, v) in p.iter().enumerate() {
+                total[ch] += v[0];
+                total[c + ch] += v[1];
             }
         }
-        total
+        let local = (0..c).map(|ch| [total[ch], total[c + ch]]).collect();
+        // The input gradient needs the sums over every process; dγ and dβ are this process's
+        // share, summed with the other gradients later.
+        reduce(&mut total);
+        (local, (0..c).map(|ch| [total[ch], total[c + ch]]).collect())
     };
     // Pass 2: dz = γ/σ · (g − mean(g) − x̂·mean(g·x̂)), coefficients per channel in separate
     // arrays (an array of per-channel structs kept this loop scalar).
@@ -227,7 +241,7 @@ pub fn bn_relu_backward(
         let _ = fast;
         input_grad(gi, zi, &k)
     });
-    (sums.iter().map(|s| s[1] as f32).collect(), sums.iter().map(|s| s[0] as f32).collect())
+    (local.iter().map(|s| s[1] as f32).collect(), local.iter().map(|s| s[0] as f32).collect())
 }
 
 /// Pass 1 of [`bn_relu_backward`] over a chunk of rows: f32 sums over blocks of 64 rows

@@ -5,16 +5,15 @@
 use std::ops::ControlFlow;
 use std::sync::mpsc::sync_channel;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-
 use super::EpochMetrics;
 use super::TrainError;
 use super::checkpoint::{RunDir, TrainState, load_last, save_last};
 use super::config::{FitConfig, frozen_keys};
 use super::learner::{Learner, learner};
 use crate::data::Dataset;
-use crate::data::batch::{Augment, PixelNorm, epoch_order, make_batch, make_batch_with};
+use crate::data::batch::{Augment, PixelNorm, epoch_order, make_batch, make_batch_seeded};
+use crate::dist::shard;
+use crate::engine::DataParallel;
 use crate::eval::{Evaluation, evaluate_net};
 use crate::file::FileError;
 use crate::model::Vgg;
@@ -45,8 +44,35 @@ pub enum Event<'a> {
     RunsOn(RunsOn),
 }
 
+/// How a run is carried out, as opposed to what defines it ([`FitConfig`], saved in its
+/// checkpoints): a run resumed on another number of processes is the same run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from the run directory's last checkpoint.
+    pub resume: bool,
+    /// Data-parallel over these processes: each steps its shard of every batch, and rank 0 alone
+    /// writes files and reports events.
+    pub parallel: Option<DataParallel>,
+}
+
+impl RunOptions {
+    /// A run continued from its last checkpoint, in this process alone.
+    pub fn resuming() -> Self {
+        RunOptions { resume: true, parallel: None }
+    }
+}
+
+/// The seed of image `position` of epoch `epoch`'s order: its augmentation and (mixed further)
+/// its dropout masks draw from it, so that neither depends on the batch or process it lands in.
+pub fn image_seed(seed: u64, epoch: usize, position: usize) -> u64 {
+    let mut z = seed ^ ((epoch as u64) << 40 | position as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Trains `model` (built on an autodiff device) on `train`, evaluating on `test` after each epoch
-/// and checkpointing into `dir`. With `resume`, continues from `dir`'s last checkpoint. `events`
+/// and checkpointing into `dir`. With `run.resume`, continues from `dir`'s last checkpoint. `events`
 /// may stop the run by returning `Break`: mid-epoch, nothing of that epoch is kept (as after an
 /// interruption); at an epoch's end, after its checkpoint.
 pub fn fit(
@@ -55,12 +81,27 @@ pub fn fit(
     test: &Dataset,
     fit: &FitConfig,
     dir: &RunDir,
-    resume: bool,
+    run: &RunOptions,
     events: &mut dyn FnMut(Event) -> ControlFlow<()>,
 ) -> Result<(Vgg, TrainState), TrainError> {
-    std::fs::create_dir_all(&dir.0)
-        .map_err(|err| WeightsError::File(FileError::Io { path: dir.0.display().to_string(), err }))?;
-    let (opt_sd, mut state) = if resume && dir.last().exists() {
+    let (rank, ranks) = run.parallel.as_ref().map_or((0, 1), |p| (p.group.rank(), p.group.size()));
+    let root = rank == 0;
+    // Only rank 0 reports; the others follow the loop without a say in it.
+    let mut events = |e: Event| if root { events(e) } else { ControlFlow::Continue(()) };
+    let last = train.len() % fit.batch_size;
+    if ranks > 1 && (fit.batch_size < ranks || (last > 0 && last < ranks)) {
+        return Err(TrainError::Config(format!(
+            "batches of {} images ({} in the last) cannot be split over {ranks} processes; \
+             choose --batch so that every batch has at least one image per process",
+            fit.batch_size,
+            if last > 0 { last } else { fit.batch_size }
+        )));
+    }
+    if root {
+        std::fs::create_dir_all(&dir.0)
+            .map_err(|err| WeightsError::File(FileError::Io { path: dir.0.display().to_string(), err }))?;
+    }
+    let (opt_sd, mut state) = if run.resume && dir.last().exists() {
         let (opt_sd, state) = load_last(&dir.last(), &mut model)?;
         if &state.fit != fit {
             return Err(TrainError::Checkpoint(format!(
@@ -81,17 +122,22 @@ pub fn fit(
     // What `best.safetensors` and `unaveraged.safetensors` record besides the tensors.
     let weights_meta = Meta { config: Some(model.config().clone()), preprocess: Some(pre.clone()), extra: vec![] };
     let frozen = frozen_keys(&model, fit.freeze.as_deref())?;
-    let mut learner = learner(&model, fit, frozen, &opt_sd, state.swa_count)?;
+    let mut learner = learner(&model, fit, frozen, &opt_sd, state.swa_count, run.parallel.clone())?;
     if events(Event::RunsOn(learner.runs_on())).is_break() {
         return Ok((model, state));
     }
+    let group: &dyn crate::dist::Collective = match &run.parallel {
+        Some(p) => &*p.group,
+        None => &crate::dist::Single,
+    };
     let test_on =
-        |learner: &dyn Learner| evaluate_net(learner.network(), test, fit.canvas, norm, 256, false, &mut |_| {});
+        |learner: &dyn Learner| evaluate_net(learner.network(), test, fit.canvas, norm, 256, false, group, &mut |_| {});
     let [c, _, _] = train.shape;
     let steps_per_epoch = train.len().div_ceil(fit.batch_size);
     loop {
         let epoch = state.epochs_done + 1;
-        let planned = fit.planned_epochs(&state.history);
+        // A time budget plans from measured times, which differ between processes: rank 0's plan.
+        let planned = agree(run, fit.planned_epochs(&state.history));
         if epoch > planned {
             break;
         }
@@ -102,29 +148,36 @@ pub fn fit(
             return Ok((model, state));
         }
         let order = epoch_order(train.len(), fit.seed, epoch);
-        let (tx, rx) = sync_channel::<(Vec<f32>, Vec<usize>)>(3);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let mut lr = fit.lr;
-        let batch_seed = |b: usize| fit.seed ^ ((epoch as u64) << 32 | b as u64).wrapping_mul(0xbf58476d1ce4e5b9);
+        let (tx, rx) = sync_channel::<(Vec<f32>, Vec<usize>, Vec<u64>, usize)>(3);
         let result: Result<bool, TrainError> = std::thread::scope(|s| {
             // The sender moves into the loader so that the channel closes when the epoch's data ends.
             s.spawn(move || {
                 for (b, chunk) in order.chunks(fit.batch_size).enumerate() {
-                    let mut rng = StdRng::seed_from_u64(batch_seed(b));
+                    // This process's shard of the batch; each image's draws depend on its place in
+                    // the epoch alone, so a resumed run, or one on other processes, repeats them.
+                    let mine = shard(chunk.len(), rank, ranks);
+                    let seeds: Vec<u64> =
+                        mine.clone().map(|j| image_seed(fit.seed, epoch, b * fit.batch_size + j)).collect();
                     let aug = Augment { crop: fit.crop, shift: fit.shift, lighting: fit.lighting, erase: fit.erase };
-                    let batch = make_batch_with(train, chunk, fit.canvas, &aug, norm, fit.augment.then_some(&mut rng));
-                    if tx.send(batch).is_err() {
+                    let (x, labels) = if fit.augment {
+                        make_batch_seeded(train, &chunk[mine.clone()], fit.canvas, &aug, norm, &seeds)
+                    } else {
+                        make_batch(train, &chunk[mine.clone()], fit.canvas, 0, norm, None)
+                    };
+                    let dropout_seeds = seeds.iter().map(|s| !s).collect();
+                    if tx.send((x, labels, dropout_seeds, chunk.len())).is_err() {
                         return;
                     }
                 }
             });
             // Owned here, so that stopping early drops it and unblocks the loader.
             let rx = rx;
-            for (b, (x, labels)) in rx.iter().enumerate() {
-                let n = labels.len();
+            for (b, (x, labels, dropout_seeds, n)) in rx.iter().enumerate() {
                 lr = fit.lr_at((epoch - 1) * steps_per_epoch + b, total, steps_per_epoch, &state.history);
-                // Dropout's draws depend on the batch alone, so a resumed run repeats them.
-                let step = learner.step(x, [n, c, fit.canvas, fit.canvas], &labels, !batch_seed(b), lr);
+                let dims = [labels.len(), c, fit.canvas, fit.canvas];
+                let step = learner.step(x, dims, &labels, &dropout_seeds, lr);
                 if !step.loss.is_finite() {
                     return Err(TrainError::NonFinite { loss: step.loss, epoch, step: b + 1 });
                 }
@@ -149,7 +202,9 @@ pub fn fit(
         if epoch == planned && (state.swa_count > 0 || fit.precise_bn) {
             last_weights_test_acc = Some(test_on(&*learner).acc);
             if state.swa_count > 0 {
-                st::write(&dir.unaveraged(), &learner.state_dict(), &weights_meta, Dtype::F32)?;
+                if root {
+                    st::write(&dir.unaveraged(), &learner.state_dict(), &weights_meta, Dtype::F32)?;
+                }
                 learner.use_average()?;
             }
             let order: Vec<usize> = (0..train.len()).collect();
@@ -178,18 +233,31 @@ pub fn fit(
         state.history.push(m.clone());
         if m.test_acc > state.best_acc {
             state.best_acc = m.test_acc;
-            st::write(&dir.best(), &weights, &weights_meta, Dtype::F32)?;
+            if root {
+                st::write(&dir.best(), &weights, &weights_meta, Dtype::F32)?;
+            }
         }
-        save_last(dir, model.config(), weights, learner.optimizer_state(), &state, &pre)?;
-        let lines: String =
-            state.history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
-        st::write_atomic(&dir.metrics(), lines.as_bytes())?;
-        write_pictures(dir, &state, &ev, test);
-        if events(Event::EpochEnd(&m)).is_break() {
+        if root {
+            save_last(dir, model.config(), weights, learner.optimizer_state(), &state, &pre)?;
+            let lines: String =
+                state.history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
+            st::write_atomic(&dir.metrics(), lines.as_bytes())?;
+            write_pictures(dir, &state, &ev, test);
+        }
+        // Every process stops where rank 0 stops.
+        if agree(run, usize::from(events(Event::EpochEnd(&m)).is_break())) == 1 {
             break;
         }
     }
     Ok((model, state))
+}
+
+/// Rank 0's `value` in every process (the value itself in one process).
+fn agree(run: &RunOptions, value: usize) -> usize {
+    let Some(p) = &run.parallel else { return value };
+    let mut v = [value as f32];
+    p.group.broadcast_f32(0, &mut v);
+    v[0] as usize
 }
 
 /// `curves.png` (loss and accuracy per epoch) and `confusion.png` (of the epoch just evaluated).

@@ -16,7 +16,7 @@ use super::burn_sgd::SgdState;
 use super::config::FitConfig;
 use super::config::{OptimizerConfig, SgdConfig};
 use super::engine_optim::{OptimizerState, clip_grad_norm};
-use crate::engine::Engine;
+use crate::engine::{DataParallel, Engine};
 use crate::model::Vgg;
 use crate::net::{BurnNet, Choice, Network, RunsOn};
 use crate::weights::{StateDict, TensorEntry};
@@ -41,9 +41,11 @@ pub trait Learner {
     /// the device (burn's); the engine draws from each step's own seed instead.
     fn start_epoch(&mut self, seed: u64);
     /// One step on the batch `x` (`dims` `[n, c, h, w]`): forward with batch statistics, loss,
-    /// backward, gradient clipping, optimizer update at learning rate `lr`. Dropout draws from
-    /// `seed`. A loss that is not finite is returned without updating anything.
-    fn step(&mut self, x: Vec<f32>, dims: [usize; 4], labels: &[usize], seed: u64, lr: f64) -> Step;
+    /// backward, gradient clipping, optimizer update at learning rate `lr`. Image `r`'s dropout
+    /// masks draw from `sample_seeds[r]` where the learner draws per image (the engine). Data-parallel,
+    /// `x` is this process's shard and the result is the global batch's. A loss that is not finite
+    /// (on any process) is returned without updating anything.
+    fn step(&mut self, x: Vec<f32>, dims: [usize; 4], labels: &[usize], sample_seeds: &[u64], lr: f64) -> Step;
     /// The network in evaluation mode as it is now.
     fn network(&self) -> &dyn Network;
     /// Parameters and BatchNorm buffers as a torchvision `state_dict`.
@@ -63,18 +65,32 @@ pub trait Learner {
 /// The learner for `model` (on an autodiff device when it may run on burn) and the run `fit`,
 /// continuing from the optimizer state `opt_sd` of a checkpoint (empty for a new run) in which
 /// `swa_count` snapshots were averaged: the engine unless `fit.burn_reference` or the engine does
-/// not run the model.
+/// not run the model. With `parallel`, the steps span its processes, starting from rank 0's
+/// weights (the engine only).
 pub fn learner(
     model: &Vgg,
     fit: &FitConfig,
     frozen: BTreeSet<String>,
     opt_sd: &StateDict,
     swa_count: usize,
+    parallel: Option<DataParallel>,
 ) -> Result<Box<dyn Learner>, TrainError> {
     let because = match crate::net::choose(model, fit.burn_reference) {
-        Choice::Engine(engine) => return Ok(Box::new(EngineLearner::new(*engine, fit, frozen, opt_sd, swa_count)?)),
+        Choice::Engine(mut engine) => {
+            if let Some(p) = &parallel {
+                engine.broadcast_weights(&*p.group, 0);
+            }
+            engine.set_data_parallel(parallel);
+            return Ok(Box::new(EngineLearner::new(*engine, fit, frozen, opt_sd, swa_count)?));
+        }
         Choice::Burn { because } => because,
     };
+    if parallel.is_some_and(|p| p.group.size() > 1) {
+        let why = because.as_deref().unwrap_or("burn's path was asked for");
+        return Err(TrainError::Config(format!(
+            "training over several processes runs on the fast CPU engine only, and this run is on burn's: {why}"
+        )));
+    }
     let engine_only = [
         (!matches!(fit.optimizer(), OptimizerConfig::Sgd(_)), "AdamW"),
         (fit.clip_grad_norm.is_some(), "gradient clipping"),
@@ -148,9 +164,9 @@ impl Learner for EngineLearner {
         self.engine.runs_on()
     }
     fn start_epoch(&mut self, _: u64) {}
-    fn step(&mut self, x: Vec<f32>, dims: [usize; 4], labels: &[usize], seed: u64, lr: f64) -> Step {
+    fn step(&mut self, x: Vec<f32>, dims: [usize; 4], labels: &[usize], sample_seeds: &[u64], lr: f64) -> Step {
         let frozen = |k: &str| self.frozen.contains(k);
-        let r = self.engine.train_step(&x, dims, labels, self.smoothing, seed, &frozen);
+        let r = self.engine.train_step(&x, dims, labels, self.smoothing, sample_seeds, &frozen);
         let step = Step { loss: r.loss as f32, hits: r.hits };
         if !step.loss.is_finite() {
             return step;
@@ -225,7 +241,7 @@ impl Learner for BurnLearner {
     fn start_epoch(&mut self, seed: u64) {
         self.model.devices().seed(seed);
     }
-    fn step(&mut self, x: Vec<f32>, dims: [usize; 4], labels: &[usize], _: u64, lr: f64) -> Step {
+    fn step(&mut self, x: Vec<f32>, dims: [usize; 4], labels: &[usize], _: &[u64], lr: f64) -> Step {
         let x = Tensor::<4>::from_data(TensorData::new(x, dims), &self.model.devices());
         let logits = self.model.forward_train(x);
         let loss = super::cross_entropy(logits.clone(), labels, self.smoothing);

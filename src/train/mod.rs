@@ -12,7 +12,7 @@ pub mod schedule;
 
 pub use checkpoint::{RunDir, TrainState, load_last};
 pub use config::{FitConfig, OptimizerConfig, SgdConfig, SwaConfig, frozen_keys};
-pub use fit::{Event, fit};
+pub use fit::{Event, RunOptions, fit, image_seed};
 pub use learner::{Learner, SWA_PREFIX, learner};
 pub use schedule::{Schedule, plateau_cuts};
 

@@ -1,0 +1,117 @@
+//! Work across processes: the collective operations that data-parallel training and sharded
+//! evaluation need, behind one trait, so that the engine, the learner and the loop never ask how
+//! the processes talk. [`Single`] is one process (every collective is the identity); with the
+//! `mpi` feature, [`mpi::MpiWorld`] is a real MPI job (`mpirun -n N vgg …`, `srun vgg …`).
+//!
+//! The split of a batch is fixed by [`shard`]: contiguous parts in rank order, so that the ranks'
+//! shards concatenate to exactly the batch one process would take.
+
+#[cfg(feature = "mpi")]
+pub mod mpi;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+/// The collective operations of a group of processes, each of which calls every operation in the
+/// same order (as MPI requires). A peer that never arrives is the implementation's to report: MPI's
+/// waits end in a clear error after a timeout instead of hanging.
+pub trait Collective: Send + Sync {
+    /// This process's index, 0-based.
+    fn rank(&self) -> usize;
+    /// How many processes.
+    fn size(&self) -> usize;
+    /// Element-wise sum over all processes, in place.
+    fn all_reduce_f64(&self, values: &mut [f64]);
+    /// Element-wise sum over all processes, in place (gradient buckets).
+    fn all_reduce_f32(&self, values: &mut [f32]);
+    /// `root`'s values copied into every process's `values` (same length everywhere).
+    fn broadcast_f32(&self, root: usize, values: &mut [f32]);
+    /// `root`'s bytes copied to every process (any length).
+    fn broadcast_bytes(&self, root: usize, bytes: &mut Vec<u8>);
+    /// Every process's bytes, in rank order, at `root` (empty elsewhere).
+    fn gather_bytes(&self, root: usize, bytes: &[u8]) -> Vec<Vec<u8>>;
+
+    /// Whether this process writes what the job writes once (files, progress, reports).
+    fn is_root(&self) -> bool {
+        self.rank() == 0
+    }
+}
+
+/// One process alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Single;
+
+impl Collective for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn all_reduce_f64(&self, _: &mut [f64]) {}
+    fn all_reduce_f32(&self, _: &mut [f32]) {}
+    fn broadcast_f32(&self, _: usize, _: &mut [f32]) {}
+    fn broadcast_bytes(&self, _: usize, _: &mut Vec<u8>) {}
+    fn gather_bytes(&self, _: usize, bytes: &[u8]) -> Vec<Vec<u8>> {
+        vec![bytes.to_vec()]
+    }
+}
+
+/// A shared handle on the group a process belongs to.
+pub type Group = Arc<dyn Collective>;
+
+/// One process alone, as a [`Group`].
+pub fn single() -> Group {
+    Arc::new(Single)
+}
+
+/// The part of `0..n` that `rank` of `size` takes: contiguous parts in rank order, the first
+/// `n % size` one longer, so that the parts concatenate to `0..n` (a part may be empty).
+pub fn shard(n: usize, rank: usize, size: usize) -> Range<usize> {
+    let (base, extra) = (n / size, n % size);
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
+
+/// The group this process was started in: the MPI job when the `mpi` feature is built and the
+/// process was launched by `mpirun`/`srun` (MPI is then initialised, once), otherwise one process.
+/// `timeout` bounds every wait on the other ranks.
+pub fn world(timeout: std::time::Duration) -> Result<Group, DistError> {
+    #[cfg(feature = "mpi")]
+    if mpi::launched_by_mpi() {
+        return Ok(Arc::new(mpi::MpiWorld::init(timeout)?));
+    }
+    let _ = timeout;
+    Ok(single())
+}
+
+/// Why the processes could not work together.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// MPI could not be initialised (or was already).
+    #[error("MPI: {0}")]
+    Init(String),
+    /// The run asks for something a multi-process run does not do.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shards of every split concatenate to the whole range, in rank order, and differ in
+    /// length by at most one.
+    #[test]
+    fn shards_concatenate_to_the_batch() {
+        for n in 0..20 {
+            for size in 1..6 {
+                let parts: Vec<Range<usize>> = (0..size).map(|r| shard(n, r, size)).collect();
+                let joined: Vec<usize> = parts.iter().flat_map(|r| r.clone()).collect();
+                assert_eq!(joined, (0..n).collect::<Vec<_>>(), "n {n} size {size}");
+                let lens: Vec<usize> = parts.iter().map(|r| r.len()).collect();
+                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1, "{lens:?}");
+            }
+        }
+    }
+}
