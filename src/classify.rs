@@ -10,7 +10,7 @@ use crate::net::Network;
 pub use crate::protocol::ClassifyError;
 
 /// One class of a prediction.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Scored {
     /// Class index.
     pub index: usize,
@@ -21,7 +21,7 @@ pub struct Scored {
 }
 
 /// The prediction for one image (the JSON Lines record of `vgg classify --json`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Prediction {
     /// The path as given.
     pub image: String,
@@ -148,4 +148,20 @@ pub fn classify_file(
     k: usize,
 ) -> Result<Prediction, ClassifyError> {
     classify_files(&*crate::net::for_model(model), pre, labels, &[path.to_path_buf()], k, 1, &mut |_| {}).remove(0)
+}
+
+/// Runs `classify` (one of the functions above, on a list of files) over the processes of
+/// `group`: each takes every `size`-th batch of `batch` files, so that each file is in the batch it
+/// would be in one process. Rank 0 gets every result in input order, a failure as its message;
+/// the others get nothing.
+pub fn classify_sharded(
+    group: &dyn crate::dist::Collective,
+    paths: &[PathBuf],
+    batch: usize,
+    classify: &mut dyn FnMut(&[PathBuf]) -> Vec<Result<Prediction, ClassifyError>>,
+) -> Vec<Result<Prediction, String>> {
+    let mine = crate::dist::batches_of(paths.len(), batch, group.rank(), group.size());
+    let my_paths: Vec<PathBuf> = mine.iter().map(|&i| paths[i].clone()).collect();
+    let results = classify(&my_paths).into_iter().map(|r| r.map_err(|e| e.to_string()));
+    crate::dist::gather_ordered(group, 0, mine.into_iter().zip(results).collect())
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use vgg::classify::{classify_files, classify_files_with};
+use vgg::classify::{classify_files, classify_files_with, classify_sharded};
 use vgg::config::Head;
 use vgg::net::BuildOptions;
 use vgg::protocol::{Protocol, Views};
@@ -49,16 +49,24 @@ pub struct ClassifyArgs {
     /// JSON Lines, one object per image.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    mpi: super::parallel::MpiArgs,
 }
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
+    // Under mpirun, each process classifies its share of the batches and rank 0 prints them all.
+    let group = a.mpi.group()?;
     let w = a.model.weights()?;
     let config = w.config.clone();
     if matches!(config.head, Head::None) {
         bail!("{} has no classifier head (features-only weights); use `vgg features`", config.arch_name());
     }
     let labels = super::class_names(&config, a.labels.as_deref())?;
-    let bar = if a.images.len() > 1 { ProgressBar::new(a.images.len() as u64) } else { ProgressBar::hidden() };
+    let bar = if a.images.len() > 1 && group.is_root() {
+        ProgressBar::new(a.images.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} images {per_sec} eta {eta}").expect("valid template"),
     );
@@ -68,17 +76,25 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     // The network takes the tensors over: one copy of the weights in memory.
     let opts = BuildOptions { strict, half: a.half, burn: false };
     let net = vgg::net::build(&config, w.state_dict, opts).with_context(|| format!("loading {}", w.source))?;
-    if let Some(why) = net.runs_on().fallback() {
+    if let Some(why) = net.runs_on().fallback()
+        && group.is_root()
+    {
         eprintln!("note: running on burn's path: {why}");
     }
-    let mut done = |n: usize| bar.inc(n as u64);
-    let results = if protocol == Protocol::Center && !a.flip {
-        classify_files(&*net, &pre, &labels, &a.images, a.top, a.batch, &mut done)
-    } else {
-        let views = Views { protocol, flip: a.flip };
-        classify_files_with(&*net, &pre, &views, &labels, &a.images, a.top, &mut done)
-    };
+    let mut done = |n: usize| bar.inc((n * group.size()) as u64);
+    let center = protocol == Protocol::Center && !a.flip;
+    let views = Views { protocol, flip: a.flip };
+    let results = classify_sharded(&*group, &a.images, a.batch, &mut |paths| {
+        if center {
+            classify_files(&*net, &pre, &labels, paths, a.top, a.batch, &mut done)
+        } else {
+            classify_files_with(&*net, &pre, &views, &labels, paths, a.top, &mut done)
+        }
+    });
     bar.finish_and_clear();
+    if !group.is_root() {
+        return Ok(());
+    }
     let mut failed = 0;
     for r in results {
         match r {

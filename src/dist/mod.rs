@@ -73,6 +73,33 @@ pub fn shard(n: usize, rank: usize, size: usize) -> Range<usize> {
     start..start + base + usize::from(rank < extra)
 }
 
+/// The indices of `0..n` in the batches of `batch` that `rank` of `size` takes: every `size`-th
+/// batch from the `rank`-th, so that each item is in the same batch as in one process.
+pub fn batches_of(n: usize, batch: usize, rank: usize, size: usize) -> Vec<usize> {
+    let batch = batch.max(1);
+    (0..n.div_ceil(batch)).skip(rank).step_by(size).flat_map(|b| b * batch..((b + 1) * batch).min(n)).collect()
+}
+
+/// Every process's `items` (each with its index in the whole) at `root`, in index order; empty
+/// elsewhere.
+pub fn gather_ordered<T: serde::Serialize + serde::de::DeserializeOwned>(
+    group: &dyn Collective,
+    root: usize,
+    items: Vec<(usize, T)>,
+) -> Vec<T> {
+    if group.size() == 1 {
+        return items.into_iter().map(|(_, item)| item).collect();
+    }
+    let bytes = serde_json::to_vec(&items).expect("items serialise");
+    let mut all: Vec<(usize, T)> = group
+        .gather_bytes(root, &bytes)
+        .iter()
+        .flat_map(|part| serde_json::from_slice::<Vec<(usize, T)>>(part).expect("a process's items"))
+        .collect();
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, item)| item).collect()
+}
+
 /// The group this process was started in: the MPI job when the `mpi` feature is built and the
 /// process was launched by `mpirun`/`srun` (MPI is then initialised, once), otherwise one process.
 /// `timeout` bounds every wait on the other ranks.
@@ -99,6 +126,20 @@ pub enum DistError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The batches of the ranks together are every index once, and each rank's are whole batches.
+    #[test]
+    fn batches_cover_every_index_once() {
+        for n in 0..30 {
+            for size in 1..5 {
+                let mut all: Vec<usize> = (0..size).flat_map(|r| batches_of(n, 4, r, size)).collect();
+                all.sort();
+                assert_eq!(all, (0..n).collect::<Vec<_>>(), "n {n} size {size}");
+                let first = batches_of(n, 4, 0, size);
+                assert!(first.chunks(4).all(|c| c[0] % 4 == 0 && (c[0] / 4) % size == 0), "{first:?}");
+            }
+        }
+    }
 
     /// The shards of every split concatenate to the whole range, in rank order, and differ in
     /// length by at most one.
