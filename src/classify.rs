@@ -150,6 +150,9 @@ pub fn classify_file(
     classify_files(&*crate::net::for_model(model), pre, labels, &[path.to_path_buf()], k, 1, &mut |_| {}).remove(0)
 }
 
+/// The results for a list of files, in their order.
+pub type Predictions = Vec<Result<Prediction, ClassifyError>>;
+
 /// Runs `classify` (one of the functions above, on a list of files) over the processes of
 /// `group`: each takes every `size`-th batch of `batch` files, so that each file is in the batch it
 /// would be in one process. Rank 0 gets every result in input order, a failure as its message;
@@ -158,7 +161,7 @@ pub fn classify_sharded(
     group: &dyn crate::dist::Collective,
     paths: &[PathBuf],
     batch: usize,
-    classify: &mut dyn FnMut(&[PathBuf]) -> Vec<Result<Prediction, ClassifyError>>,
+    classify: &mut dyn FnMut(&[PathBuf]) -> Predictions,
 ) -> Vec<Result<Prediction, String>> {
     let mine = crate::dist::batches_of(paths.len(), batch, group.rank(), group.size());
     let my_paths: Vec<PathBuf> = mine.iter().map(|&i| paths[i].clone()).collect();
