@@ -4,7 +4,8 @@
 //! and the time of a data-parallel training step (forward, backward with the bucketed all-reduce)
 //! at a fixed global batch, as images per second. Rank 0 prints one JSON line per model.
 //!
-//! `mpirun -n 2 -x RAYON_NUM_THREADS=1 target/release/examples/mpi_scaling [STEPS]`
+//! `mpirun -n 2 -x RAYON_NUM_THREADS=1 target/release/examples/mpi_scaling [STEPS]` (with
+//! `-x NO_OVERLAP=1`: buckets summed between layers instead of on a second thread)
 //! (built with `cargo build --release --features mpi --example mpi_scaling`).
 
 use std::time::{Duration, Instant};
@@ -41,7 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             group.all_reduce_f32(&mut grads);
         }
         let allreduce_s = t.elapsed().as_secs_f64() / reps as f64;
-        engine.set_data_parallel(Some(DataParallel { group: group.clone(), sync_bn: false, bucket_bytes: 25_000_000 }));
+        let parallel = DataParallel { group: group.clone(), sync_bn: false, bucket_bytes: 25_000_000, overlap: None };
+        let overlap = std::env::var_os("NO_OVERLAP").is_none();
+        engine.set_data_parallel(Some(if overlap { parallel.with_overlap() } else { parallel }));
         let mine = dist::shard(batch, group.rank(), group.size());
         let c = config.in_channels;
         let x: Vec<f32> = (0..mine.len() * c * side * side).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect();
@@ -58,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let line = serde_json::json!({
                 "model": name, "ranks": group.size(), "global_batch": batch, "params": floats,
                 "gradient_mb": floats as f64 * 4e-6, "allreduce_s": allreduce_s, "step_s": step_s,
-                "img_per_s": batch as f64 / step_s, "cpu": vgg::engine::cpu_name(),
+                "img_per_s": batch as f64 / step_s, "overlap": overlap, "cpu": vgg::engine::cpu_name(),
             });
             println!("{line}");
         }

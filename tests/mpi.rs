@@ -94,14 +94,19 @@ fn weights(dir: &Path) -> StateDict {
 
 #[test]
 fn two_ranks_take_the_steps_of_one_process_without_batchnorm() {
-    let (a, b) = (scratch("mpi-plain-1"), scratch("mpi-plain-2"));
+    let (a, b, c) = (scratch("mpi-plain-1"), scratch("mpi-plain-2"), scratch("mpi-plain-2-between"));
     // Dropout in the head: each image's mask comes from its own seed, wherever it is computed.
-    let extra = ["--dropout", "0.5", "--epochs", "1"];
+    // Buckets of 10 kB: the gradients go out in many, summed on the second thread while the
+    // backward pass goes on, or (--no-overlap) between layers.
+    let extra = ["--dropout", "0.5", "--epochs", "1", "--bucket-mb", "0.01"];
     let one_out = train(1, "vgg11", &extra, &a);
     let two_out = train(2, "vgg11", &extra, &b);
     let (rel, key) = worst(&weights(&a), &weights(&b));
     eprintln!("without BatchNorm: worst {key} {rel:e}");
     assert!(rel < 1e-5, "{key}: {rel:e}");
+    train(2, "vgg11", &[&extra[..], &["--no-overlap"]].concat(), &c);
+    let (rel, key) = worst(&weights(&a), &weights(&c));
+    assert!(rel < 1e-5, "between layers: {key}: {rel:e}");
     // Only rank 0 reports: one line of metrics, and the same training loss.
     let metrics = |o: &Output| -> Vec<serde_json::Value> {
         String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect()
@@ -110,7 +115,11 @@ fn two_ranks_take_the_steps_of_one_process_without_batchnorm() {
     assert_eq!(m2.len(), 1, "{m2:?}");
     let loss = |m: &serde_json::Value| m["train_loss"].as_f64().unwrap();
     assert!((loss(&m1[0]) - loss(&m2[0])).abs() < 1e-6, "{} vs {}", loss(&m1[0]), loss(&m2[0]));
-    assert!(String::from_utf8_lossy(&two_out.stderr).contains("data-parallel over 2 processes"));
+    let said = String::from_utf8_lossy(&two_out.stderr);
+    assert!(
+        said.contains("data-parallel over 2 processes") && said.contains("summed while the backward pass runs"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -37,6 +37,10 @@ pub struct ParallelArgs {
     /// Under mpirun: megabytes of gradients summed per all-reduce (DDP's bucket_cap_mb).
     #[arg(long, default_value_t = 25.0)]
     bucket_mb: f64,
+    /// Under mpirun: sum each bucket between layers of the backward pass, instead of on a second
+    /// thread while the backward pass goes on.
+    #[arg(long)]
+    no_overlap: bool,
 }
 
 impl ParallelArgs {
@@ -45,10 +49,14 @@ impl ParallelArgs {
         if !(self.bucket_mb.is_finite() && self.bucket_mb > 0.0) {
             anyhow::bail!("--bucket-mb must be a positive number of megabytes, not {}", self.bucket_mb);
         }
-        Ok((group.size() > 1).then(|| DataParallel {
-            group: group.clone(),
-            sync_bn: self.sync_bn,
-            bucket_bytes: (self.bucket_mb * 1e6) as usize,
+        Ok((group.size() > 1).then(|| {
+            let parallel = DataParallel {
+                group: group.clone(),
+                sync_bn: self.sync_bn,
+                bucket_bytes: (self.bucket_mb * 1e6) as usize,
+                overlap: None,
+            };
+            if self.no_overlap { parallel } else { parallel.with_overlap() }
         }))
     }
 }

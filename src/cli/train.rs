@@ -272,10 +272,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
         eprintln!("training {config} on {} images, testing on {}", train.len(), test.len());
         if group.size() > 1 {
             eprintln!(
-                "data-parallel over {} processes: {} images per process per step{}",
+                "data-parallel over {} processes: {} images per process per step{}{}",
                 group.size(),
                 fit_config.batch_size.div_ceil(group.size()),
-                if run_sync_bn(&parallel) { ", BatchNorm synchronised" } else { "" }
+                if run_sync_bn(&parallel) { ", BatchNorm synchronised" } else { "" },
+                if parallel.as_ref().is_some_and(|p| p.overlap.is_some()) {
+                    ", gradients summed while the backward pass runs"
+                } else {
+                    ""
+                }
             );
         }
     }

@@ -31,6 +31,13 @@ pub trait Collective: Send + Sync {
     /// Every process's bytes, in rank order, at `root` (empty elsewhere).
     fn gather_bytes(&self, root: usize, bytes: &[u8]) -> Vec<Vec<u8>>;
 
+    /// A second handle on the same processes whose operations may run on another thread while
+    /// this one's run (a duplicated communicator), or `None` where that is not possible. Every
+    /// process must ask at the same point.
+    fn split(&self) -> Option<Group> {
+        None
+    }
+
     /// Whether this process writes what the job writes once (files, progress, reports).
     fn is_root(&self) -> bool {
         self.rank() == 0

@@ -23,27 +23,44 @@ pub fn launched_by_mpi() -> bool {
 /// The operation in progress, for the watchdog.
 type InFlight = Arc<Mutex<Option<(&'static str, Instant)>>>;
 
-/// `MPI_COMM_WORLD` and a watchdog on its operations.
+/// `MPI_COMM_WORLD` (or a duplicate of it) and a watchdog on its operations.
 pub struct MpiWorld {
-    /// Keeps MPI initialised while the world is used; finalises it when dropped.
-    _universe: Universe,
+    /// Keeps MPI initialised while the world is used; finalises it when dropped. `None` in a
+    /// duplicate, which the original outlives.
+    _universe: Option<Universe>,
     world: Mutex<SimpleCommunicator>,
     rank: usize,
     size: usize,
     in_flight: InFlight,
+    timeout: Duration,
+    /// Whether MPI lets threads call it at the same time (`MPI_THREAD_MULTIPLE`).
+    multiple: bool,
 }
 
-// SAFETY: MPI is initialised with `Threading::Serialized` and every call goes through the
-// `world` mutex, so calls never overlap, whichever thread makes them.
+// SAFETY: every call on a communicator goes through its mutex, so calls on one communicator never
+// overlap; calls on two (the world and a duplicate) overlap only when MPI was initialised with
+// `MPI_THREAD_MULTIPLE` ([`MpiWorld::split`] refuses otherwise).
 unsafe impl Send for MpiWorld {}
 unsafe impl Sync for MpiWorld {}
 
 impl MpiWorld {
     /// Initialises MPI (once per process) and starts the watchdog.
     pub fn init(timeout: Duration) -> Result<Self, DistError> {
-        let (universe, _) = mpi::initialize_with_threading(Threading::Serialized)
+        let (universe, provided) = mpi::initialize_with_threading(Threading::Multiple)
             .ok_or_else(|| DistError::Init("MPI was already initialised in this process".into()))?;
+        if provided < Threading::Serialized {
+            return Err(DistError::Init(format!("this MPI gives threads {provided:?} access only")));
+        }
         let world = universe.world();
+        Self::watch(Some(universe), world, timeout, provided == Threading::Multiple)
+    }
+
+    fn watch(
+        universe: Option<Universe>,
+        world: SimpleCommunicator,
+        timeout: Duration,
+        multiple: bool,
+    ) -> Result<Self, DistError> {
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         let in_flight: InFlight = Arc::new(Mutex::new(None));
         let watched = in_flight.clone();
@@ -51,7 +68,7 @@ impl MpiWorld {
             .name("vgg-mpi-watchdog".into())
             .spawn(move || watchdog(watched, timeout, rank, size))
             .map_err(|e| DistError::Init(format!("starting the watchdog: {e}")))?;
-        Ok(MpiWorld { _universe: universe, world: Mutex::new(world), rank, size, in_flight })
+        Ok(MpiWorld { _universe: universe, world: Mutex::new(world), rank, size, in_flight, timeout, multiple })
     }
 
     /// Runs `op` (named `what`) on the world under the watchdog.
@@ -112,6 +129,13 @@ impl Collective for MpiWorld {
                 root.broadcast_into(&mut bytes[..]);
             }
         })
+    }
+    fn split(&self) -> Option<super::Group> {
+        if !self.multiple {
+            return None;
+        }
+        let dup = self.watched("duplicating the communicator", |w| w.duplicate());
+        Self::watch(None, dup, self.timeout, true).ok().map(|w| Arc::new(w) as super::Group)
     }
     fn gather_bytes(&self, root: usize, bytes: &[u8]) -> Vec<Vec<u8>> {
         let me = self.rank;

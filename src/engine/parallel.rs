@@ -19,6 +19,19 @@ pub struct DataParallel {
     pub sync_bn: bool,
     /// Gradient bytes per all-reduce (DDP's `bucket_cap_mb`: 25 MB).
     pub bucket_bytes: usize,
+    /// A second communicator on which a thread sums the gradient buckets while the backward pass
+    /// continues ([`DataParallel::with_overlap`]); `None`: buckets are summed between layers.
+    pub overlap: Option<Group>,
+}
+
+impl DataParallel {
+    /// Gradients summed while the backward pass goes on, where the group can run operations on a
+    /// second thread (MPI with `MPI_THREAD_MULTIPLE`); every process must call this at the same
+    /// point.
+    pub fn with_overlap(mut self) -> Self {
+        self.overlap = self.group.split();
+        self
+    }
 }
 
 impl std::fmt::Debug for DataParallel {
@@ -28,16 +41,18 @@ impl std::fmt::Debug for DataParallel {
             .field("size", &self.group.size())
             .field("sync_bn", &self.sync_bn)
             .field("bucket_bytes", &self.bucket_bytes)
+            .field("overlap", &self.overlap.is_some())
             .finish()
     }
 }
 
 /// Gradients waiting to be summed across processes: parameter indices in the order the backward
-/// pass finished them.
+/// pass finished them, and the buckets handed to the communication thread, in order.
 #[derive(Debug, Default)]
 pub(super) struct Bucket {
     params: Vec<usize>,
     bytes: usize,
+    sent: Vec<Vec<usize>>,
 }
 
 impl Engine {
@@ -77,8 +92,16 @@ impl Engine {
     }
 
     /// Adds the gradients of `params` (just finished by the backward pass) to the bucket, and sums
-    /// the bucket across processes once it holds `bucket_bytes`, or with `flush`.
-    pub(super) fn reduce_gradients(&mut self, bucket: &mut Bucket, params: &[usize], flush: bool) {
+    /// the bucket across processes once it holds `bucket_bytes`, or with `flush`: here, or by
+    /// handing it to the communication thread `to_comm` ([`Engine::collect_gradients`] takes the
+    /// sums back).
+    pub(super) fn reduce_gradients(
+        &mut self,
+        bucket: &mut Bucket,
+        params: &[usize],
+        flush: bool,
+        to_comm: Option<&std::sync::mpsc::Sender<Vec<f32>>>,
+    ) {
         let Some(parallel) = &self.parallel else { return };
         for &p in params {
             if !self.params[p].grad.is_empty() {
@@ -93,14 +116,35 @@ impl Engine {
         for &p in &bucket.params {
             flat.extend_from_slice(&self.params[p].grad);
         }
+        let params = std::mem::take(&mut bucket.params);
+        bucket.bytes = 0;
+        if let Some(to_comm) = to_comm {
+            match to_comm.send(flat) {
+                Ok(()) => return bucket.sent.push(params),
+                // The thread is gone: sum here instead.
+                Err(back) => flat = back.0,
+            }
+        }
         parallel.group.all_reduce_f32(&mut flat);
+        self.scatter_gradients(&params, &flat);
+    }
+
+    /// Waits for the communication thread's sums of the buckets sent to it, in order, and puts
+    /// them in place of the gradients.
+    pub(super) fn collect_gradients(&mut self, bucket: &mut Bucket, from_comm: &std::sync::mpsc::Receiver<Vec<f32>>) {
+        for params in std::mem::take(&mut bucket.sent) {
+            let flat = from_comm.recv().expect("the communication thread sums every bucket it is sent");
+            self.scatter_gradients(&params, &flat);
+        }
+    }
+
+    fn scatter_gradients(&mut self, params: &[usize], flat: &[f32]) {
         let mut at = 0;
-        for &p in &bucket.params {
+        for &p in params {
             let g = &mut self.params[p].grad;
             let len = g.len();
             g.copy_from_slice(&flat[at..at + len]);
             at += len;
         }
-        *bucket = Bucket::default();
     }
 }

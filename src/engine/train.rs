@@ -119,28 +119,55 @@ impl Engine {
         for p in &mut self.params {
             p.grad.clear();
         }
-        let mut bucket = Bucket::default();
-        for i in (lowest..self.ops.len()).rev() {
-            let t = std::time::Instant::now();
-            let need_dx = i > lowest;
-            // Field by field, so that the op is read while the parameters' gradients are written.
-            let grads = OpGrads {
-                params: &mut self.params,
-                spare: &mut self.spare_grads,
-                eps: self.eps,
-                conv_algos: self.conv_algos,
-                sync_bn: self.parallel.as_ref().filter(|p| p.sync_bn).map(|p| &*p.group),
-            };
-            grad = self.ops[i].backward(grads, &acts[i], shapes[i], &saved[i], grad, need_dx);
-            // Frozen parameters' gradients are cleared here, before they could be summed.
-            for p in self.op_params(i) {
-                if frozen(&self.params[p].key) {
-                    self.params[p].grad.clear();
+        // Data-parallel with a second communicator: a thread sums each bucket across processes
+        // while the backward pass goes on to the layers below (DDP's overlap); otherwise buckets
+        // are summed here, between layers.
+        let comm = self.parallel.as_ref().and_then(|p| p.overlap.clone());
+        let grad = std::thread::scope(|scope| {
+            let mut bucket = Bucket::default();
+            let (to_comm, from_comm) = match &comm {
+                Some(group) => {
+                    let (to_comm, jobs) = std::sync::mpsc::channel::<Vec<f32>>();
+                    let (done, from_comm) = std::sync::mpsc::channel::<Vec<f32>>();
+                    scope.spawn(move || {
+                        for mut flat in jobs {
+                            group.all_reduce_f32(&mut flat);
+                            if done.send(flat).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    (Some(to_comm), Some(from_comm))
                 }
+                None => (None, None),
+            };
+            for i in (lowest..self.ops.len()).rev() {
+                let t = std::time::Instant::now();
+                let need_dx = i > lowest;
+                // Field by field, so that the op is read while the parameters' gradients are written.
+                let grads = OpGrads {
+                    params: &mut self.params,
+                    spare: &mut self.spare_grads,
+                    eps: self.eps,
+                    conv_algos: self.conv_algos,
+                    sync_bn: self.parallel.as_ref().filter(|p| p.sync_bn).map(|p| &*p.group),
+                };
+                grad = self.ops[i].backward(grads, &acts[i], shapes[i], &saved[i], grad, need_dx);
+                // Frozen parameters' gradients are cleared here, before they could be summed.
+                for p in self.op_params(i) {
+                    if frozen(&self.params[p].key) {
+                        self.params[p].grad.clear();
+                    }
+                }
+                self.reduce_gradients(&mut bucket, &self.op_params(i), i == lowest, to_comm.as_ref());
+                lap(&self.names[i], "bwd", t);
             }
-            self.reduce_gradients(&mut bucket, &self.op_params(i), i == lowest);
-            lap(&self.names[i], "bwd", t);
-        }
+            drop(to_comm);
+            if let Some(from_comm) = from_comm {
+                self.collect_gradients(&mut bucket, &from_comm);
+            }
+            grad
+        });
         self.spare_grads.give(grad);
         self.spare_acts = acts;
         StepResult { loss, hits }
