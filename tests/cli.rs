@@ -174,6 +174,47 @@ fn features_writes_named_activations() {
     assert!(stderr(&o).contains("conv9_9") && stderr(&o).contains("conv1_1"), "{}", stderr(&o));
 }
 
+/// Several images: one file, each activation stacked along the batch dimension in input order, row
+/// i equal to image i's activation alone, the images listed in the metadata.
+#[test]
+fn features_of_several_images_are_stacked_in_order() {
+    let (path, _) = small_model_file("m2s");
+    let w = path.to_str().unwrap();
+    let imgs = [fixtures().join("images/coffee.png"), fixtures().join("images/coffee.png")];
+    let mut flipped = image::open(&imgs[0]).unwrap();
+    flipped = flipped.fliph();
+    let second = tmp("flipped.png");
+    flipped.save(&second).unwrap();
+    let imgs = [imgs[0].clone(), second];
+    let out = tmp("stacked.safetensors");
+    let o = vgg(&[
+        "features",
+        imgs[0].to_str().unwrap(),
+        imgs[1].to_str().unwrap(),
+        "--weights",
+        w,
+        "--layers",
+        "pool5,fc7",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (sd, meta) = weights::safetensors::read(&std::fs::read(&out).unwrap(), "stacked").unwrap();
+    let listed: Vec<String> = imgs.iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(meta.extra, vec![("vgg.images".to_string(), serde_json::to_string(&listed).unwrap())]);
+    assert_eq!(sd["fc7"].shape, vec![2, 64]);
+    for (i, img) in imgs.iter().enumerate() {
+        let one = tmp(&format!("one{i}.safetensors"));
+        assert!(features(img, &path, "pool5,fc7", &one).status.success());
+        let (alone, _) = weights::safetensors::read(&std::fs::read(&one).unwrap(), "one").unwrap();
+        for key in ["pool5", "fc7", "input"] {
+            let row = alone[key].data.len();
+            assert_eq!(&sd[key].data[i * row..(i + 1) * row], &alone[key].data[..], "{key} of image {i}");
+        }
+    }
+    assert_ne!(sd["fc7"].data[..64], sd["fc7"].data[64..], "the two images differ");
+}
+
 #[test]
 fn bad_input_gives_messages_and_exit_codes_not_panics() {
     let (path, _) = small_model_file("m3");

@@ -1,6 +1,6 @@
 //! Training and evaluation over MPI (`mpirun -n 2 vgg …`, the `mpi` feature) against one process:
 //! the same parameters after the same steps, the same evaluation, a resumed run that continues
-//! the same run, the same classifications, and jobs that stop cleanly when the loss is not finite or a rank hangs.
+//! the same run, the same classifications and features, and jobs that stop cleanly when the loss is not finite or a rank hangs.
 //!
 //! Each rank runs one thread (`RAYON_NUM_THREADS=1`), on loopback, on the first images of
 //! Fashion-MNIST (Debian's `dataset-fashion-mnist`). What is compared: every tensor of the written
@@ -179,6 +179,31 @@ fn two_rank_classification_equals_one_process_exactly() {
     let two_out = ok(two(&args), "2-process classify");
     assert_eq!(String::from_utf8_lossy(&one_out.stdout).lines().count(), images.len());
     assert_eq!(String::from_utf8_lossy(&one_out.stdout), String::from_utf8_lossy(&two_out.stdout));
+}
+
+#[test]
+fn two_rank_features_equal_one_process_exactly() {
+    // Five example images, shared out one by one: the stacked activations are the same bits.
+    let mut images: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".png"))
+        .collect();
+    images.sort();
+    images.truncate(5);
+    let (a, b) = (scratch("mpi-feat").join("one.safetensors"), scratch("mpi-feat-2").join("two.safetensors"));
+    let args = |out: &Path| {
+        let mut v = vec!["features".to_string(), "--layers".into(), "pool5,fc7".into(), "--out".into()];
+        v.push(out.display().to_string());
+        v.extend(images.iter().cloned());
+        v
+    };
+    let (args_a, args_b) = (args(&a), args(&b));
+    ok(one(&args_a.iter().map(String::as_str).collect::<Vec<_>>()), "1-process features");
+    ok(two(&args_b.iter().map(String::as_str).collect::<Vec<_>>()), "2-process features");
+    let (fa, fb) = (load_file(&a).unwrap(), load_file(&b).unwrap());
+    assert_eq!(fa["fc7"].shape, vec![5, 10]);
+    assert_eq!(fa, fb);
 }
 
 #[test]
