@@ -45,6 +45,11 @@ pub struct BenchArgs {
     /// Inference with the weights stored in 16 bits (f32 arithmetic): half the memory.
     #[arg(long)]
     half: Option<vgg::engine::HalfKind>,
+    /// Also measure the machine's FMA peak on the kernel path taken (every thread running
+    /// independent FMA chains for a second) and report the share of it the run reaches: effective
+    /// GFLOP/s (direct-convolution operations, so Winograd can pass 100%) over the peak.
+    #[arg(long)]
+    peak: bool,
     /// One JSON object.
     #[arg(long)]
     json: bool,
@@ -206,6 +211,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "gflops": flops / median / 1e9,
         "peak_rss_mb": peak_rss_mb(),
     });
+    let peak = a.peak.then(|| {
+        let isa = vgg::engine::kernel_path().unwrap_or(vgg::engine::Isa::Generic);
+        vgg::engine::fma_peak_gflops(isa, rayon::current_num_threads(), 1.0)
+    });
+    if let Some(peak) = peak {
+        out["peak_gflops"] = peak.into();
+        out["share_of_peak"] = (flops / median / 1e9 / peak).into();
+    }
     if a.layers {
         out["layers"] = layer_times.iter().map(|(name, t)| serde_json::json!({"name": name, "median_s": t})).collect();
     }
@@ -234,6 +247,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
             flops / median / 1e9,
             peak_rss_mb()
         );
+        if let Some(peak) = peak {
+            println!(
+                "FMA peak of {} threads on the {kernel_path} path: {peak:.1} GFLOP/s; this run reached {:.0}% of it",
+                rayon::current_num_threads(),
+                100.0 * flops / median / 1e9 / peak
+            );
+        }
     }
     Ok(())
 }

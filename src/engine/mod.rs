@@ -35,6 +35,7 @@ use crate::weights::{StateDict, TensorEntry};
 pub use crate::kernels::conv::ConvAlgos;
 pub use crate::kernels::half::HalfKind;
 pub use crate::kernels::isa::{Isa, IsaError, cpu_name};
+pub use crate::kernels::peak::fma_peak_gflops;
 pub use parallel::DataParallel;
 pub use params::ParamBuf;
 pub use trace::Trace;

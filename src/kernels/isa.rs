@@ -16,6 +16,9 @@ pub enum Isa {
     Generic,
     /// x86-64 with AVX2 and FMA (256-bit vectors).
     Avx2,
+    /// x86-64 with AVX-512 F, BW, DQ and VL besides AVX2 and FMA (512-bit vectors, 32 registers):
+    /// Intel since Skylake-SP, AMD since Zen 4. Kernels without a 512-bit version take their AVX2 one.
+    Avx512,
 }
 
 /// `VGG_ISA` names a path that does not exist or that this CPU lacks.
@@ -36,13 +39,14 @@ fn names(paths: impl Iterator<Item = Isa>) -> String {
 
 impl Isa {
     /// Every path of this build, best first.
-    pub const ALL: [Isa; 2] = [Isa::Avx2, Isa::Generic];
+    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Generic];
 
     /// The name `VGG_ISA` and `vgg bench` use.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Generic => "generic",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
         }
     }
 
@@ -51,6 +55,7 @@ impl Isa {
         match self {
             Isa::Generic => true,
             Isa::Avx2 => cpu_has_avx2_fma(),
+            Isa::Avx512 => cpu_has_avx2_fma() && cpu_has_avx512(),
         }
     }
 
@@ -136,6 +141,20 @@ fn cpu_has_avx2_fma() -> bool {
     }
 }
 
+fn cpu_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,7 +166,7 @@ mod tests {
         }
         assert_eq!(" AVX2 ".parse::<Isa>(), Ok(Isa::Avx2));
         assert_eq!("sse9".parse::<Isa>(), Err(IsaError::Unknown("sse9".into())));
-        assert!(IsaError::Unknown("sse9".into()).to_string().contains("avx2, generic"));
+        assert!(IsaError::Unknown("sse9".into()).to_string().contains("avx512, avx2, generic"));
     }
 
     #[test]
@@ -160,5 +179,10 @@ mod tests {
         if !Isa::Avx2.is_supported() {
             assert_eq!(Isa::require("avx2"), Err(IsaError::Unsupported("avx2")));
         }
+        if !Isa::Avx512.is_supported() {
+            assert_eq!(Isa::require("avx512"), Err(IsaError::Unsupported("avx512")));
+        }
+        // Each path needs the ones below it: a CPU with AVX-512 has AVX2 and FMA.
+        assert!(!Isa::Avx512.is_supported() || Isa::Avx2.is_supported());
     }
 }

@@ -24,6 +24,7 @@ pub mod implicit;
 pub mod isa;
 pub mod norm;
 pub mod packed;
+pub mod peak;
 pub mod pool;
 pub mod shape;
 pub mod small;
@@ -35,6 +36,12 @@ use rayon::prelude::*;
 /// them (`VGG_ISA=generic` forces the portable loops).
 pub fn avx2_fma() -> bool {
     isa::active() >= isa::Isa::Avx2
+}
+
+/// Whether the kernels that have a 512-bit version take it: the CPU has AVX-512 (F, BW, DQ, VL)
+/// and [`isa::active`] chose it (`VGG_ISA=avx2` keeps the 256-bit kernels).
+pub fn avx512() -> bool {
+    isa::active() >= isa::Isa::Avx512
 }
 
 /// `c[m×n] (+)= a[m×k] · b[k×n]`, each matrix given by its row and column strides.

@@ -5,19 +5,24 @@
 //! Why not the `gemm` crate here: it packs `B` on every call, and the convolutions' `B` (filters)
 //! changes only when the weights do; for the few-row products of batch-1 inference and of the
 //! Winograd path's 36 small GEMMs, that packing costs as much as the arithmetic. The micro-kernel
-//! keeps a 6x16 block of `C` in twelve AVX registers (two FMA per broadcast); there is a portable
-//! version of the same loop for CPUs without AVX2/FMA.
+//! keeps a 6x16 block of `C` in twelve AVX registers (two FMA per broadcast); with AVX-512 a 12x16
+//! block in twelve of the 32 ZMM registers (one 16-lane FMA per broadcast, twelve per load of `B`);
+//! there is a portable version of the same loop for CPUs without either.
 
 use std::ops::Range;
 
+use super::isa::Isa;
+
 /// Columns per panel.
 pub const NR: usize = 16;
-/// Rows per micro-kernel call.
+/// Rows per micro-kernel call on the AVX2 and portable paths.
 const MR: usize = 6;
+/// Rows per micro-kernel call on the AVX-512 path.
+const MR_512: usize = 12;
 /// Depth of one pass over `A`: a 6-row strip of `A` (6 KB) and a panel slice of `B` (16 KB) stay
 /// in L1/L2 while `C` accumulates.
 const KC: usize = 256;
-/// Rows of `A` kept hot while the panels stream past.
+/// Rows of `A` kept hot while the panels stream past (a multiple of both row counts).
 const MC: usize = 96;
 
 /// `B` (`k x n`) in panels of [`NR`] columns.
@@ -99,7 +104,26 @@ pub fn gemm(
         }
         return;
     }
-    let fast = super::avx2_fma();
+    gemm_on(super::isa::active(), m, a, lda, b, panels, c, ldc, accumulate);
+}
+
+/// [`gemm`] on the kernel path `isa` (which the CPU must have), so that tests can run every path
+/// in one process.
+#[allow(clippy::too_many_arguments)]
+fn gemm_on(
+    isa: Isa,
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    panels: Range<usize>,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert!(isa.is_supported(), "{isa} kernels on a CPU without them");
+    let (k, n) = (b.k, b.n);
+    let mr = if isa >= Isa::Avx512 { MR_512 } else { MR };
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let acc = accumulate || k0 > 0;
@@ -108,18 +132,24 @@ pub fn gemm(
             for p in panels.clone() {
                 let cols = NR.min(n - p * NR);
                 let bp = &b.data[(p * k + k0) * NR..][..kc * NR];
-                for r0 in (i0..i0 + mc).step_by(MR) {
-                    let rows = MR.min(i0 + mc - r0);
+                for r0 in (i0..i0 + mc).step_by(mr) {
+                    let rows = mr.min(i0 + mc - r0);
                     let ap = &a[r0 * lda + k0..];
                     let cp = &mut c[r0 * ldc + p * NR..];
                     let t = Tile { kc, lda, ldc, cols, accumulate: acc };
                     match rows {
-                        6 => micro::<6>(ap, bp, cp, t, fast),
-                        5 => micro::<5>(ap, bp, cp, t, fast),
-                        4 => micro::<4>(ap, bp, cp, t, fast),
-                        3 => micro::<3>(ap, bp, cp, t, fast),
-                        2 => micro::<2>(ap, bp, cp, t, fast),
-                        _ => micro::<1>(ap, bp, cp, t, fast),
+                        12 => micro::<12>(ap, bp, cp, t, isa),
+                        11 => micro::<11>(ap, bp, cp, t, isa),
+                        10 => micro::<10>(ap, bp, cp, t, isa),
+                        9 => micro::<9>(ap, bp, cp, t, isa),
+                        8 => micro::<8>(ap, bp, cp, t, isa),
+                        7 => micro::<7>(ap, bp, cp, t, isa),
+                        6 => micro::<6>(ap, bp, cp, t, isa),
+                        5 => micro::<5>(ap, bp, cp, t, isa),
+                        4 => micro::<4>(ap, bp, cp, t, isa),
+                        3 => micro::<3>(ap, bp, cp, t, isa),
+                        2 => micro::<2>(ap, bp, cp, t, isa),
+                        _ => micro::<1>(ap, bp, cp, t, isa),
                     }
                 }
             }
@@ -139,17 +169,19 @@ struct Tile {
 }
 
 #[inline(always)]
-fn micro<const R: usize>(a: &[f32], b: &[f32], c: &mut [f32], t: Tile, fast: bool) {
+fn micro<const R: usize>(a: &[f32], b: &[f32], c: &mut [f32], t: Tile, isa: Isa) {
     // Bounds for the unchecked reads below: R rows of kc values of A, kc·16 of B, R rows of C.
     assert!((R - 1) * t.lda + t.kc <= a.len() && t.kc * NR <= b.len());
     assert!((R - 1) * t.ldc + t.cols <= c.len());
     #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: `fast` means the CPU has AVX2 and FMA; the asserts above bound every access.
-        unsafe { avx2::micro::<R>(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), t) };
-        return;
+    match isa {
+        // SAFETY: `gemm_on` checked that the CPU has the path's instructions; the asserts above
+        // bound every access.
+        Isa::Avx512 => return unsafe { avx512::micro::<R>(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), t) },
+        Isa::Avx2 => return unsafe { avx2::micro::<R>(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), t) },
+        Isa::Generic => {}
     }
-    let _ = fast;
+    let _ = isa;
     let mut acc = [[0f32; NR]; R];
     for kk in 0..t.kc {
         let bk = &b[kk * NR..][..NR];
@@ -212,16 +244,49 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{NR, Tile};
+    use std::arch::x86_64::*;
+
+    /// SAFETY: the caller guarantees AVX-512F and that `a` (R rows of `kc`, stride `lda`), `b`
+    /// (`kc · 16`) and `c` (R rows of `cols`, stride `ldc`) are valid.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn micro<const R: usize>(a: *const f32, b: *const f32, c: *mut f32, t: Tile) {
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); R];
+            for kk in 0..t.kc {
+                let bk = _mm512_loadu_ps(b.add(kk * NR));
+                for (r, x) in acc.iter_mut().enumerate() {
+                    *x = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * t.lda + kk)), bk, *x);
+                }
+            }
+            // The last panel may be partial: a masked store writes only its columns.
+            let mask: __mmask16 = if t.cols >= NR { 0xffff } else { (1u16 << t.cols) - 1 };
+            for (r, x) in acc.iter().enumerate() {
+                let dst = c.add(r * t.ldc);
+                let mut v = *x;
+                if t.accumulate {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst));
+                }
+                _mm512_mask_storeu_ps(dst, mask, v);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::test_data as data;
 
-    /// Against a float64 triple loop: every row count of the micro-kernel, partial panels, depths
-    /// across several KC blocks, row strides wider than k, accumulation, and a panel sub-range.
+    /// Against a float64 triple loop, on every kernel path the CPU has: every row count of the
+    /// micro-kernels, partial panels, depths across several KC blocks, row strides wider than k,
+    /// accumulation, and a panel sub-range.
     #[test]
     fn matches_the_definition() {
-        for (m, n, k, lda) in [(1, 1, 1, 1), (7, 33, 5, 9), (13, 16, 300, 300), (200, 40, 530, 600), (6, 17, 257, 260)]
+        for (m, n, k, lda) in
+            [(1, 1, 1, 1), (7, 33, 5, 9), (13, 16, 300, 300), (200, 40, 530, 600), (6, 17, 257, 260), (23, 31, 7, 7)]
         {
             let a = data(m * lda, 1);
             let braw = data(k * n, 2);
@@ -230,22 +295,24 @@ mod tests {
             for accumulate in [false, true] {
                 let ldc = n + 3;
                 let c0 = data(m * ldc, 3);
-                let mut c = c0.clone();
-                gemm(m, &a, lda, &b, 0..b.panels(), &mut c, ldc, accumulate);
-                for i in 0..m {
-                    for j in 0..n {
-                        let mut want: f64 = (0..k).map(|kk| a[i * lda + kk] as f64 * braw[kk * n + j] as f64).sum();
-                        if accumulate {
-                            want += c0[i * ldc + j] as f64;
+                for isa in Isa::supported() {
+                    let mut c = c0.clone();
+                    gemm_on(isa, m, &a, lda, &b, 0..b.panels(), &mut c, ldc, accumulate);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut want: f64 = (0..k).map(|kk| a[i * lda + kk] as f64 * braw[kk * n + j] as f64).sum();
+                            if accumulate {
+                                want += c0[i * ldc + j] as f64;
+                            }
+                            let got = c[i * ldc + j] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                "{isa}: {m}x{n}x{k} [{i},{j}]: {got} vs {want}"
+                            );
                         }
-                        let got = c[i * ldc + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{m}x{n}x{k} [{i},{j}]: {got} vs {want}"
-                        );
+                        // Padding columns of C are left alone.
+                        assert_eq!(&c[i * ldc + n..i * ldc + ldc], &c0[i * ldc + n..i * ldc + ldc], "{isa}");
                     }
-                    // Padding columns of C are left alone.
-                    assert_eq!(&c[i * ldc + n..i * ldc + ldc], &c0[i * ldc + n..i * ldc + ldc]);
                 }
             }
             // Only the second panel onwards: the first 16 columns stay untouched.
