@@ -88,6 +88,18 @@ fn rounding_only(key: &str, sd: &StateDict) -> bool {
     layer.parse::<usize>().is_ok_and(|i| sd.contains_key(&format!("features.{}.running_mean", i + 1)))
 }
 
+/// The ten example images of `assets/fashion-mnist`, in name order.
+fn example_images() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist");
+    let mut images: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".png"))
+        .collect();
+    images.sort();
+    images
+}
+
 fn weights(dir: &Path) -> StateDict {
     load_file(&dir.join("last.safetensors")).expect("the run's checkpoint")
 }
@@ -167,12 +179,7 @@ fn two_rank_evaluation_equals_one_process_exactly() {
 #[test]
 fn two_rank_classification_equals_one_process_exactly() {
     // The ten example images in batches of 3: rank 0 takes batches 0 and 2, rank 1 batches 1 and 3.
-    let mut images: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist"))
-        .unwrap()
-        .map(|e| e.unwrap().path().display().to_string())
-        .filter(|p| p.ends_with(".png"))
-        .collect();
-    images.sort();
+    let images = example_images();
     let mut args = vec!["classify", "--json", "--batch", "3"];
     args.extend(images.iter().map(String::as_str));
     let one_out = ok(one(&args), "1-process classify");
@@ -184,12 +191,7 @@ fn two_rank_classification_equals_one_process_exactly() {
 #[test]
 fn two_rank_features_equal_one_process_exactly() {
     // Five example images, shared out one by one: the stacked activations are the same bits.
-    let mut images: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist"))
-        .unwrap()
-        .map(|e| e.unwrap().path().display().to_string())
-        .filter(|p| p.ends_with(".png"))
-        .collect();
-    images.sort();
+    let mut images = example_images();
     images.truncate(5);
     let (a, b) = (scratch("mpi-feat").join("one.safetensors"), scratch("mpi-feat-2").join("two.safetensors"));
     let args = |out: &Path| {

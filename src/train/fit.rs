@@ -123,7 +123,8 @@ pub fn fit(
     let weights_meta = Meta { config: Some(model.config().clone()), preprocess: Some(pre.clone()), extra: vec![] };
     let frozen = frozen_keys(&model, fit.freeze.as_deref())?;
     let mut learner = learner(&model, fit, frozen, &opt_sd, state.swa_count, run.parallel.clone())?;
-    if events(Event::RunsOn(learner.runs_on())).is_break() {
+    // Every process stops where rank 0's events stop it.
+    if agree(run, usize::from(events(Event::RunsOn(learner.runs_on())).is_break())) == 1 {
         return Ok((model, state));
     }
     let group: &dyn crate::dist::Collective = match &run.parallel {
@@ -144,7 +145,7 @@ pub fn fit(
         let total = steps_per_epoch * planned;
         let started = std::time::Instant::now();
         learner.start_epoch(fit.seed.wrapping_add(epoch as u64));
-        if events(Event::EpochStart(epoch, planned, steps_per_epoch)).is_break() {
+        if agree(run, usize::from(events(Event::EpochStart(epoch, planned, steps_per_epoch)).is_break())) == 1 {
             return Ok((model, state));
         }
         let order = epoch_order(train.len(), fit.seed, epoch);
@@ -188,7 +189,8 @@ pub fn fit(
                 loss_sum += step.loss as f64 * n as f64;
                 correct += step.hits;
                 seen += n;
-                if events(Event::Step(b + 1, step.loss, step.hits as f64 / n as f64, lr)).is_break() {
+                let event = Event::Step(b + 1, step.loss, step.hits as f64 / n as f64, lr);
+                if agree(run, usize::from(events(event).is_break())) == 1 {
                     return Ok(false);
                 }
             }
@@ -244,7 +246,6 @@ pub fn fit(
             st::write_atomic(&dir.metrics(), lines.as_bytes())?;
             write_pictures(dir, &state, &ev, test);
         }
-        // Every process stops where rank 0 stops.
         if agree(run, usize::from(events(Event::EpochEnd(&m)).is_break())) == 1 {
             break;
         }
