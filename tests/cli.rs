@@ -610,3 +610,18 @@ fn classify_on_burns_path_says_why_and_refuses_what_needs_the_engine() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("dense evaluation runs on the fast CPU engine"), "{}", stderr(&o));
 }
+
+/// A build without the `mpi` feature started by mpirun as several copies refuses to run (each copy
+/// would do the whole job and write the same files) and says how to build one that works.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn copies_started_by_mpirun_without_the_mpi_feature_refuse() {
+    let o = Command::new(env!("CARGO_BIN_EXE_vgg"))
+        .args(["eval", "--limit-test", "10"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .expect("run vgg");
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("2 copies") && err.contains("--features mpi"), "{err}");
+}

@@ -116,7 +116,20 @@ pub fn world(timeout: std::time::Duration) -> Result<Group, DistError> {
         return Ok(Arc::new(mpi::MpiWorld::init(timeout)?));
     }
     let _ = timeout;
+    // Without MPI, copies started by mpirun would each run the whole job and write the same files.
+    #[cfg(not(feature = "mpi"))]
+    if let Some(n) = job_size().filter(|&n| n > 1) {
+        return Err(DistError::Init(format!(
+            "mpirun started {n} copies of a vgg built without the `mpi` feature; build it with \
+             `cargo build --release --features mpi` (Debian: openmpi-bin libopenmpi-dev libclang-dev)"
+        )));
+    }
     Ok(single())
+}
+
+/// The number of processes an MPI launcher says it started (Open MPI's or PMI's variable).
+pub fn job_size() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().find_map(|k| std::env::var(k).ok()?.trim().parse().ok())
 }
 
 /// Why the processes could not work together.
