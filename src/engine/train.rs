@@ -68,16 +68,10 @@ impl Engine {
         // Gradients and optimizer updates need f32 weights.
         self.store_f32();
         assert_eq!(sample_seeds.len(), n, "one dropout seed per image");
-        // Data-parallel: the global batch size, and (DDP's broadcast_buffers) rank 0's running
-        // statistics where each process's BatchNorm keeps its own.
-        let mut global_n = n;
-        if let Some(p) = self.parallel.clone() {
-            let mut count = [n as f64];
-            p.group.all_reduce_f64(&mut count);
-            global_n = count[0] as usize;
-            if !p.sync_bn {
-                self.broadcast_running(&*p.group, 0);
-            }
+        // Data-parallel (DDP's broadcast_buffers): rank 0's running statistics where each process's
+        // BatchNorm keeps its own.
+        if let Some(group) = self.parallel.as_ref().filter(|p| !p.sync_bn).map(|p| p.group.clone()) {
+            self.broadcast_running(&*group, 0);
         }
         let mut acts = vec![to_nhwc(x, dims)];
         let mut shapes = vec![Shape::Map([n, h, w, c])];
@@ -104,12 +98,15 @@ impl Engine {
         let (mut loss, mut grad, mut hits) =
             dense::cross_entropy(acts.last().expect("output"), labels, classes, smoothing);
         if let Some(p) = &self.parallel {
-            // This shard's share of the global mean, so that the processes' gradients sum to it.
-            let share = n as f64 / global_n as f64;
-            grad.iter_mut().for_each(|g| *g = (*g as f64 * share) as f32);
-            let mut sums = [loss * n as f64, hits as f64];
+            // One all-reduce gives the global batch size, loss and hits; this shard's loss gradient
+            // is then scaled to its share of the global mean, so that the processes' gradients
+            // sum to the one-process gradient.
+            let mut sums = [n as f64, loss * n as f64, hits as f64];
             p.group.all_reduce_f64(&mut sums);
-            (loss, hits) = (sums[0] / global_n as f64, sums[1] as usize);
+            let global_n = sums[0];
+            let share = n as f64 / global_n;
+            grad.iter_mut().for_each(|g| *g = (*g as f64 * share) as f32);
+            (loss, hits) = (sums[1] / global_n, sums[2] as usize);
         }
         lap("loss", "", t);
         // Backward stops below the lowest op that has a trainable parameter.
@@ -154,12 +151,13 @@ impl Engine {
                 };
                 grad = self.ops[i].backward(grads, &acts[i], shapes[i], &saved[i], grad, need_dx);
                 // Frozen parameters' gradients are cleared here, before they could be summed.
-                for p in self.op_params(i) {
+                let params = self.op_params(i);
+                for &p in &params {
                     if frozen(&self.params[p].key) {
                         self.params[p].grad.clear();
                     }
                 }
-                self.reduce_gradients(&mut bucket, &self.op_params(i), i == lowest, to_comm.as_ref());
+                self.reduce_gradients(&mut bucket, &params, i == lowest, to_comm.as_ref());
                 lap(&self.names[i], "bwd", t);
             }
             drop(to_comm);
