@@ -112,7 +112,7 @@ pub fn gather_ordered<T: serde::Serialize + serde::de::DeserializeOwned>(
 /// `timeout` bounds every wait on the other ranks.
 pub fn world(timeout: std::time::Duration) -> Result<Group, DistError> {
     #[cfg(feature = "mpi")]
-    if mpi::launched_by_mpi() {
+    if launched_by_mpi() {
         return Ok(Arc::new(mpi::MpiWorld::init(timeout)?));
     }
     let _ = timeout;
@@ -127,9 +127,19 @@ pub fn world(timeout: std::time::Duration) -> Result<Group, DistError> {
     Ok(single())
 }
 
-/// The number of processes an MPI launcher says it started (Open MPI's or PMI's variable).
+/// What `mpirun`, `mpiexec` and Slurm's `srun` put in a process's environment: Open MPI's and
+/// PMI's sizes, then the ranks of PMIx and PMI.
+const LAUNCHER_SIZES: [&str; 2] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"];
+const LAUNCHER_RANKS: [&str; 2] = ["PMIX_RANK", "PMI_RANK"];
+
+/// Whether an MPI launcher started this process, so that a plain `vgg …` never initialises MPI.
+pub fn launched_by_mpi() -> bool {
+    LAUNCHER_SIZES.iter().chain(&LAUNCHER_RANKS).any(|k| std::env::var_os(k).is_some())
+}
+
+/// The number of processes an MPI launcher says it started.
 pub fn job_size() -> Option<usize> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().find_map(|k| std::env::var(k).ok()?.trim().parse().ok())
+    LAUNCHER_SIZES.iter().find_map(|k| std::env::var(k).ok()?.trim().parse().ok())
 }
 
 /// Why the processes could not work together.

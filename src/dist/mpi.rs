@@ -14,12 +14,6 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 
 use super::{Collective, DistError};
 
-/// Whether `mpirun`, `mpiexec` or Slurm's `srun` started this process (their environment), so
-/// that a plain `vgg …` never initialises MPI.
-pub fn launched_by_mpi() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"].iter().any(|k| std::env::var_os(k).is_some())
-}
-
 /// The operation in progress, for the watchdog.
 type InFlight = Arc<Mutex<Option<(&'static str, Instant)>>>;
 
