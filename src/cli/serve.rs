@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// --max-batch-size, so that an accepted request waits at most about two forward passes).
     #[arg(long)]
     max_queue_size: Option<usize>,
+    /// When the model is busy, refuse (503 with Retry-After, at once) a request whose answer the
+    /// work ahead of it predicts later than this many microseconds: under overload, accepted
+    /// requests keep their latency. Default: no budget (throughput first).
+    #[arg(long)]
+    latency_budget_us: Option<u64>,
     /// How long a request may wait for its answer, in milliseconds (504 beyond).
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
@@ -100,6 +105,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_batch_size: a.max_batch_size,
             max_queue_delay: Duration::from_micros(a.max_queue_delay_us),
             max_queue_size,
+            latency_budget: a.latency_budget_us.map(Duration::from_micros),
         },
         request_timeout: Duration::from_millis(a.timeout_ms.max(1)),
         api_key: a.api_key.filter(|k| !k.is_empty()),

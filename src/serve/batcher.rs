@@ -2,7 +2,9 @@
 //! queue; its worker thread takes the first, waits up to the queue delay for more (from any
 //! client), and runs every request of the same image size in one forward pass of at most the
 //! maximum batch size. A full queue refuses at once (the caller answers 503), so memory stays
-//! bounded under any load; the HTTP side only ever waits on a channel, never on compute.
+//! bounded under any load; the HTTP side only ever waits on a channel, never on compute. With a
+//! latency budget, a request that the [`Backlog`] predicts would be answered past it is refused at
+//! once too (admission by predicted wait).
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::admission::{Backlog, OverBudget};
 use super::metrics::Metrics;
 use super::stats::ModelStats;
 use crate::net::Network;
@@ -26,11 +29,18 @@ pub struct BatchOptions {
     pub max_queue_delay: Duration,
     /// Requests waiting per model at most; more are refused.
     pub max_queue_size: usize,
+    /// Refuse a request, when the model is busy, if its answer is predicted later than this.
+    pub latency_budget: Option<Duration>,
 }
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        BatchOptions { max_batch_size: 8, max_queue_delay: Duration::from_micros(2000), max_queue_size: 16 }
+        BatchOptions {
+            max_batch_size: 8,
+            max_queue_delay: Duration::from_micros(2000),
+            max_queue_size: 16,
+            latency_budget: None,
+        }
     }
 }
 
@@ -84,12 +94,25 @@ impl Job {
     }
 }
 
+/// What `n` images of `h` x `w` cost, in images of the model's own size (`pixels` each): the
+/// backlog's unit of work.
+fn units(dims: [usize; 4], pixels: usize) -> f64 {
+    (dims[0] * dims[2] * dims[3]) as f64 / pixels.max(1) as f64
+}
+
 /// Why a request was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
     /// The queue holds `max_queue_size` requests already.
     #[error("the queue is full ({0} requests waiting); retry later")]
     Full(usize),
+    /// The work ahead would answer the request past the latency budget.
+    #[error(
+        "the model's backlog would answer in {} ms, past the latency budget of {} ms; retry later",
+        .0.predicted.as_millis(),
+        .0.budget.as_millis()
+    )]
+    Late(OverBudget),
     /// The worker has stopped (the server is shutting down).
     #[error("the model is shutting down")]
     Stopped,
@@ -100,13 +123,16 @@ pub struct Batcher {
     queue: SyncSender<Job>,
     depth: Arc<AtomicUsize>,
     ready: Arc<AtomicBool>,
+    backlog: Arc<Backlog>,
+    /// Pixels of one of the model's own images (`h * w` of the warm-up).
+    pixels: usize,
     options: BatchOptions,
 }
 
 impl Batcher {
     /// Starts the worker thread of `net`, which first runs one batch of `warmup` (`[c, h, w]`) so
-    /// that the first request does not pay for allocations and filter transforms; [`Batcher::ready`]
-    /// turns true after it.
+    /// that the first request does not pay for allocations and filter transforms, then a second to
+    /// measure a pass for the backlog's cost model; [`Batcher::ready`] turns true after them.
     pub fn start(
         name: &str,
         net: Box<dyn Network + Send>,
@@ -118,6 +144,9 @@ impl Batcher {
         let (queue, jobs) = sync_channel(options.max_queue_size.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
         let ready = Arc::new(AtomicBool::new(false));
+        let backlog = Arc::new(Backlog::new(options.max_batch_size, options.max_queue_delay, options.latency_budget));
+        let [c, h, w] = warmup;
+        let pixels = h * w;
         let worker = Worker {
             name: name.to_string(),
             net,
@@ -126,26 +155,39 @@ impl Batcher {
             options,
             stats,
             metrics,
+            backlog: backlog.clone(),
+            pixels,
             carried: VecDeque::new(),
         };
         let ready_flag = ready.clone();
         std::thread::Builder::new().name(format!("vgg-serve-{name}")).spawn(move || {
-            let [c, h, w] = warmup;
-            let _ = catch_unwind(AssertUnwindSafe(|| worker.net.logits(&vec![0.0; c * h * w], [1, c, h, w])));
+            let image = vec![0.0; c * h * w];
+            for _ in 0..2 {
+                let started = Instant::now();
+                let _ = catch_unwind(AssertUnwindSafe(|| worker.net.logits(&image, [1, c, h, w])));
+                worker.backlog.measured(1.0, started.elapsed());
+            }
             ready_flag.store(true, Ordering::Release);
             worker.run();
         })?;
-        Ok(Batcher { queue, depth, ready, options })
+        Ok(Batcher { queue, depth, ready, backlog, pixels, options })
     }
 
-    /// Queues `job`, or refuses at once when the queue is full.
+    /// Queues `job`, or refuses at once when the queue is full or the work ahead would answer it
+    /// past the latency budget.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        let units = match &job.work {
+            Work::Logits { dims, .. } => units(*dims, self.pixels),
+            Work::Call(_) => 0.0,
+        };
+        self.backlog.admit(units).map_err(SubmitError::Late)?;
         // Counted before sending so that the worker's decrement never comes first.
         self.depth.fetch_add(1, Ordering::AcqRel);
         match self.queue.try_send(job) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.depth.fetch_sub(1, Ordering::AcqRel);
+                self.backlog.withdraw(units);
                 match e {
                     TrySendError::Full(_) => Err(SubmitError::Full(self.options.max_queue_size)),
                     TrySendError::Disconnected(_) => Err(SubmitError::Stopped),
@@ -168,6 +210,11 @@ impl Batcher {
     pub fn options(&self) -> BatchOptions {
         self.options
     }
+
+    /// When a request of one image arriving now would be answered (for `Retry-After`).
+    pub fn predicted_wait(&self) -> Duration {
+        self.backlog.predicted(1.0)
+    }
 }
 
 /// A logits job taken apart.
@@ -186,6 +233,8 @@ struct Worker {
     options: BatchOptions,
     stats: Arc<Mutex<ModelStats>>,
     metrics: Arc<Metrics>,
+    backlog: Arc<Backlog>,
+    pixels: usize,
     /// Jobs taken from the queue that did not fit the last batch.
     carried: VecDeque<Job>,
 }
@@ -251,7 +300,11 @@ impl Worker {
                 Work::Logits { x, dims, reply } if !reply.is_closed() => {
                     Some(Logits { x, dims, reply, enqueued: j.enqueued })
                 }
-                _ => None,
+                Work::Logits { dims, .. } => {
+                    self.backlog.withdraw(units(dims, self.pixels));
+                    None
+                }
+                Work::Call(_) => None,
             })
             .collect();
         while !jobs.is_empty() {
@@ -269,10 +322,13 @@ impl Worker {
         for j in &jobs {
             x.extend_from_slice(&j.x);
         }
+        let pass_units = units([n, c, h, w], self.pixels);
+        self.backlog.pass_started(pass_units);
         let started = Instant::now();
         let classes = self.net.config().num_classes;
         let result = catch_unwind(AssertUnwindSafe(|| self.net.logits(&x, [n, c, h, w])));
         let compute = started.elapsed();
+        self.backlog.pass_ended(pass_units, compute);
         if let Ok(mut s) = self.stats.lock() {
             s.record_batch(n, compute);
         }

@@ -4,14 +4,17 @@
 //!
 //! The server is one more caller of the network seam ([`crate::net`]): each model is a
 //! `dyn Network` owned by its [`batcher`]'s worker thread, whatever runs it. Requests wait in a
-//! bounded queue and share forward passes (dynamic batching); a full queue answers 503 at once.
+//! bounded queue and share forward passes (dynamic batching); a full queue, or (with a latency
+//! budget) a backlog that would answer late, answers 503 at once.
 //! Nothing a request says can name a file or load a model: models come from the command line.
 //!
 //! One job per file: [`oip`] reads and writes the protocol's bodies, [`batcher`] queues and runs
-//! forward passes, [`routes`] answers each endpoint, [`access`] guards and logs every request,
+//! forward passes, [`admission`] predicts when a request would be answered, [`routes`] answers
+//! each endpoint, [`access`] guards and logs every request,
 //! [`stats`] and [`metrics`] count, [`page`] is the web page.
 
 pub mod access;
+pub mod admission;
 pub mod batcher;
 pub mod metrics;
 pub mod oip;

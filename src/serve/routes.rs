@@ -251,13 +251,14 @@ async fn inputs(m: &Served, tensors: Vec<Tensor>) -> Result<Groups, Response> {
 }
 
 /// Queues `work` for `m`'s worker, or answers 503 at once (with `Retry-After` when the queue is
-/// full).
+/// full or the request would be late: the predicted wait, in whole seconds, at least 1).
 pub fn submit(m: &Served, work: Work) -> Result<(), Response> {
     match m.batcher.submit(Job { work, enqueued: Instant::now() }) {
         Ok(()) => Ok(()),
-        Err(e @ SubmitError::Full(_)) => {
+        Err(e @ (SubmitError::Full(_) | SubmitError::Late(_))) => {
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e);
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            let seconds = m.batcher.predicted_wait().as_secs_f64().ceil().max(1.0) as u64;
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             Err(r)
         }
         Err(e) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
