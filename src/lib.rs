@@ -23,7 +23,7 @@
 //! [`onnx`] (graphs read and written), [`kernels`] and [`engine`] (the fast CPU path) →
 //! [`net`] (the seam: a [`net::Network`] on either path, chosen in one place) →
 //! [`pretrained`] (weights specs to networks), [`data`], [`protocol`], [`classify`],
-//! [`features`], [`explain`], [`style`], [`eval`], [`train`] (a [`train::Learner`] stepped by the
+//! [`features`], [`explain`], [`style`], [`perceptual`] (LPIPS, perceptual losses), [`eval`], [`train`] (a [`train::Learner`] stepped by the
 //! loop) and [`export`]: what the CLI verbs call.
 
 pub mod classify;
@@ -45,6 +45,7 @@ pub mod net;
 pub mod npy;
 pub mod onnx;
 pub mod parse;
+pub mod perceptual;
 pub mod plot;
 pub mod pretrained;
 pub mod protocol;
