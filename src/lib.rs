@@ -23,8 +23,8 @@
 //! [`onnx`] (graphs read and written), [`kernels`] and [`engine`] (the fast CPU path) →
 //! [`net`] (the seam: a [`net::Network`] on either path, chosen in one place) →
 //! [`pretrained`] (weights specs to networks), [`data`], [`protocol`], [`classify`],
-//! [`features`], [`explain`], [`style`], [`perceptual`] (LPIPS, perceptual losses), [`eval`], [`train`] (a [`train::Learner`] stepped by the
-//! loop) and [`export`]: what the CLI verbs call.
+//! [`features`], [`explain`], [`style`], [`perceptual`] (LPIPS, perceptual losses), [`eval`],
+//! [`train`] (a [`train::Learner`] stepped by the loop) and [`export`]: what the CLI verbs call.
 
 pub mod classify;
 pub mod config;

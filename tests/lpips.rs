@@ -245,3 +245,111 @@ fn a_batch_gives_each_image_its_own_loss_and_gradient() {
     let scale = dgs.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(worst <= 1e-6 * scale, "{worst} of {scale}");
 }
+
+fn vgg_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vgg")).args(args).output().expect("run vgg")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vgg-lpips-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn the_cli_compares_files_and_paired_folders_with_the_packages_values() {
+    let g = golden();
+    let d = scratch("cli");
+    let (fa, fb) = (d.join("a"), d.join("b"));
+    std::fs::create_dir_all(&fa).unwrap();
+    std::fs::create_dir_all(&fb).unwrap();
+    // Folder A holds the photos, folder B their JPEG versions under the same names.
+    let jpeg: Vec<&Value> =
+        g["pairs"].as_array().unwrap().iter().filter(|p| p["b"].as_str().unwrap().ends_with("-jpeg.png")).collect();
+    for p in &jpeg {
+        let name = p["a"].as_str().unwrap();
+        std::fs::copy(dir().join(name), fa.join(name)).unwrap();
+        std::fs::copy(dir().join(p["b"].as_str().unwrap()), fb.join(name)).unwrap();
+    }
+    let spatial = d.join("maps");
+    let o = vgg_cli(&[
+        "lpips",
+        fa.to_str().unwrap(),
+        fb.to_str().unwrap(),
+        "--weights",
+        "formula",
+        "--json",
+        "--spatial",
+        spatial.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), jpeg.len());
+    for (line, p) in lines.iter().zip(&jpeg) {
+        assert!(line["a"].as_str().unwrap().ends_with(p["a"].as_str().unwrap()));
+        assert!(rel(line["lpips"].as_f64().unwrap(), p["lpips"].as_f64().unwrap()) <= 1e-5, "{line} vs {p}");
+        let stem = p["a"].as_str().unwrap().trim_end_matches(".png");
+        assert!(spatial.join(format!("{stem}.png")).is_file());
+        let map = vgg::npy::read(&spatial.join(format!("{stem}.npy"))).unwrap();
+        assert_eq!(map.shape, vec![64, 64]);
+    }
+    // The first pair's map against lpips(spatial=True).
+    let first = &g["pairs"][0];
+    let map = d.join("first.png");
+    let o = vgg_cli(&[
+        "lpips",
+        dir().join(first["a"].as_str().unwrap()).to_str().unwrap(),
+        dir().join(first["b"].as_str().unwrap()).to_str().unwrap(),
+        "--weights",
+        "formula",
+        "--spatial",
+        map.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = vgg::npy::read(&map.with_extension("npy")).unwrap();
+    let want = vgg::npy::read(&dir().join("spatial.npy")).unwrap();
+    assert!(common::rel_err(&got.data.iter().map(|&v| v as f32).collect::<Vec<_>>(), &want.data) <= 1e-5);
+
+    // A partner missing, sizes that differ, a file against a folder: errors that say so.
+    std::fs::copy(dir().join("rocket-blur.png"), fa.join("extra.png")).unwrap();
+    let o = vgg_cli(&["lpips", fa.to_str().unwrap(), fb.to_str().unwrap(), "--weights", "formula"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("extra.png") && err.contains("no partner"), "{err}");
+    let camera = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/images/camera.png");
+    if camera.exists() {
+        let o = vgg_cli(&[
+            "lpips",
+            dir().join("rocket.png").to_str().unwrap(),
+            camera.to_str().unwrap(),
+            "--weights",
+            "formula",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains("--size"), "{err}");
+        let o = vgg_cli(&[
+            "lpips",
+            dir().join("rocket.png").to_str().unwrap(),
+            camera.to_str().unwrap(),
+            "--weights",
+            "formula",
+            "--size",
+            "48",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o =
+        vgg_cli(&["lpips", fa.to_str().unwrap(), dir().join("rocket.png").to_str().unwrap(), "--weights", "formula"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("two files or two folders"));
+    let o = vgg_cli(&[
+        "lpips",
+        dir().join("golden.json").to_str().unwrap(),
+        dir().join("rocket.png").to_str().unwrap(),
+        "--weights",
+        "formula",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "an undecodable image is an error, not a panic");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -8,6 +8,7 @@ mod eval;
 mod explain;
 mod export;
 mod features;
+mod lpips;
 mod parallel;
 mod serve;
 mod style;
@@ -47,6 +48,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Neural style transfer (Gatys et al.): CONTENT painted in the style of STYLE.
     Style(style::StyleArgs),
+    /// Perceptual distance (LPIPS-VGG, as the lpips package) of two images or two folders' pairs.
+    Lpips(lpips::LpipsArgs),
     /// Train a VGG (Fashion-MNIST, CIFAR-10/100), checkpointing every epoch.
     Train(Box<train::TrainArgs>),
     /// Top-1/top-5 accuracy, per-class accuracy and confusion matrix of weights on a test set.
@@ -73,6 +76,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Features(a) => features::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Style(a) => style::run(a),
+        Command::Lpips(a) => lpips::run(a),
         Command::Export(a) => export::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Train(a) => train::run(*a),

@@ -1,9 +1,11 @@
 //! Perceptual similarity on a VGG trunk run by the engine: [`lpips`] (the metric of the `lpips`
 //! package, per pair, per pixel, and its gradient) and [`loss`] (Johnson et al.'s feature and
-//! Gram-matrix losses with their gradients), for measuring and training image models.
+//! Gram-matrix losses with their gradients), for measuring and training image models; [`pairs`]
+//! reads what `vgg lpips` compares.
 
 pub mod loss;
 pub mod lpips;
+pub mod pairs;
 
 pub use loss::{Norm, PerceptualConfig, PerceptualLoss};
 pub use lpips::{Distance, Heads, Lpips};
