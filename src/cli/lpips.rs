@@ -137,7 +137,8 @@ pub fn run(a: LpipsArgs) -> Result<()> {
     }
     if !a.json && list.len() > 1 {
         let mean = values.iter().sum::<f64>() / values.len() as f64;
-        eprintln!("mean {mean:.6} over {} pairs in {:.1} s", list.len(), start.elapsed().as_secs_f64());
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!("mean {mean:.6} over {} pairs in {secs:.1} s ({:.2} pairs/s)", list.len(), list.len() as f64 / secs);
     }
     Ok(())
 }

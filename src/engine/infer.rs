@@ -16,21 +16,52 @@ impl Engine {
     /// per-layer view of `vgg bench --layers`; runs exactly the code of [`Engine::forward`].
     pub fn profile(&self, x: &[f32], dims: [usize; 4]) -> Vec<(String, f64)> {
         let mut times = Vec::with_capacity(self.ops.len());
-        self.run_ops_timed(0..self.ops.len(), to_nhwc(x, dims), Shape::Map(nhwc(dims)), Some(&mut times));
+        self.run_ops_timed(
+            0..self.ops.len(),
+            to_nhwc(x, dims),
+            Shape::Map(nhwc(dims)),
+            Some(&mut times),
+            &mut |_, _, _| {},
+        );
         times
     }
 
-    pub(super) fn run_ops(&self, range: std::ops::Range<usize>, act: Vec<f32>, shape: Shape) -> (Vec<f32>, Shape) {
-        self.run_ops_timed(range, act, shape, None)
+    /// Evaluation-mode forward of `x` (`[n, c, h, w]`) up to the last of `taps` (activation indices
+    /// as [`Engine::activation_index`] gives them), keeping only those: each tap's activation in
+    /// the engine's NHWC layout with its dims `[n, h, w, c]` (`[n, 1, 1, f]` for vectors), in the
+    /// order of `taps`. The inference path's buffers and in-place ReLUs, unlike a [`super::Trace`],
+    /// which keeps everything a backward pass needs.
+    pub fn activations(&self, x: &[f32], dims: [usize; 4], taps: &[usize]) -> Vec<(Vec<f32>, [usize; 4])> {
+        let top = taps.iter().copied().max().unwrap_or(0).min(self.ops.len());
+        let as_dims = |shape: Shape| match shape {
+            Shape::Map(s) => s,
+            Shape::Flat([n, f]) => [n, 1, 1, f],
+        };
+        let mut kept: Vec<Option<(Vec<f32>, [usize; 4])>> = vec![None; taps.len()];
+        let keep = |kept: &mut Vec<Option<(Vec<f32>, [usize; 4])>>, index: usize, act: &[f32], shape: Shape| {
+            for (slot, _) in kept.iter_mut().zip(taps).filter(|(_, t)| **t == index) {
+                *slot = Some((act.to_vec(), as_dims(shape)));
+            }
+        };
+        let (act, shape) = (to_nhwc(x, dims), Shape::Map(nhwc(dims)));
+        keep(&mut kept, 0, &act, shape);
+        self.run_ops_timed(0..top, act, shape, None, &mut |i, act, shape| keep(&mut kept, i + 1, act, shape));
+        kept.into_iter().map(|k| k.expect("every tap is at most the last op")).collect()
     }
 
-    /// [`Engine::run_ops`], pushing each op's name and wall time onto `times` when given.
+    pub(super) fn run_ops(&self, range: std::ops::Range<usize>, act: Vec<f32>, shape: Shape) -> (Vec<f32>, Shape) {
+        self.run_ops_timed(range, act, shape, None, &mut |_, _, _| {})
+    }
+
+    /// [`Engine::run_ops`], pushing each op's name and wall time onto `times` when given and showing
+    /// `visit` each op's index and output.
     fn run_ops_timed(
         &self,
         range: std::ops::Range<usize>,
         mut act: Vec<f32>,
         mut shape: Shape,
         mut times: Option<&mut Vec<(String, f64)>>,
+        visit: &mut dyn FnMut(usize, &[f32], Shape),
     ) -> (Vec<f32>, Shape) {
         // Each op writes into the buffer its input's input had (the largest maps are tens of
         // megabytes: fresh allocations cost page faults and zeroing every layer).
@@ -49,6 +80,7 @@ impl Engine {
             if let Some(times) = times.as_deref_mut() {
                 times.push((self.names[i].clone(), t.elapsed().as_secs_f64()));
             }
+            visit(i, &act, shape);
         }
         (act, shape)
     }

@@ -16,6 +16,8 @@
 //! wheel (`lpips/weights/v0.1/vgg.pth`, converted by `bench/lpips_reference.py`; BSD-2-Clause,
 //! notice in `assets/lpips/LICENSE`).
 
+use rayon::prelude::*;
+
 use super::PerceptualError;
 use crate::engine::{Engine, Trace};
 use crate::explain::upsample;
@@ -116,19 +118,31 @@ impl<'a> Lpips<'a> {
         self.engine.trace(&scale(x, dims), dims, self.taps[4])
     }
 
+    /// The five taps of `a` and `b` from one forward pass of both (`[2n, ...]`): for each tap, `a`'s
+    /// images' activations, `b`'s, and the dims `[n, h, w, c]`.
+    fn taps(&self, a: &[f32], b: &[f32], dims: [usize; 4]) -> Vec<(Vec<f32>, Vec<f32>, [usize; 4])> {
+        let [n, c, h, w] = dims;
+        let both: Vec<f32> = a.iter().chain(b).copied().collect();
+        let acts = self.engine.activations(&scale(&both, [2 * n, c, h, w]), [2 * n, c, h, w], &self.taps);
+        acts.into_iter()
+            .map(|(mut act, [_, th, tw, tc])| {
+                let second = act.split_off(act.len() / 2);
+                (act, second, [n, th, tw, tc])
+            })
+            .collect()
+    }
+
     /// LPIPS between the images of `a` and `b` (`[n, 3, h, w]`, values in [-1, 1], image `i` of
     /// `a` against image `i` of `b`).
     pub fn distance(&self, a: &[f32], b: &[f32], dims: [usize; 4]) -> Result<Vec<Distance>, PerceptualError> {
         check(a, b, dims)?;
-        let (ta, tb) = (self.trace(a, dims), self.trace(b, dims));
         let mut out = vec![Distance { value: 0.0, per_layer: [0.0; 5] }; dims[0]];
-        for (k, &tap) in self.taps.iter().enumerate() {
-            let (fa, [n, h, w, c]) = ta.activation_nhwc(tap);
-            let fb = tb.activation_nhwc(tap).0;
-            for (i, d) in out.iter_mut().enumerate() {
-                let pixels = i * h * w..(i + 1) * h * w;
-                let sum: f64 = pixels.map(|p| self.pixel(k, &fa[p * c..(p + 1) * c], &fb[p * c..(p + 1) * c])).sum();
-                d.per_layer[k] = sum / (h * w) as f64;
+        for (k, (fa, fb, [n, h, w, c])) in self.taps(a, b, dims).into_iter().enumerate() {
+            // Per image, its positions' sums in parallel (in a fixed order: the same value on any
+            // number of threads).
+            let pixels = self.pixels(k, &fa, &fb, c);
+            for (d, image) in out.iter_mut().zip(pixels.chunks_exact(h * w)) {
+                d.per_layer[k] = image.iter().sum::<f64>() / (h * w) as f64;
             }
             debug_assert_eq!(n, dims[0]);
         }
@@ -144,15 +158,11 @@ impl<'a> Lpips<'a> {
     pub fn spatial(&self, a: &[f32], b: &[f32], dims: [usize; 4]) -> Result<Vec<f32>, PerceptualError> {
         check(a, b, dims)?;
         let [n, _, height, width] = dims;
-        let (ta, tb) = (self.trace(a, dims), self.trace(b, dims));
         let mut out = vec![0f32; n * height * width];
-        for (k, &tap) in self.taps.iter().enumerate() {
-            let (fa, [_, h, w, c]) = ta.activation_nhwc(tap);
-            let fb = tb.activation_nhwc(tap).0;
-            for (i, map) in out.chunks_exact_mut(height * width).enumerate() {
-                let layer: Vec<f32> = (i * h * w..(i + 1) * h * w)
-                    .map(|p| self.pixel(k, &fa[p * c..(p + 1) * c], &fb[p * c..(p + 1) * c]) as f32)
-                    .collect();
+        for (k, (fa, fb, [_, h, w, c])) in self.taps(a, b, dims).into_iter().enumerate() {
+            let pixels = self.pixels(k, &fa, &fb, c);
+            for (map, image) in out.chunks_exact_mut(height * width).zip(pixels.chunks_exact(h * w)) {
+                let layer: Vec<f32> = image.iter().map(|&v| v as f32).collect();
                 for (m, v) in map.iter_mut().zip(upsample(&layer, [h, w], [height, width])) {
                     *m += v;
                 }
@@ -171,12 +181,14 @@ impl<'a> Lpips<'a> {
         dims: [usize; 4],
     ) -> Result<(Vec<f64>, Vec<f32>), PerceptualError> {
         check(a, b, dims)?;
-        let (ta, tb) = (self.trace(a, dims), self.trace(b, dims));
+        // `a` traced for its backward pass; `b` needs only its activations.
+        let ta = self.trace(a, dims);
+        let tb = self.engine.activations(&scale(b, dims), dims, &self.taps);
         let mut values = vec![0f64; dims[0]];
         let mut seeds = Vec::with_capacity(5);
         for (k, &tap) in self.taps.iter().enumerate() {
             let (fa, [_, h, w, c]) = ta.activation_nhwc(tap);
-            let fb = tb.activation_nhwc(tap).0;
+            let fb = &tb[k].0;
             let mut g = vec![0f32; fa.len()];
             let per_pixel = 1.0 / (h * w) as f64;
             for p in 0..fa.len() / c {
@@ -213,6 +225,11 @@ impl<'a> Lpips<'a> {
             }
         }
         Ok((values, grad))
+    }
+
+    /// [`Lpips::pixel`] at every position of tap `k`'s NHWC maps `fa` and `fb` of `c` channels.
+    fn pixels(&self, k: usize, fa: &[f32], fb: &[f32], c: usize) -> Vec<f64> {
+        fa.par_chunks_exact(c).zip(fb.par_chunks_exact(c)).map(|(xa, xb)| self.pixel(k, xa, xb)).collect()
     }
 
     /// Σ_c w_c (x_a / (|x_a| + ε) − x_b / (|x_b| + ε))² at one position of tap `k`.
