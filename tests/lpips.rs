@@ -185,7 +185,7 @@ fn the_perceptual_loss_and_its_gradient_match_torch() {
 }
 
 #[test]
-fn heads_of_the_wrong_width_or_missing_taps_are_refused_by_name() {
+fn wrong_heads_missing_taps_and_bad_inputs_are_refused_by_name() {
     let engine = trunk();
     let Heads::Linear(mut w) = Heads::v0_1() else { panic!("linear heads") };
     w[2].pop();
@@ -200,6 +200,16 @@ fn heads_of_the_wrong_width_or_missing_taps_are_refused_by_name() {
     // Gray images are not RGB.
     let lpips = Lpips::new(&engine, Heads::v0_1()).unwrap();
     assert!(lpips.distance(&[0.0; 64], &[0.0; 64], [1, 1, 8, 8]).is_err());
+    // Images too small for relu5_3 (four poolings before it) are refused, not run.
+    let err = lpips.distance(&[0.0; 3 * 8 * 8], &[0.0; 3 * 8 * 8], [1, 3, 8, 8]).unwrap_err().to_string();
+    assert!(err.contains("relu5_3") && err.contains("16x16"), "{err}");
+    assert!(lpips.distance_and_gradient(&[0.0; 3 * 15 * 20], &[0.0; 3 * 15 * 20], [1, 3, 15, 20]).is_err());
+    let config =
+        PerceptualConfig { feature_layers: vec![("relu3_3".into(), 1.0)], style_layers: vec![], norm: Norm::L2 };
+    let loss = PerceptualLoss::new(&engine, &config, &[0.5; 3], &[0.5; 3]).unwrap();
+    let err = loss.loss_and_gradient(&[0.0; 3 * 2 * 2], &[0.0; 3 * 2 * 2], [1, 3, 2, 2]).unwrap_err().to_string();
+    assert!(err.contains("relu3_3") && err.contains("4x4"), "{err}");
+    assert!(loss.loss_and_gradient(&[0.0; 3 * 4 * 4], &[0.0; 3 * 4 * 4], [1, 3, 4, 4]).is_ok());
 }
 
 #[test]

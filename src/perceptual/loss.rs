@@ -102,6 +102,7 @@ impl<'a> PerceptualLoss<'a> {
                 self.mean.len()
             )));
         }
+        super::check_side(self.engine, self.top(), [h, w])?;
         let tx = self.engine.trace(&self.normalise(x, dims), dims, self.top());
         let tt = self.engine.trace(&self.normalise(target, dims), dims, self.top());
         let mut loss = 0f64;

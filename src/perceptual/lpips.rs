@@ -135,7 +135,7 @@ impl<'a> Lpips<'a> {
     /// LPIPS between the images of `a` and `b` (`[n, 3, h, w]`, values in [-1, 1], image `i` of
     /// `a` against image `i` of `b`).
     pub fn distance(&self, a: &[f32], b: &[f32], dims: [usize; 4]) -> Result<Vec<Distance>, PerceptualError> {
-        check(a, b, dims)?;
+        self.check(a, b, dims)?;
         let mut out = vec![Distance { value: 0.0, per_layer: [0.0; 5] }; dims[0]];
         for (k, (fa, fb, [n, h, w, c])) in self.taps(a, b, dims).into_iter().enumerate() {
             // Per image, its positions' sums in parallel (in a fixed order: the same value on any
@@ -156,7 +156,7 @@ impl<'a> Lpips<'a> {
     /// upsampled bilinearly (half-pixel centres) to the input's size, summed; `[n, h, w]`. Its mean
     /// is close to, not equal to, [`Lpips::distance`] (the upsampling does not keep means).
     pub fn spatial(&self, a: &[f32], b: &[f32], dims: [usize; 4]) -> Result<Vec<f32>, PerceptualError> {
-        check(a, b, dims)?;
+        self.check(a, b, dims)?;
         let [n, _, height, width] = dims;
         let mut out = vec![0f32; n * height * width];
         for (k, (fa, fb, [_, h, w, c])) in self.taps(a, b, dims).into_iter().enumerate() {
@@ -180,7 +180,7 @@ impl<'a> Lpips<'a> {
         b: &[f32],
         dims: [usize; 4],
     ) -> Result<(Vec<f64>, Vec<f32>), PerceptualError> {
-        check(a, b, dims)?;
+        self.check(a, b, dims)?;
         // `a` traced for its backward pass; `b` needs only its activations.
         let ta = self.trace(a, dims);
         let tb = self.engine.activations(&scale(b, dims), dims, &self.taps);
@@ -248,6 +248,14 @@ impl<'a> Lpips<'a> {
 
 fn norm(x: &[f32]) -> f64 {
     x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt()
+}
+
+impl Lpips<'_> {
+    /// The shape checks of every entry point: RGB, as many values as `dims` says, large enough.
+    fn check(&self, a: &[f32], b: &[f32], dims: [usize; 4]) -> Result<(), PerceptualError> {
+        check(a, b, dims)?;
+        super::check_side(self.engine, self.taps[4], [dims[2], dims[3]])
+    }
 }
 
 fn check(a: &[f32], b: &[f32], [n, c, h, w]: [usize; 4]) -> Result<(), PerceptualError> {

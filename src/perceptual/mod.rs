@@ -25,3 +25,22 @@ pub enum PerceptualError {
     #[error("{0}")]
     Input(String),
 }
+
+/// The smallest side an image needs for activation `top` of `engine` to have a position: each 2x2
+/// pooling before it halves the map (floor), so `2^pools`.
+fn min_side(engine: &crate::engine::Engine, top: usize) -> usize {
+    let pools = engine.activation_names().iter().take(top + 1).filter(|n| n.starts_with("pool")).count();
+    1 << pools
+}
+
+/// Refuses images too small to reach activation `top`, naming it.
+fn check_side(engine: &crate::engine::Engine, top: usize, [h, w]: [usize; 2]) -> Result<(), PerceptualError> {
+    let need = min_side(engine, top);
+    if h < need || w < need {
+        let name = engine.activation_names().get(top).map_or("the last layer".to_string(), |n| n.to_string());
+        return Err(PerceptualError::Input(format!(
+            "{w}x{h} images are too small: {name} needs at least {need}x{need} (a 2x2 pooling halves the map before it each time)"
+        )));
+    }
+    Ok(())
+}
