@@ -221,7 +221,9 @@ fn from_bytes(bytes: &[u8], p: String, config: Option<VggConfig>) -> Result<Weig
         notes = imported.notes;
         (imported.state_dict, None, imported.preprocess)
     } else {
-        (weights::pth::read(bytes, &p)?, None, None)
+        let (sd, pth_notes) = weights::pth::read_noting(bytes, &p)?;
+        notes = pth_notes;
+        (sd, None, None)
     };
     // A training checkpoint also holds the optimiser's state; it is not model weights.
     sd.retain(|k, _| !weights::is_optimizer_key(k));

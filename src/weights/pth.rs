@@ -13,23 +13,113 @@ const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 
 
 /// Reads a `.pth` file's bytes into a flat state dict, unwrapping training checkpoints.
 pub fn read(bytes: &[u8], path: &str) -> Result<StateDict, WeightsError> {
+    read_noting(bytes, path).map(|(sd, _)| sd)
+}
+
+/// [`read`], also saying what was done beyond reading a state dict (a whole pickled module's tree
+/// walked for its tensors).
+pub fn read_noting(bytes: &[u8], path: &str) -> Result<(StateDict, Vec<String>), WeightsError> {
     let (root, storages) =
         if bytes.starts_with(b"PK\x03\x04") { read_zip(bytes, path)? } else { read_legacy(bytes, path)? };
-    let dict = find_state_dict(&root).ok_or_else(|| {
-        WeightsError::File(FileError::Format {
-            path: path.to_string(),
-            what: "no tensors found (expected a state dict, or a checkpoint holding one under 'state_dict' or 'model')"
-                .into(),
-        })
-    })?;
+    let mut notes = vec![];
+    let tensors: Vec<(String, &TensorRef)> = match find_state_dict(&root) {
+        Some(dict) => dict
+            .iter()
+            .filter_map(|(k, v)| match (k.as_str(), v) {
+                (Some(key), Value::Tensor(t)) => Some((key.to_string(), t)),
+                _ => None,
+            })
+            .collect(),
+        None => {
+            let (class, tensors) = find_module(&root).ok_or_else(|| {
+                WeightsError::File(FileError::Format {
+                    path: path.to_string(),
+                    what: "no tensors found (expected a state dict, a checkpoint holding one under 'state_dict' or \
+                           'model', or a whole pickled nn.Module)"
+                        .into(),
+                })
+            })?;
+            notes.push(format!(
+                "{path} is a whole pickled module ({class}, as torch.save(model) writes it): its parameters and \
+                 buffers were read from the pickled module tree as data, without executing anything (torch.load \
+                 needs weights_only=False for such files, which runs the pickle's code)"
+            ));
+            tensors
+        }
+    };
     let mut sd = StateDict::default();
-    for (k, v) in dict {
-        let Some(key) = k.as_str() else { continue };
-        if let Value::Tensor(t) = v {
-            sd.insert(strip_prefix(key), materialise(t, &storages, key, path)?);
+    for (key, t) in tensors {
+        let tensor = materialise(t, &storages, &key, path)?;
+        sd.insert(strip_prefix(&key), tensor);
+    }
+    Ok((sd, notes))
+}
+
+/// The state an `nn.Module` was pickled with (its `__dict__`, given by `BUILD`), if `v` is one.
+fn module_state(v: &Value) -> Option<&Vec<(Value, Value)>> {
+    let Value::Object { state: Some(state), .. } = v else { return None };
+    let Value::Dict(d) = state.as_ref() else { return None };
+    d.iter().any(|(k, _)| matches!(k.as_str(), Some("_modules" | "_parameters"))).then_some(d)
+}
+
+/// A module's class as `module.Class` (pickled by `NEWOBJ` on the class, or by
+/// `copyreg._reconstructor(class, object, None)`).
+fn class_name(v: &Value) -> String {
+    let Value::Object { callable, args, .. } = v else { return "?".into() };
+    let class = match (callable.as_ref(), args.as_ref()) {
+        (Value::Global(m, n), Value::Tuple(a)) if m == "copyreg" && n == "_reconstructor" => a.first(),
+        (c, _) => Some(c),
+    };
+    match class {
+        Some(Value::Global(m, n)) => format!("{m}.{n}"),
+        _ => "?".into(),
+    }
+}
+
+/// A whole pickled module in what was saved: the root, or a checkpoint's `model` (or `net`,
+/// `module`, `state_dict`, `model_state_dict`) entry. Its class and its tensors under
+/// `state_dict()`'s keys and order: each module's parameters, then its persistent buffers, then
+/// its children's, depth first.
+fn find_module(root: &Value) -> Option<(String, Vec<(String, &TensorRef)>)> {
+    let module = if module_state(root).is_some() {
+        root
+    } else {
+        let Value::Dict(d) = root else { return None };
+        ["model", "net", "module", "state_dict", "model_state_dict"]
+            .iter()
+            .find_map(|name| d.iter().find(|(k, v)| k.as_str() == Some(name) && module_state(v).is_some()))
+            .map(|(_, v)| v)?
+    };
+    let mut out = vec![];
+    walk_module(module, "", &mut out);
+    (!out.is_empty()).then(|| (class_name(module), out))
+}
+
+fn walk_module<'a>(module: &'a Value, prefix: &str, out: &mut Vec<(String, &'a TensorRef)>) {
+    let Some(state) = module_state(module) else { return };
+    let field = |name: &str| state.iter().find(|(k, _)| k.as_str() == Some(name)).map(|(_, v)| v);
+    let transient: Vec<&str> = match field("_non_persistent_buffers_set") {
+        Some(Value::List(names)) => names.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    for kind in ["_parameters", "_buffers"] {
+        if let Some(Value::Dict(items)) = field(kind) {
+            for (name, value) in items {
+                if let (Some(name), Value::Tensor(t)) = (name.as_str(), value)
+                    && !(kind == "_buffers" && transient.contains(&name))
+                {
+                    out.push((format!("{prefix}{name}"), t));
+                }
+            }
         }
     }
-    Ok(sd)
+    if let Some(Value::Dict(children)) = field("_modules") {
+        for (name, child) in children {
+            if let Some(name) = name.as_str() {
+                walk_module(child, &format!("{prefix}{name}."), out);
+            }
+        }
+    }
 }
 
 /// DataParallel and DistributedDataParallel save keys as `module.features.0.weight`.
