@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 import torch
+from formula import formula
 import lpips
 import torchmetrics
 from PIL import Image, ImageFilter
@@ -31,34 +32,6 @@ from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SHARED = os.path.join(ROOT, "..", "shared", "fixtures")
 OUT = os.path.join(ROOT, "tests", "fixtures", "lpips")
-M64 = (1 << 64) - 1
-
-
-def fnv1a64(name):
-    h = 0xCBF29CE484222325
-    for b in name.encode():
-        h = ((h ^ b) * 0x100000001B3) & M64
-    return h
-
-
-def s(name, n):
-    """FORMULA.md's s(name, i) for i < n, vectorised (uint64 arithmetic wraps as the formula says)."""
-    with np.errstate(over="ignore"):
-        x = np.uint64(fnv1a64(name)) + np.arange(n, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return 2 * ((z >> np.uint64(11)).astype(np.float64) * 2.0**-53) - 1
-
-
-def formula(key, shape):
-    n = int(np.prod(shape))
-    if key.endswith("weight"):
-        fan_in = n // shape[0]
-        return (np.sqrt(6 / fan_in) * s(key, n)).reshape(shape)
-    return (0.05 * s(key, n)).reshape(shape)
-
-
 def formula_trunk(model):
     """The formula's torchvision `features.{i}` tensors into lpips's `net.slice{k}.{i}`."""
     sd = model.state_dict()

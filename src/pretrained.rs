@@ -227,6 +227,14 @@ fn from_bytes(bytes: &[u8], p: String, config: Option<VggConfig>) -> Result<Weig
     };
     // A training checkpoint also holds the optimiser's state; it is not model weights.
     sd.retain(|k, _| !weights::is_optimizer_key(k));
+    if let Some(torchvision) = weights::keys::from_timm(&sd) {
+        sd = torchvision;
+        notes.push(format!(
+            "{p} has timm's VGG keys: pre_logits.fc1/fc2 (convolutions) and head.fc read as torchvision's \
+             classifier.0/3/6; timm's outputs are the same up to 224x224 inputs (larger ones: timm slides the \
+             head over the map, as the paper's dense evaluation)"
+        ));
+    }
     let config = match config.or(recorded) {
         Some(c) => c,
         None => weights::infer::infer_config(&sd).ok_or_else(|| LoadError::UnknownArch(p.clone()))?,

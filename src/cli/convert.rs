@@ -23,7 +23,8 @@ pub struct ConvertArgs {
     /// Storage of floating tensors: f32, f16 or bf16 (safetensors and pth; ONNX is written in f32).
     #[arg(long, default_value = "f32")]
     dtype: Dtype,
-    /// torchvision (features.0.weight) or paper (conv1_1.weight) keys (safetensors and pth).
+    /// torchvision (features.0.weight), paper (conv1_1.weight) or timm (pre_logits.fc1.weight for
+    /// the head) keys (safetensors and pth).
     #[arg(long, default_value = "torchvision")]
     keys: KeyStyle,
     /// ONNX: input size, N or HxW (default: the weights' crop, else 224).
@@ -63,10 +64,12 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         .into_iter()
         .filter(|(k, _)| !is_optimizer_key(k))
         .collect();
+    vgg::weights::keys::check_style(&config, keys).map_err(anyhow::Error::msg)?;
     let plan = config.plan([224, 224]);
     let paper: std::collections::HashMap<String, String> = key_pairs(&plan).into_iter().collect();
     let out_key = |k: &str| match keys {
         KeyStyle::Paper => paper.get(k).cloned().unwrap_or_else(|| k.to_string()),
+        KeyStyle::Timm => vgg::weights::keys::timm_key(k),
         KeyStyle::Torchvision => k.to_string(),
     };
     let stored = |d: Dtype| match d {

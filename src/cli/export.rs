@@ -29,7 +29,8 @@ pub struct ExportArgs {
     /// ONNX: fold BatchNorm into the convolutions instead of BatchNormalization nodes.
     #[arg(long)]
     fold_bn: bool,
-    /// safetensors: torchvision (features.0.weight) or paper (conv1_1.weight) keys.
+    /// safetensors: torchvision (features.0.weight), paper (conv1_1.weight) or timm
+    /// (pre_logits.fc1.weight for the head) keys.
     #[arg(long, default_value = "torchvision")]
     keys: vgg::weights::KeyStyle,
     /// safetensors: f32, f16 or bf16 storage.
@@ -84,6 +85,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         }
         "safetensors" => {
             let (keys, dtype) = (a.keys, a.dtype);
+            vgg::weights::keys::check_style(&config, keys).map_err(anyhow::Error::msg)?;
             let n = vgg::export::write_safetensors(&a.out, &config, &sd, Some(&loaded.preprocess), keys, dtype)?;
             bytes_written = std::fs::metadata(&a.out).map(|m| m.len() as usize).unwrap_or(0);
             info["format"] = "safetensors".into();

@@ -27,6 +27,9 @@ pub enum KeyStyle {
     Torchvision,
     /// `conv1_1.weight`, as the paper names layers.
     Paper,
+    /// timm's VGG: torchvision's trunk keys, the ImageNet head as `pre_logits.fc1` (a 7x7
+    /// convolution), `pre_logits.fc2` (1x1) and `head.fc`.
+    Timm,
 }
 
 impl std::fmt::Display for KeyStyle {
@@ -34,6 +37,7 @@ impl std::fmt::Display for KeyStyle {
         f.write_str(match self {
             KeyStyle::Torchvision => "torchvision",
             KeyStyle::Paper => "paper",
+            KeyStyle::Timm => "timm",
         })
     }
 }
@@ -44,7 +48,8 @@ impl std::str::FromStr for KeyStyle {
         match s {
             "torchvision" => Ok(KeyStyle::Torchvision),
             "paper" => Ok(KeyStyle::Paper),
-            _ => Err(crate::parse::ParseError::new("key style", s, "torchvision or paper")),
+            "timm" => Ok(KeyStyle::Timm),
+            _ => Err(crate::parse::ParseError::new("key style", s, "torchvision, paper or timm")),
         }
     }
 }
@@ -88,19 +93,98 @@ pub fn key_pairs(plan: &Plan) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Rewrites keys to the given style; keys that match neither style are kept as they are.
+/// Rewrites keys to the given style; keys that match neither style are kept as they are. timm's
+/// style applies to ImageNet heads (`fc6`'s weight becomes a `[out, c, 7, 7]` convolution, `fc7`'s
+/// a 1x1 one); a plan without one keeps torchvision's keys there.
 pub fn rename(sd: &StateDict, plan: &Plan, style: KeyStyle) -> StateDict {
     let pairs = key_pairs(plan);
-    sd.iter()
+    let torchvision: StateDict = sd
+        .iter()
         .map(|(k, v)| {
             let new = pairs
                 .iter()
                 .find(|(tv, paper)| tv == k || paper == k)
-                .map(|(tv, paper)| if style == KeyStyle::Torchvision { tv.clone() } else { paper.clone() })
+                .map(|(tv, paper)| if style == KeyStyle::Paper { paper.clone() } else { tv.clone() })
                 .unwrap_or_else(|| k.clone());
             (new, v.clone())
         })
+        .collect();
+    match (style, plan.layers.iter().find(|l| l.key == "avgpool")) {
+        (KeyStyle::Timm, Some(pool)) => to_timm(torchvision, &pool.out_shape),
+        _ => torchvision,
+    }
+}
+
+/// Whether weights of `config` can be written with `style`'s keys: timm's VGG only has
+/// torchvision's ImageNet head over a 7x7 map (its `pre_logits.fc1` is a 7x7 convolution).
+pub fn check_style(config: &crate::config::VggConfig, style: KeyStyle) -> Result<(), String> {
+    match (style, &config.head) {
+        (KeyStyle::Timm, crate::config::Head::Imagenet { pool: [7, 7], .. })
+        | (KeyStyle::Torchvision | KeyStyle::Paper, _) => Ok(()),
+        (KeyStyle::Timm, head) => Err(format!(
+            "timm's VGG has torchvision's ImageNet head over a 7x7 map (pre_logits.fc1 a 7x7 convolution); {} has a {} head",
+            config.arch_name(),
+            head.name()
+        )),
+    }
+}
+
+/// torchvision's ImageNet head names and timm's (`timm.models.vgg._filter_fn` maps them so).
+const TIMM_HEAD: [(&str, &str); 3] =
+    [("classifier.0", "pre_logits.fc1"), ("classifier.3", "pre_logits.fc2"), ("classifier.6", "head.fc")];
+
+/// A torchvision key's name in timm's VGG (the same outside the ImageNet head).
+pub fn timm_key(key: &str) -> String {
+    TIMM_HEAD
+        .iter()
+        .find_map(|(tv, timm)| key.strip_prefix(tv).map(|leaf| format!("{timm}{leaf}")))
+        .unwrap_or_else(|| key.to_string())
+}
+
+/// Renames an ImageNet head to timm's keys, reshaping the two hidden layers' weights into
+/// convolutions over the pooled map (`[c, ph, pw]`).
+fn to_timm(sd: StateDict, pooled: &[usize]) -> StateDict {
+    sd.into_iter()
+        .map(|(k, mut v)| {
+            for (index, (tv, timm)) in TIMM_HEAD.iter().enumerate() {
+                if let Some(leaf) = k.strip_prefix(tv) {
+                    if leaf == ".weight" && v.shape.len() == 2 && index < 2 {
+                        v.shape = if index == 0 {
+                            [&[v.shape[0]][..], pooled].concat()
+                        } else {
+                            vec![v.shape[0], v.shape[1], 1, 1]
+                        };
+                    }
+                    return (format!("{timm}{leaf}"), v);
+                }
+            }
+            (k, v)
+        })
         .collect()
+}
+
+/// A timm VGG state dict under torchvision's keys (its convolutional head as the linear layers it
+/// equals: the values are the same, in the same order), or `None` when `sd` has no timm head.
+pub fn from_timm(sd: &StateDict) -> Option<StateDict> {
+    if !sd.contains_key("pre_logits.fc1.weight") {
+        return None;
+    }
+    Some(
+        sd.iter()
+            .map(|(k, v)| {
+                let mut v = v.clone();
+                for (tv, timm) in TIMM_HEAD {
+                    if let Some(leaf) = k.strip_prefix(timm) {
+                        if leaf == ".weight" && v.shape.len() == 4 {
+                            v.shape = vec![v.shape[0], v.shape[1..].iter().product()];
+                        }
+                        return (format!("{tv}{leaf}"), v);
+                    }
+                }
+                (k.clone(), v)
+            })
+            .collect(),
+    )
 }
 
 /// Every torchvision key of a configuration with its shape, in `state_dict` order.
