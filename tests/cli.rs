@@ -529,7 +529,7 @@ fn convert_between_formats_and_precisions() {
     // What it cannot do says so.
     for (args, needle) in [
         (vec!["convert", "fashion-mnist", onnx.to_str().unwrap(), "--dtype", "f16"], "f32"),
-        (vec!["convert", "model.keras", "out.safetensors"], "Keras 3"),
+        (vec!["convert", "model.keras", "out.safetensors"], "model.keras"),
         (vec!["convert", "fashion-mnist", "out.npz"], "unknown output format 'npz'"),
         (vec!["convert", "nope.pth", "out.safetensors"], "nope.pth"),
     ] {

@@ -41,12 +41,6 @@ pub struct ConvertArgs {
 }
 
 pub fn run(a: ConvertArgs) -> Result<()> {
-    if a.input.to_lowercase().ends_with(".keras") {
-        bail!(
-            "{}: Keras 3 `.keras` archives are not read; save the weights as .h5 (model.save_weights('x.weights.h5') in Keras 2 layout, or model.save('x.h5'))",
-            a.input
-        );
-    }
     let format = match (&a.to, a.output.extension().and_then(|e| e.to_str())) {
         (Some(f), _) => f.to_lowercase(),
         (None, Some(e)) => e.to_lowercase(),

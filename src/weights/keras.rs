@@ -7,7 +7,9 @@
 //! mean, moving variance). Keras is channels-last: conv kernels are HWIO (torchvision: OIHW), dense
 //! kernels `[in, out]` (torchvision: `[out, in]`), and `Flatten` reads the last map in (h, w, c)
 //! order, so the first dense layer's rows are permuted to torchvision's (c, h, w). The layers are
-//! matched by their shapes, not their names, against the trunks of the VGG configurations.
+//! matched by their shapes, not their names, against the trunks of the VGG configurations. Keras
+//! 3's files ([`super::keras3`]) list their layers differently and then go through the same
+//! matching ([`from_layers`]).
 
 use std::collections::HashMap;
 
@@ -23,9 +25,9 @@ use crate::image::{Normalize, Preprocess};
 /// Keras' default BatchNormalization epsilon (PyTorch's and this project's is 1e-5).
 const KERAS_BN_EPS: f32 = 1e-3;
 
-/// Whether `bytes` is an HDF5 file (its signature at offset 0).
+/// Whether `bytes` is an HDF5 file (its signature at offset 0) or a Keras 3 `.keras` archive.
 pub fn looks_like(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"\x89HDF\r\n\x1a\n")
+    bytes.starts_with(b"\x89HDF\r\n\x1a\n") || super::keras3::looks_like_archive(bytes)
 }
 
 /// What a Keras file gave: the tensors under torchvision's keys, plus the configuration when the
@@ -39,7 +41,7 @@ pub struct KerasImport {
 }
 
 /// A string attribute as text, or a list of them.
-fn strings(v: &AttrValue) -> Option<Vec<String>> {
+pub(super) fn strings(v: &AttrValue) -> Option<Vec<String>> {
     match v {
         AttrValue::StringArray(s) | AttrValue::AsciiStringArray(s) => Some(s.clone()),
         AttrValue::StringArraySized { values, .. } | AttrValue::AsciiStringArraySized { values, .. } => {
@@ -91,10 +93,17 @@ enum Item {
     },
 }
 
-/// Reads a Keras `.h5` weights or model file.
+/// Reads a Keras `.h5` weights or model file (Keras 2's layout, or Keras 3's `.weights.h5`), or a
+/// Keras 3 `.keras` archive.
 pub fn read(bytes: &[u8], path: &str) -> Result<KerasImport, WeightsError> {
     let bad = |what: String| WeightsError::File(FileError::Format { path: path.to_string(), what });
+    if super::keras3::looks_like_archive(bytes) {
+        return super::keras3::read_archive(bytes, path);
+    }
     let file = File::from_bytes(bytes.to_vec()).map_err(|e| bad(format!("not a readable HDF5 file: {e}")))?;
+    if super::keras3::is_keras3(&file) {
+        return super::keras3::read_weights(&file, path);
+    }
     let root = file.root();
     let root_attrs = root.attrs().map_err(|e| bad(format!("damaged HDF5 root group: {e}")))?;
     let groups = root.groups().map_err(|e| bad(format!("damaged HDF5 root group: {e}")))?;
@@ -119,10 +128,7 @@ pub fn read(bytes: &[u8], path: &str) -> Result<KerasImport, WeightsError> {
         Some(s) => Some(serde_json::from_str(&s).map_err(|e| bad(format!("bad {PREPROCESS_KEY} attribute: {e}")))?),
         None => None,
     };
-    let ours = config.is_some();
-
-    let mut items = Vec::new();
-    let mut gap = false;
+    let mut raw = Vec::with_capacity(layer_names.len());
     for layer in &layer_names {
         let g = top.group(layer).map_err(|e| bad(format!("layer '{layer}' is listed but missing: {e}")))?;
         let ga = g.attrs().map_err(|e| bad(format!("layer '{layer}': {e}")))?;
@@ -141,6 +147,32 @@ pub fn read(bytes: &[u8], path: &str) -> Result<KerasImport, WeightsError> {
             }
             tensors.push((shape, data));
         }
+        raw.push((layer.clone(), tensors));
+    }
+    from_layers(raw, model_config.as_ref(), config, preprocess, path)
+}
+
+/// One layer as a file lists it: its name and its tensors in Keras' order and layout.
+pub(super) type RawLayer = (String, Vec<(Vec<usize>, Vec<f32>)>);
+
+/// The state dict of a Keras model's layers, in the model's order (weightless layers included: an
+/// activation between a dense layer and a BatchNormalization says where the latter sits):
+/// convolutions and BatchNorms matched against the trunks, the dense head placed, layouts turned
+/// into torchvision's. `model_config` is the model's JSON (BatchNorm epsilons, dense activations),
+/// `config` and `preprocess` what this project recorded in its own files.
+pub(super) fn from_layers(
+    raw: Vec<RawLayer>,
+    model_config: Option<&serde_json::Value>,
+    config: Option<VggConfig>,
+    preprocess: Option<Preprocess>,
+    path: &str,
+) -> Result<KerasImport, WeightsError> {
+    let bad = |what: String| WeightsError::File(FileError::Format { path: path.to_string(), what });
+    let ours = config.is_some();
+    let mut items = Vec::new();
+    let mut gap = false;
+    for (layer, tensors) in raw {
+        let layer = &layer;
         let (owned, datas): (Vec<Vec<usize>>, Vec<Vec<f32>>) = tensors.into_iter().unzip();
         let shapes: Vec<&[usize]> = owned.iter().map(Vec::as_slice).collect();
         let mut t = datas.into_iter();
@@ -168,7 +200,7 @@ pub fn read(bytes: &[u8], path: &str) -> Result<KerasImport, WeightsError> {
             }
             [[c1], [c2], [c3], [c4]] if c1 == c2 && c2 == c3 && c3 == c4 => {
                 let (g, b, m, v) = (t.next().unwrap(), t.next().unwrap(), t.next().unwrap(), t.next().unwrap());
-                let eps = if ours { 1e-5 } else { bn_epsilon(model_config.as_ref(), layer).unwrap_or(KERAS_BN_EPS) };
+                let eps = if ours { 1e-5 } else { bn_epsilon(model_config, layer).unwrap_or(KERAS_BN_EPS) };
                 Item::Bn { name, g, b, m, v, eps, gap }
             }
             [[inp, out], ref rest @ ..] if rest.is_empty() || rest == [[*out]] => {
@@ -213,9 +245,8 @@ pub fn read(bytes: &[u8], path: &str) -> Result<KerasImport, WeightsError> {
             Item::Bn { name, g, b, m, v, eps, gap } if !dense.is_empty() => {
                 // BatchNorm in the dense head: folded into the dense layer before it when it comes
                 // before that layer's ReLU, else into the next one — exact in inference.
-                let after_relu =
-                    gap || dense_activation(model_config.as_ref(), &last_dense).is_none_or(|a| a != "linear");
-                if !gap && dense_activation(model_config.as_ref(), &last_dense).is_none() {
+                let after_relu = gap || dense_activation(model_config, &last_dense).is_none_or(|a| a != "linear");
+                if !gap && dense_activation(model_config, &last_dense).is_none() {
                     notes.push(format!(
                         "'{name}' follows dense layer '{last_dense}' directly: assumed to come after its ReLU (Dense(activation='relu'), as Keras code usually writes it); a whole saved model (model.save) records which"
                     ));

@@ -9,6 +9,7 @@ pub mod import;
 pub mod infer;
 pub mod init;
 pub mod keras;
+pub mod keras3;
 pub mod keys;
 pub mod pickle;
 pub mod pth;

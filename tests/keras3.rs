@@ -1,0 +1,75 @@
+//! Keras 3 files, written by Keras 3.15 itself (torch backend) with `bench/keras3_vgg.py`:
+//!
+//! ```python
+//! f = functional()   # keras.applications-style names: block1_conv1, block1_bn1, ..., fc1, fc2, predictions
+//! f.save("functional.keras"); f.save_weights("functional.weights.h5")
+//! s = sequential()   # Keras' own names; Dense(24) -> BatchNormalization -> ReLU -> Dense(10) head
+//! s.save("sequential.keras")
+//! expected[name] = model.predict(formula_input("keras32", (1, 3, 32, 32)).transpose(0, 2, 3, 1))
+//! ```
+//!
+//! VGG-11 with BatchNorm at 1/16 width, 32x32 inputs, BatchNorm statistics moved by training.
+
+mod common;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+
+use serde_json::Value;
+use vgg::engine::Engine;
+use vgg::pretrained::{WeightsSpec, weights};
+use vgg::weights::registry::Fetcher;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keras3")
+}
+
+#[test]
+fn keras3_archives_and_weights_give_keras_logits() {
+    let want: Value = serde_json::from_slice(&std::fs::read(dir().join("expected.json")).unwrap()).unwrap();
+    let x: Vec<f32> = vgg::formula::s("input:keras32", 3 * 32 * 32).into_iter().map(|v| v as f32).collect();
+    for (file, model) in [
+        ("functional.keras", "functional"),
+        ("functional.weights.h5", "functional"),
+        ("sequential.keras", "sequential"),
+    ] {
+        let path = dir().join(file);
+        let w = weights(&WeightsSpec::parse(path.to_str().unwrap()), None, &Fetcher::from_env(), &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(w.config.arch_name(), "vgg11_bn", "{file}");
+        let engine = Engine::from_state_dict(&w.config, w.state_dict).unwrap();
+        let out = engine.forward(&x, [1, 3, 32, 32]);
+        let logits: Vec<f64> = want[model].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let err = common::rel_err(&out, &logits);
+        println!("{file}: logits relative error {err:.2e} (notes: {:?})", w.notes);
+        assert!(err <= 1e-5, "{file}: {err:e}");
+    }
+}
+
+#[test]
+fn damaged_keras3_files_give_errors_not_panics() {
+    for file in ["functional.keras", "functional.weights.h5"] {
+        let bytes = std::fs::read(dir().join(file)).unwrap();
+        let mut cases = 0;
+        for cut in (0..bytes.len()).step_by(bytes.len() / 150) {
+            let r = catch_unwind(AssertUnwindSafe(|| vgg::weights::keras::read(&bytes[..cut], "cut")));
+            assert!(r.is_ok(), "{file}: panic at cut {cut}");
+            // The end of an HDF5 file may hold only what is not read (the optimizer's variables).
+            assert!(cut > bytes.len() / 2 || r.unwrap().is_err(), "{file} cut at {cut} read as whole");
+            cases += 1;
+        }
+        let mut state = 0x2545f4914f6cdd1du64;
+        for _ in 0..300 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let at = state as usize % bytes.len();
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x5a;
+            let r = catch_unwind(AssertUnwindSafe(|| vgg::weights::keras::read(&bad, "flipped")));
+            assert!(r.is_ok(), "{file}: panic with byte {at} changed");
+            cases += 1;
+        }
+        println!("{file}: {cases} damaged files, no panic");
+    }
+}
