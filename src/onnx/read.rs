@@ -1,8 +1,11 @@
 //! ONNX import: VGG-family graphs as torchvision exports them (`Conv`, `BatchNormalization`, `Relu`,
 //! `MaxPool`, `AveragePool`/`GlobalAveragePool`, `Flatten`, `Gemm`) and as tf2onnx exports Keras
 //! models (an NHWC input followed by a `Transpose`, a `Transpose` back to NHWC before the flatten —
-//! so the first dense layer's rows are in (h, w, c) order — dense layers as `MatMul` with `[in, out]`
-//! weights plus `Add`, a final `Softmax`). The graph is walked as one chain; its tensors are renamed
+//! so the first dense layer's rows are in (h, w, c) order — trunk BatchNorms as `Mul` and `Add`,
+//! dense layers as `MatMul` with `[in, out]` weights plus `Add`, a final `Softmax`), checked
+//! against tf2onnx 1.17, Keras 3's export, torch's TorchScript and dynamo exporters and
+//! onnx-simplifier (`tests/onnx_exporters.rs`). Shape arithmetic beside the chain (a flatten's
+//! target computed from `Shape`) is set aside ([`data_path`]). The graph is walked as one chain; its tensors are renamed
 //! to torchvision's keys and the architecture is recognised from them ([`crate::weights::infer`]). Anything
 //! that does not fit is refused with the node that did not.
 
@@ -19,12 +22,15 @@ pub fn looks_like(bytes: &[u8]) -> bool {
     bytes.first() == Some(&0x08)
 }
 
-/// A tensor's dimensions and values (f32, f64, f16, bf16; int64 as f32).
+/// A tensor's dimensions and values (f32, f64, f16, bf16; int32 and int64 as f32).
 fn tensor(b: &[u8]) -> Result<(String, Vec<usize>, Vec<f32>), String> {
     let fs = fields(b).ok_or("damaged TensorProto")?;
     let name = string(&fs, 8);
     let dims: Vec<usize> = ints(&fs, 1).ok_or("damaged dims")?.into_iter().map(|d| d.max(0) as usize).collect();
-    let numel: usize = dims.iter().product();
+    let numel = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("tensor '{name}': dims {dims:?} overflow"))?;
     let dtype = int(&fs, 2).unwrap_or(1);
     if fs.iter().any(|(n, _)| *n == 13) {
         return Err(format!("tensor '{name}' is stored in an external file; save the model with its weights inside"));
@@ -36,6 +42,7 @@ fn tensor(b: &[u8]) -> Result<(String, Vec<usize>, Vec<f32>), String> {
         (10, Some(r)) => r.chunks_exact(2).map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
         (16, Some(r)) => r.chunks_exact(2).map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
         (7, Some(r)) => r.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        (6, Some(r)) => r.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
         (1, None) => {
             let mut v = Vec::new();
             for (n, f) in &fs {
@@ -50,7 +57,9 @@ fn tensor(b: &[u8]) -> Result<(String, Vec<usize>, Vec<f32>), String> {
             v
         }
         (7, None) => ints(&fs, 7).ok_or("damaged int64_data")?.into_iter().map(|x| x as f32).collect(),
-        (t, _) => return Err(format!("tensor '{name}' has ONNX data type {t}, not a float or int64 type")),
+        // INT32 values live in int32_data (field 5) as varints.
+        (6, None) => ints(&fs, 5).ok_or("damaged int32_data")?.into_iter().map(|x| x as i32 as f32).collect(),
+        (t, _) => return Err(format!("tensor '{name}' has ONNX data type {t}, not a float, int32 or int64 type")),
     };
     if data.len() != numel {
         return Err(format!("tensor '{name}' of shape {dims:?} holds {} values", data.len()));
@@ -59,6 +68,7 @@ fn tensor(b: &[u8]) -> Result<(String, Vec<usize>, Vec<f32>), String> {
 }
 
 /// One node: operator, name, inputs, outputs and attributes (ints, floats, strings).
+#[derive(Clone)]
 struct Node {
     op: String,
     name: String,
@@ -152,7 +162,26 @@ pub fn read(bytes: &[u8], path: &str) -> Result<Imported, WeightsError> {
         .filter_map(|vi| fields(vi).map(|f| string(&f, 1)))
         .find(|name| !inits.contains_key(name))
         .ok_or_else(|| bad("the graph has no input".into()))?;
-    walk(&nodes, &inits, &input, &meta).map_err(bad)
+    walk(&data_path(nodes, &input), &inits, &input, &meta).map_err(bad)
+}
+
+/// The nodes that compute on the image, in graph order. Exporters compute a flatten's target
+/// shape at run time (tf2onnx: `Shape → Gather → Cast → Slice → Concat → Cast` into the `Reshape`;
+/// torch's exporters: `Shape → Gather → Unsqueeze → Concat`): a `Shape` output is metadata, and
+/// so is everything computed only from metadata and constants. Those nodes feed only shape inputs
+/// and are left out, whatever the tool and opset, so the rest reads as one chain.
+fn data_path(nodes: Vec<Node>, input: &str) -> Vec<Node> {
+    let mut data: std::collections::HashSet<String> = [input.to_string()].into();
+    nodes
+        .into_iter()
+        .filter(|n| {
+            let on_path = n.op != "Shape" && n.op != "Size" && n.inputs.iter().any(|i| data.contains(i));
+            if on_path {
+                data.extend(n.outputs.iter().cloned());
+            }
+            on_path
+        })
+        .collect()
 }
 
 fn walk(
@@ -172,13 +201,27 @@ fn walk(
     // Head state: a ReLU since the last dense layer, its bias already added, and an affine map
     // (a BatchNorm after a ReLU) waiting for the next dense layer.
     let (mut relu_since_dense, mut bias_done) = (false, false);
+    // The convolution right before, while only per-channel scales and shifts follow it (tf2onnx
+    // writes a trunk BatchNorm as Mul and Add): they fold into it.
+    let mut last_conv: Option<usize> = None;
     let mut pending: Option<(Vec<f32>, Vec<f32>)> = None;
     let init = |name: &str, n: &Node| -> Result<&(Vec<usize>, Vec<f32>), String> {
         inits.get(name).ok_or_else(|| format!("{}: input '{name}' is not a constant weight", n.label()))
     };
     for n in nodes {
+        // An elementwise Add or Mul may take the chain as either operand.
+        let swapped;
+        let n = if matches!(n.op.as_str(), "Add" | "Mul") && n.inputs.get(1) == Some(&cur) {
+            swapped = Node { inputs: vec![cur.clone(), n.inputs[0].clone()], ..n.clone() };
+            &swapped
+        } else {
+            n
+        };
         if n.inputs.first() != Some(&cur) {
             return Err(format!("{} does not continue the chain from '{cur}': not a plain VGG graph", n.label()));
+        }
+        if !matches!(n.op.as_str(), "Mul" | "Add" | "Conv") {
+            last_conv = None;
         }
         if softmax {
             return Err(format!("{} follows the final Softmax", n.label()));
@@ -228,7 +271,32 @@ fn walk(
                 sd.insert(format!("features.{idx}.bias"), TensorEntry::f32(vec![co], b));
                 channels = co;
                 let _ = ci;
+                last_conv = Some(idx);
                 idx += 1;
+            }
+            // A per-channel scale or shift of a convolution's output (a BatchNorm as tf2onnx writes
+            // it): folded into that convolution's weights and bias, exactly.
+            "Mul" | "Add" if !flat && last_conv.is_some() => {
+                let conv = last_conv.expect("checked");
+                let (_, v) = init(n.inputs.get(1).map(String::as_str).unwrap_or(""), n)?;
+                if v.len() != channels {
+                    return refuse(&format!("a per-channel {} of {} values after {channels} channels", n.op, v.len()));
+                }
+                let bias = sd.get_mut(&format!("features.{conv}.bias")).expect("written with its conv");
+                if n.op == "Mul" {
+                    bias.data.iter_mut().zip(v).for_each(|(b, s)| *b *= s);
+                    let w = sd.get_mut(&format!("features.{conv}.weight")).expect("written with its conv");
+                    let per_out = w.data.len() / channels;
+                    w.data.chunks_exact_mut(per_out).zip(v).for_each(|(row, s)| row.iter_mut().for_each(|x| *x *= s));
+                } else {
+                    bias.data.iter_mut().zip(v).for_each(|(b, t)| *b += t);
+                }
+                if !notes.iter().any(|m: &String| m.starts_with("per-channel")) {
+                    notes.push(
+                        "per-channel Mul/Add after convolutions (a BatchNorm as tf2onnx writes it) folded into the convolutions"
+                            .into(),
+                    );
+                }
             }
             "BatchNormalization" if flat => {
                 // BatchNorm1d in the head: folded into the dense layer before it (or after it,
@@ -277,6 +345,8 @@ fn walk(
             "AveragePool" | "GlobalAveragePool" if !flat => {}
             "Flatten" | "Reshape" => flat = true,
             "Dropout" | "Identity" => {}
+            // A cast to float32 of what already is.
+            "Cast" if n.attr("to") == Some(&[1][..]) => {}
             "Gemm" | "MatMul" => {
                 if !flat {
                     return refuse("a dense layer before the flatten");
