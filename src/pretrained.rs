@@ -204,7 +204,8 @@ pub fn load(
     Ok(Loaded { model, preprocess: w.preprocess, source: w.source, report })
 }
 
-/// The weights in the bytes of a `.pth`, `.safetensors`, `.onnx` or Keras `.h5` file.
+/// The weights in the bytes of a `.pth`, `.safetensors`, `.onnx`, Keras `.h5`/`.keras` or Caffe
+/// `.caffemodel` file.
 fn from_bytes(bytes: &[u8], p: String, config: Option<VggConfig>) -> Result<Weights, LoadError> {
     let mut notes = vec![];
     let (mut sd, recorded, recorded_pre) = if weights::safetensors::looks_like(bytes) {
@@ -215,6 +216,10 @@ fn from_bytes(bytes: &[u8], p: String, config: Option<VggConfig>) -> Result<Weig
         let k = weights::keras::read(bytes, &p)?;
         notes = k.imported.notes;
         (k.imported.state_dict, k.config, k.imported.preprocess)
+    } else if p.to_lowercase().ends_with(".caffemodel") || weights::caffe::looks_like(bytes) {
+        let imported = weights::caffe::read(bytes, &p)?;
+        notes = imported.notes;
+        (imported.state_dict, None, imported.preprocess)
     } else if p.to_lowercase().ends_with(".onnx") || crate::onnx::looks_like(bytes) {
         // The architecture is recognised from the graph's tensors, as for a .pth file.
         let imported = crate::onnx::read(bytes, &p)?;

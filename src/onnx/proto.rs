@@ -1,4 +1,5 @@
-//! The few protocol-buffer encodings an ONNX file needs, read and written by hand: varints, fixed
+//! The few protocol-buffer encodings an ONNX file (and, read only, a Caffe model) needs, read and
+//! written by hand: varints, fixed
 //! 32-bit floats and length-delimited fields. Repeated integers are written unpacked, which every
 //! protobuf parser accepts for the proto2 syntax ONNX uses, and read in both forms.
 
@@ -74,14 +75,14 @@ impl Msg {
 // TensorProto.
 
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Field<'a> {
+pub(crate) enum Field<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
     Fixed32(u32),
     Fixed64,
 }
 
-pub(super) fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+pub(crate) fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *b.get(*pos)?;
@@ -95,7 +96,7 @@ pub(super) fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
 }
 
 /// The fields of one message, in order.
-pub(super) fn fields(b: &[u8]) -> Option<Vec<(u32, Field<'_>)>> {
+pub(crate) fn fields(b: &[u8]) -> Option<Vec<(u32, Field<'_>)>> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < b.len() {
@@ -126,20 +127,20 @@ pub(super) fn fields(b: &[u8]) -> Option<Vec<(u32, Field<'_>)>> {
     Some(out)
 }
 
-pub(super) fn bytes_of<'a, 'b>(fs: &'b [(u32, Field<'a>)], num: u32) -> impl Iterator<Item = &'a [u8]> + 'b {
+pub(crate) fn bytes_of<'a, 'b>(fs: &'b [(u32, Field<'a>)], num: u32) -> impl Iterator<Item = &'a [u8]> + 'b {
     fs.iter().filter(move |(n, _)| *n == num).filter_map(|(_, f)| if let Field::Bytes(b) = f { Some(*b) } else { None })
 }
 
-pub(super) fn string(fs: &[(u32, Field<'_>)], num: u32) -> String {
+pub(crate) fn string(fs: &[(u32, Field<'_>)], num: u32) -> String {
     bytes_of(fs, num).next().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
 }
 
-pub(super) fn strings(fs: &[(u32, Field<'_>)], num: u32) -> Vec<String> {
+pub(crate) fn strings(fs: &[(u32, Field<'_>)], num: u32) -> Vec<String> {
     bytes_of(fs, num).map(|b| String::from_utf8_lossy(b).into_owned()).collect()
 }
 
 /// Repeated int64 field, packed or not.
-pub(super) fn ints(fs: &[(u32, Field<'_>)], num: u32) -> Option<Vec<i64>> {
+pub(crate) fn ints(fs: &[(u32, Field<'_>)], num: u32) -> Option<Vec<i64>> {
     let mut out = Vec::new();
     for (n, f) in fs {
         if *n != num {
@@ -159,7 +160,7 @@ pub(super) fn ints(fs: &[(u32, Field<'_>)], num: u32) -> Option<Vec<i64>> {
     Some(out)
 }
 
-pub(super) fn int(fs: &[(u32, Field<'_>)], num: u32) -> Option<i64> {
+pub(crate) fn int(fs: &[(u32, Field<'_>)], num: u32) -> Option<i64> {
     fs.iter()
         .rev()
         .find_map(|(n, f)| if *n == num { if let Field::Varint(v) = f { Some(*v as i64) } else { None } } else { None })

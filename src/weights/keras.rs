@@ -15,10 +15,10 @@ use std::collections::HashMap;
 
 use hdf5_pure::{AttrValue, File, FileBuilder};
 
-use super::import::{Dense, Imported, bn_affine, fold_head_affine, place_head};
+use super::import::{Dense, Imported, Item, bn_affine, fold_head_affine, place_head, place_trunk};
 use super::safetensors::{CONFIG_KEY, PREPROCESS_KEY};
-use super::{Dtype, StateDict, TensorEntry, WeightsError};
-use crate::config::{Depth, Head, LayerKind, VggConfig};
+use super::{StateDict, TensorEntry, WeightsError};
+use crate::config::{LayerKind, VggConfig};
 use crate::file::FileError;
 use crate::image::{Normalize, Preprocess};
 
@@ -67,30 +67,6 @@ fn list_attr(attrs: &HashMap<String, AttrValue>, name: &str) -> Option<Vec<Strin
         i += 1;
     }
     (i > 0).then_some(out)
-}
-
-/// One weighted layer of the file, in torchvision's layout.
-enum Item {
-    Conv {
-        name: String,
-        shape: [usize; 4],
-        w: Vec<f32>,
-        b: Vec<f32>,
-    },
-    /// `gap`: weightless layers (an activation, a dropout) came between it and the layer before.
-    Bn {
-        name: String,
-        g: Vec<f32>,
-        b: Vec<f32>,
-        m: Vec<f32>,
-        v: Vec<f32>,
-        eps: f32,
-        gap: bool,
-    },
-    Dense {
-        name: String,
-        d: Dense,
-    },
 }
 
 /// Reads a Keras `.h5` weights or model file (Keras 2's layout, or Keras 3's `.weights.h5`), or a
@@ -327,73 +303,6 @@ fn layer_config<'a>(v: &'a serde_json::Value, name: &str) -> Option<&'a serde_js
 /// The epsilon of the BatchNormalization layer `name` in a saved model's JSON configuration.
 fn bn_epsilon(config: Option<&serde_json::Value>, name: &str) -> Option<f32> {
     layer_config(config?, name)?.get("epsilon")?.as_f64().map(|e| e as f32)
-}
-
-/// Matches the file's convolutions and BatchNorms against each configuration's trunk and puts them
-/// under its `features.N` keys; returns the trunk's output channels. A-LRN is never chosen: Keras
-/// has no LRN layer, and its weights are A's.
-fn place_trunk(sd: &mut StateDict, items: &[Item]) -> Result<usize, String> {
-    let trunk: Vec<&Item> = items.iter().take_while(|i| !matches!(i, Item::Dense { .. })).collect();
-    let Some(Item::Conv { shape: first, .. }) = trunk.first() else {
-        return Err("no convolutions before the dense layers: not a VGG".into());
-    };
-    let bn = trunk.iter().any(|i| matches!(i, Item::Bn { .. }));
-    let width = first[0] as f64 / 64.0;
-    for depth in Depth::ALL.into_iter().filter(|d| *d != Depth::ALrn) {
-        let cfg = VggConfig::new(depth, bn).with_head(Head::None).with_width(width).with_in_channels(first[1]);
-        let plan = cfg.plan([224, 224]);
-        let wanted: Vec<_> = plan
-            .layers
-            .iter()
-            .filter(|l| matches!(l.kind, LayerKind::Conv { .. } | LayerKind::BatchNorm { .. }))
-            .collect();
-        let fits = wanted.len() == trunk.len()
-            && wanted.iter().zip(&trunk).all(|(l, it)| match (&l.kind, it) {
-                (LayerKind::Conv { in_channels, out_channels, kernel }, Item::Conv { shape, .. }) => {
-                    *shape == [*out_channels, *in_channels, *kernel, *kernel]
-                }
-                (LayerKind::BatchNorm { channels }, Item::Bn { g, .. }) => g.len() == *channels,
-                _ => false,
-            });
-        if !fits {
-            continue;
-        }
-        for (l, it) in wanted.iter().zip(&trunk) {
-            match it {
-                Item::Conv { shape, w, b, .. } => {
-                    sd.insert(format!("{}.weight", l.key), TensorEntry::f32(shape.to_vec(), w.clone()));
-                    sd.insert(format!("{}.bias", l.key), TensorEntry::f32(vec![shape[0]], b.clone()));
-                }
-                Item::Bn { g, b, m, v, eps, .. } => {
-                    let c = g.len();
-                    // The engine's epsilon is PyTorch's 1e-5; Keras' (1e-3 by default) moves into the variance.
-                    let v: Vec<f32> = v.iter().map(|x| x + eps - 1e-5).collect();
-                    let v = &v;
-                    for (leaf, data) in [("weight", g), ("bias", b), ("running_mean", m), ("running_var", v)] {
-                        sd.insert(format!("{}.{leaf}", l.key), TensorEntry::f32(vec![c], data.clone()));
-                    }
-                    sd.insert(
-                        format!("{}.num_batches_tracked", l.key),
-                        TensorEntry { shape: vec![], dtype: Dtype::I64, data: vec![0.0] },
-                    );
-                }
-                Item::Dense { .. } => unreachable!("the trunk stops at the first dense layer"),
-            }
-        }
-        return Ok(cfg.out_channels());
-    }
-    let desc: Vec<String> = trunk
-        .iter()
-        .map(|it| match it {
-            Item::Conv { name, shape, .. } => format!("{name} {}x{} {}→{}", shape[2], shape[3], shape[1], shape[0]),
-            Item::Bn { name, g, .. } => format!("{name} BN({})", g.len()),
-            Item::Dense { .. } => unreachable!(),
-        })
-        .collect();
-    Err(format!(
-        "the convolutions do not form any VGG configuration's trunk (A, B, C, D, E, with or without BatchNorm): {}",
-        desc.join(", ")
-    ))
 }
 
 /// (torchvision key, Keras dataset path) of every tensor written.

@@ -5,6 +5,7 @@
 //! - [`pth`] (zip and legacy, read through the data-only [`pickle`] reader) and [`safetensors`] files.
 //! - [`registry`]: torchvision's published weights by name, downloaded once into a cache.
 
+pub mod caffe;
 pub mod import;
 pub mod infer;
 pub mod init;

@@ -1,0 +1,73 @@
+//! Caffe `.caffemodel` files in both formats, against an independent Caffe reader: OpenCV 4.14's
+//! `cv2.dnn.readNetFromCaffe`. The files in `tests/fixtures/caffe/` come from `bench/caffe_vgg.py`
+//! (encoded from caffe.proto's field numbers, as no Caffe is installed):
+//!
+//! ```python
+//! net = layers()   # VGG-11 (A) at 1/16 width, the paper's names conv1_1 ... fc8, 224x224 BGR input
+//! open("vgg11_tiny_v1.caffemodel", "wb").write(caffemodel(net, v1=True))    # V1 `layers`, legacy dims
+//! open("vgg11_tiny_v2.caffemodel", "wb").write(caffemodel(net, v1=False))   # V2 `layer`, BlobShape
+//! dnn = cv2.dnn.readNetFromCaffe("vgg11_tiny.prototxt", path); dnn.setInput(x); dnn.forward()
+//! ```
+//!
+//! with `x` the fixture formula's input "caffe224", fed to both sides as it is (Caffe preprocessing
+//! is the caller's: these weights expect BGR planes in 0-255 with the mean pixel subtracted).
+
+mod common;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+
+use serde_json::Value;
+use vgg::engine::Engine;
+use vgg::image::Normalize;
+use vgg::pretrained::{WeightsSpec, weights};
+use vgg::weights::registry::Fetcher;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/caffe")
+}
+
+#[test]
+fn caffemodels_in_both_formats_give_opencvs_outputs() {
+    let want: Value = serde_json::from_slice(&std::fs::read(dir().join("expected.json")).unwrap()).unwrap();
+    let x: Vec<f32> = vgg::formula::s("input:caffe224", 3 * 224 * 224).into_iter().map(|v| v as f32).collect();
+    for (file, out) in want["outputs"].as_object().unwrap() {
+        let path = dir().join(file);
+        let w = weights(&WeightsSpec::parse(path.to_str().unwrap()), None, &Fetcher::from_env(), &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(w.config.arch_name(), "vgg11", "{file}");
+        assert_eq!(w.preprocess.normalize, Normalize::Caffe, "{file}");
+        assert!(w.notes.iter().any(|n| n.contains("Caffe")), "{file}: {:?}", w.notes);
+        let engine = Engine::from_state_dict(&w.config, w.state_dict).unwrap();
+        let got = engine.forward(&x, [1, 3, 224, 224]);
+        let reference: Vec<f64> = out.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let err = common::rel_err(&got, &reference);
+        println!("{file}: relative error against OpenCV {err:.2e}");
+        assert!(err <= 1e-5, "{file}: {err:e}");
+    }
+}
+
+#[test]
+fn damaged_caffemodels_give_errors_not_panics() {
+    for file in ["vgg11_tiny_v1.caffemodel", "vgg11_tiny_v2.caffemodel"] {
+        let bytes = std::fs::read(dir().join(file)).unwrap();
+        let mut cases = 0;
+        for cut in (1..bytes.len()).step_by(bytes.len() / 300) {
+            let r = catch_unwind(AssertUnwindSafe(|| vgg::weights::caffe::read(&bytes[..cut], "cut")));
+            assert!(r.is_ok(), "{file}: panic at cut {cut}");
+            assert!(r.unwrap().is_err(), "{file} cut at {cut} read as whole");
+            cases += 1;
+        }
+        let mut state = 0x9e3779b97f4a7c15u64;
+        for _ in 0..1000 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let at = (state >> 33) as usize % bytes.len();
+            let mut bad = bytes.clone();
+            bad[at] = (state >> 11) as u8;
+            let r = catch_unwind(AssertUnwindSafe(|| vgg::weights::caffe::read(&bad, "flipped")));
+            assert!(r.is_ok(), "{file}: panic with byte {at} changed");
+            cases += 1;
+        }
+        println!("{file}: {cases} damaged files, no panic");
+    }
+}
