@@ -5,7 +5,8 @@ Two VGG-11-with-BatchNorm networks at 1/16 width for 32x32 inputs, random weight
 BatchNorm statistics moved by a few training steps:
 - `functional`: keras.applications-style names (block1_conv1, block1_bn1, ..., flatten, fc1, fc2,
   predictions), saved as `functional.keras` (`model.save`) and `functional.weights.h5`
-  (`model.save_weights`, the Keras 3 layout);
+  (`model.save_weights`, the Keras 3 layout), and `functional_legacy.h5` (`model.save("x.h5")`,
+  which Keras 3 still writes in Keras 2's layout);
 - `sequential`: a Sequential model with Keras' own layer names and a dense head with a
   BatchNormalization between its dense layers (before the ReLU), saved as `sequential.keras`.
 `expected.json`: each model's logits on the fixture formula's input "keras32" (NCHW in the formula,
@@ -71,6 +72,7 @@ def main():
     f = trained(functional())
     f.save(os.path.join(OUT, "functional.keras"))
     f.save_weights(os.path.join(OUT, "functional.weights.h5"))
+    f.save(os.path.join(OUT, "functional_legacy.h5"))  # Keras 3 still writes Keras 2's HDF5 layout here
     expected["functional"] = keras.ops.convert_to_numpy(f.predict(x, verbose=0)).flatten().tolist()
     s = trained(sequential())
     s.save(os.path.join(OUT, "sequential.keras"))

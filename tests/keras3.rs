@@ -2,7 +2,7 @@
 //!
 //! ```python
 //! f = functional()   # keras.applications-style names: block1_conv1, block1_bn1, ..., fc1, fc2, predictions
-//! f.save("functional.keras"); f.save_weights("functional.weights.h5")
+//! f.save("functional.keras"); f.save_weights("functional.weights.h5"); f.save("functional_legacy.h5")
 //! s = sequential()   # Keras' own names; Dense(24) -> BatchNormalization -> ReLU -> Dense(10) head
 //! s.save("sequential.keras")
 //! expected[name] = model.predict(formula_input("keras32", (1, 3, 32, 32)).transpose(0, 2, 3, 1))
@@ -31,6 +31,7 @@ fn keras3_archives_and_weights_give_keras_logits() {
     for (file, model) in [
         ("functional.keras", "functional"),
         ("functional.weights.h5", "functional"),
+        ("functional_legacy.h5", "functional"),
         ("sequential.keras", "sequential"),
     ] {
         let path = dir().join(file);
