@@ -49,8 +49,12 @@ pub struct Rgb8 {
 pub const MAX_PIXELS: u64 = 89_478_485;
 
 /// Decodes PNG or JPEG bytes to RGB as PIL's `convert("RGB")` does: grayscale is replicated, alpha
-/// is dropped (not blended), palettes are expanded. Images over [`MAX_PIXELS`] are refused.
+/// is dropped (not blended), palettes are expanded; JPEG through libjpeg-turbo's code as PIL does
+/// ([`decode_jpeg`]). Images over [`MAX_PIXELS`] are refused.
 pub fn decode(bytes: &[u8], name: &str) -> Result<Rgb8, ImageError> {
+    if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        return decode_jpeg(bytes, name);
+    }
     let bad = |what: String| ImageError::Decode { path: name.to_string(), what };
     let reader =
         image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
@@ -64,6 +68,103 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<Rgb8, ImageError> {
     let img = reader.decode().map_err(|e| bad(e.to_string()))?;
     let rgb = img.to_rgb8();
     Ok(Rgb8 { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
+}
+
+/// Decodes a JPEG as PIL does (`Image.open(f).convert("RGB")`, hence torchvision's photos): the
+/// libjpeg API of libjpeg-turbo (here its mozjpeg fork's decoder, built from source) with its
+/// defaults — the accurate integer IDCT and fancy (triangular) chroma upsampling — so every
+/// subsampling, progressive and arithmetic-free baseline file gives PIL's bytes. Grayscale is
+/// replicated; CMYK is read as PIL reads it (inverted, Adobe's convention, "CMYK;I") and converted
+/// with Pillow's formula; the EXIF orientation is ignored, as PIL's `open` ignores it. libjpeg's
+/// errors (a damaged file) come back as errors, not aborts.
+pub fn decode_jpeg(bytes: &[u8], name: &str) -> Result<Rgb8, ImageError> {
+    let bad = |what: String| ImageError::Decode { path: name.to_string(), what };
+    let decoded = std::panic::catch_unwind(|| -> Result<Rgb8, String> {
+        let mut d = mozjpeg::Decompress::with_err(jpeg_errors()).from_mem(bytes).map_err(|e| e.to_string())?;
+        let (w, h) = d.size();
+        if w as u64 * h as u64 > MAX_PIXELS {
+            return Err(format!("{w}x{h} is over the limit of {MAX_PIXELS} pixels (a decompression bomb?)"));
+        }
+        d.dct_method(mozjpeg::DctMethod::IntegerSlow);
+        d.do_fancy_upsampling(true);
+        let data = match d.image().map_err(|e| e.to_string())? {
+            mozjpeg::decompress::Format::RGB(mut s) => {
+                let px: Vec<[u8; 3]> = s.read_scanlines().map_err(|e| e.to_string())?;
+                s.finish().map_err(|e| e.to_string())?;
+                px.concat()
+            }
+            mozjpeg::decompress::Format::Gray(mut s) => {
+                let px: Vec<u8> = s.read_scanlines().map_err(|e| e.to_string())?;
+                s.finish().map_err(|e| e.to_string())?;
+                px.iter().flat_map(|&v| [v, v, v]).collect()
+            }
+            mozjpeg::decompress::Format::CMYK(mut s) => {
+                let px: Vec<[u8; 4]> = s.read_scanlines().map_err(|e| e.to_string())?;
+                s.finish().map_err(|e| e.to_string())?;
+                px.iter().flat_map(|p| cmyk_to_rgb(p.map(|v| 255 - v))).collect()
+            }
+        };
+        if data.len() != w * h * 3 {
+            return Err(format!("{} of {} bytes decoded (truncated?)", data.len(), w * h * 3));
+        }
+        Ok(Rgb8 { width: w, height: h, data })
+    });
+    match decoded {
+        Ok(result) => result.map_err(bad),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "libjpeg could not decode it".into());
+            Err(bad(what))
+        }
+    }
+}
+
+/// libjpeg's error handling as PIL's loader ends up with it: a fatal error unwinds with libjpeg's
+/// message, and so does a file that ends before its image data does ("Premature end of JPEG
+/// file", a warning to libjpeg, which pads with gray; PIL refuses such files as truncated). Other
+/// warnings (extraneous bytes before a marker, …) are tolerated, as by PIL.
+fn jpeg_errors() -> mozjpeg_sys::jpeg_error_mgr {
+    use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr};
+    extern "C-unwind" fn error_exit(cinfo: &mut jpeg_common_struct) {
+        std::panic::resume_unwind(Box::new(message(cinfo)))
+    }
+    extern "C-unwind" fn emit_message(cinfo: &mut jpeg_common_struct, level: std::os::raw::c_int) {
+        // SAFETY: libjpeg calls this with its own struct, whose `err` is the manager below.
+        let code = unsafe { cinfo.err.as_ref() }.map_or(0, |e| e.msg_code);
+        if level < 0 && code == mozjpeg_sys::JWRN_JPEG_EOF as i32 {
+            std::panic::resume_unwind(Box::new("the file ends before its image data does (truncated?)".to_string()))
+        }
+    }
+    fn message(cinfo: &mut jpeg_common_struct) -> String {
+        // SAFETY: as above; libjpeg writes at most JMSG_LENGTH_MAX (200) bytes.
+        let Some(format) = (unsafe { cinfo.err.as_ref() }).and_then(|e| e.format_message) else {
+            return "libjpeg could not decode it".into();
+        };
+        let buffer = [0u8; 200];
+        // SAFETY: the buffer is larger than libjpeg's 80-byte declaration (JMSG_LENGTH_MAX).
+        unsafe { format(cinfo, &*(buffer.as_ptr() as *const [u8; 80])) };
+        let text = buffer.split(|&c| c == 0).next().unwrap_or_default();
+        String::from_utf8_lossy(text).into_owned()
+    }
+    // SAFETY: jpeg_std_error fills every field of a zeroed manager.
+    let mut err: jpeg_error_mgr = unsafe { std::mem::zeroed() };
+    unsafe { mozjpeg_sys::jpeg_std_error(&mut err) };
+    err.error_exit = Some(error_exit);
+    err.emit_message = Some(emit_message);
+    err
+}
+
+/// Pillow's `cmyk2rgb` (Convert.c): `255 - k` scaled down by each ink, rounded as its MULDIV255.
+fn cmyk_to_rgb([c, m, y, k]: [u8; 4]) -> [u8; 3] {
+    let nk = 255 - k as i32;
+    let muldiv255 = |a: i32, b: i32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    [c, m, y].map(|v| (nk - muldiv255(v as i32, nk)).clamp(0, 255) as u8)
 }
 
 /// Reads and decodes an image file.
