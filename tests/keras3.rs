@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -44,33 +43,5 @@ fn keras3_archives_and_weights_give_keras_logits() {
         let err = common::rel_err(&out, &logits);
         println!("{file}: logits relative error {err:.2e} (notes: {:?})", w.notes);
         assert!(err <= 1e-5, "{file}: {err:e}");
-    }
-}
-
-#[test]
-fn damaged_keras3_files_give_errors_not_panics() {
-    for file in ["functional.keras", "functional.weights.h5"] {
-        let bytes = std::fs::read(dir().join(file)).unwrap();
-        let mut cases = 0;
-        for cut in (0..bytes.len()).step_by(bytes.len() / 150) {
-            let r = catch_unwind(AssertUnwindSafe(|| vgg::weights::keras::read(&bytes[..cut], "cut")));
-            assert!(r.is_ok(), "{file}: panic at cut {cut}");
-            // The end of an HDF5 file may hold only what is not read (the optimizer's variables).
-            assert!(cut > bytes.len() / 2 || r.unwrap().is_err(), "{file} cut at {cut} read as whole");
-            cases += 1;
-        }
-        let mut state = 0x2545f4914f6cdd1du64;
-        for _ in 0..300 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let at = state as usize % bytes.len();
-            let mut bad = bytes.clone();
-            bad[at] ^= 0x5a;
-            let r = catch_unwind(AssertUnwindSafe(|| vgg::weights::keras::read(&bad, "flipped")));
-            assert!(r.is_ok(), "{file}: panic with byte {at} changed");
-            cases += 1;
-        }
-        println!("{file}: {cases} damaged files, no panic");
     }
 }

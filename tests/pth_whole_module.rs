@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -77,29 +76,4 @@ fn a_state_dict_file_is_read_without_the_note() {
     let (sd, notes) = vgg::weights::pth::read_noting(&bytes, "small.pth").unwrap();
     assert!(!sd.is_empty());
     assert!(notes.is_empty(), "{notes:?}");
-}
-
-#[test]
-fn truncated_and_corrupted_whole_modules_give_errors_not_panics() {
-    // Every 97th cut and a few hundred single-byte changes of the module file: an error or a
-    // (possibly partial) state dict, never a panic.
-    let bytes = std::fs::read(dir().join("whole_vgg.pth")).unwrap();
-    let mut cases = 0;
-    for cut in (0..bytes.len()).step_by(97) {
-        let r = catch_unwind(AssertUnwindSafe(|| vgg::weights::load_bytes(&bytes[..cut], "cut.pth")));
-        assert!(r.is_ok(), "panic at cut {cut}");
-        assert!(r.unwrap().is_err(), "a file cut at {cut} of {} read as whole", bytes.len());
-        cases += 1;
-    }
-    let mut state = 0x9e3779b97f4a7c15u64;
-    for _ in 0..600 {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let at = (state >> 33) as usize % bytes.len();
-        let mut bad = bytes.clone();
-        bad[at] ^= 1 << ((state >> 20) % 8);
-        let r = catch_unwind(AssertUnwindSafe(|| vgg::weights::load_bytes(&bad, "flipped.pth")));
-        assert!(r.is_ok(), "panic with byte {at} changed");
-        cases += 1;
-    }
-    println!("{cases} damaged files, no panic");
 }

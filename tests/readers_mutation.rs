@@ -1,7 +1,7 @@
 //! Every weights reader against damaged files: valid small files of each format (written by the
 //! real tools where there is one: torch, timm, Keras 3, tf2onnx, torch's ONNX exporters, this
 //! project's Caffe encoder checked by OpenCV) cut at many offsets and with random bytes changed.
-//! Each case must end in an error or a state dict, never a panic, and no single allocation may
+//! Each case must end in an error naming the file or a state dict, never a panic, and no single allocation may
 //! exceed a small multiple of the file's size (a declared shape is checked against the bytes
 //! present before anything that size is allocated). One test in this binary, so that the counting
 //! allocator sees one case at a time.
@@ -39,7 +39,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-type Reader = fn(&[u8]) -> bool;
+/// A reader on bytes named "damaged.bin": `Err` with its message.
+type Reader = fn(&[u8]) -> Result<(), String>;
+
+const NAME: &str = "damaged.bin";
 
 fn here(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -47,11 +50,11 @@ fn here(rel: &str) -> PathBuf {
 
 #[test]
 fn every_reader_survives_truncation_and_byte_changes_within_bounded_memory() {
-    let pth: Reader = |b| vgg::weights::pth::read(b, "f").is_ok();
-    let safetensors: Reader = |b| vgg::weights::safetensors::read(b, "f").is_ok();
-    let keras: Reader = |b| vgg::weights::keras::read(b, "f").is_ok();
-    let onnx: Reader = |b| vgg::onnx::read(b, "f").is_ok();
-    let caffe: Reader = |b| vgg::weights::caffe::read(b, "f").is_ok();
+    let pth: Reader = |b| vgg::weights::pth::read(b, NAME).map(drop).map_err(|e| e.to_string());
+    let safetensors: Reader = |b| vgg::weights::safetensors::read(b, NAME).map(drop).map_err(|e| e.to_string());
+    let keras: Reader = |b| vgg::weights::keras::read(b, NAME).map(drop).map_err(|e| e.to_string());
+    let onnx: Reader = |b| vgg::onnx::read(b, NAME).map(drop).map_err(|e| e.to_string());
+    let caffe: Reader = |b| vgg::weights::caffe::read(b, NAME).map(drop).map_err(|e| e.to_string());
     let files: Vec<(&str, PathBuf, Reader)> = vec![
         ("pth (zip)", common::fixtures().join("checkpoints/small.pth"), pth),
         ("pth (legacy)", common::fixtures().join("checkpoints/small_legacy.pth"), pth),
@@ -70,7 +73,7 @@ fn every_reader_survives_truncation_and_byte_changes_within_bounded_memory() {
     let mut total = 0;
     for (what, path, read) in files {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(read(&bytes), "{what}: the intact file must read");
+        assert!(read(&bytes).is_ok(), "{what}: the intact file must read");
         // Generous: a reader may hold the file, a decoded copy and its f32 tensors at once.
         let limit = 8 * bytes.len() + (1 << 20);
         let mut state = 0x243f6a8885a308d3u64 ^ bytes.len() as u64;
@@ -78,7 +81,10 @@ fn every_reader_survives_truncation_and_byte_changes_within_bounded_memory() {
             LARGEST.store(0, Ordering::Relaxed);
             let r = catch_unwind(AssertUnwindSafe(|| read(data)));
             let largest = LARGEST.load(Ordering::Relaxed);
-            assert!(r.is_ok(), "{what}: panic on {case}");
+            let Ok(result) = r else { panic!("{what}: panic on {case}") };
+            if let Err(message) = result {
+                assert!(message.contains(NAME), "{what}: {case}: the error does not name the file: {message}");
+            }
             assert!(largest <= limit, "{what}: {case}: an allocation of {largest} bytes for a file of {}", data.len());
         };
         let step = (bytes.len() / 200).max(1);

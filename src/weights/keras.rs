@@ -112,20 +112,25 @@ pub fn read(bytes: &[u8], path: &str) -> Result<KerasImport, WeightsError> {
         let mut tensors = Vec::new();
         for n in &names {
             let ds = g.dataset(n).map_err(|e| bad(format!("layer '{layer}': weight '{n}' is missing: {e}")))?;
-            let shape: Vec<usize> =
-                ds.shape().map_err(|e| bad(format!("{layer}/{n}: {e}")))?.iter().map(|&d| d as usize).collect();
-            let data = ds
-                .read_f32()
-                .or_else(|_| ds.read_f64().map(|v| v.into_iter().map(|x| x as f32).collect()))
-                .map_err(|e| bad(format!("{layer}/{n}: cannot read as floats: {e}")))?;
-            if data.len() != shape.iter().product::<usize>() {
-                return Err(bad(format!("{layer}/{n}: {} values for shape {shape:?} (truncated?)", data.len())));
-            }
-            tensors.push((shape, data));
+            tensors.push(read_dataset(&ds).map_err(|e| bad(format!("{layer}/{n}: {e}")))?);
         }
         raw.push((layer.clone(), tensors));
     }
     from_layers(raw, model_config.as_ref(), config, preprocess, path)
+}
+
+/// A weight dataset's shape and values as f32 (stored as f32 or f64), its count checked against
+/// its shape. Keras 2 and 3 files store their variables alike.
+pub(super) fn read_dataset(ds: &hdf5_pure::Dataset) -> Result<(Vec<usize>, Vec<f32>), String> {
+    let shape: Vec<usize> = ds.shape().map_err(|e| e.to_string())?.iter().map(|&d| d as usize).collect();
+    let data = ds
+        .read_f32()
+        .or_else(|_| ds.read_f64().map(|v| v.into_iter().map(|x| x as f32).collect()))
+        .map_err(|e| format!("cannot read as floats: {e}"))?;
+    if data.len() != shape.iter().product::<usize>() {
+        return Err(format!("{} values for shape {shape:?} (truncated?)", data.len()));
+    }
+    Ok((shape, data))
 }
 
 /// One layer as a file lists it: its name and its tensors in Keras' order and layout.

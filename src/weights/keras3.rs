@@ -134,16 +134,7 @@ fn read_vars(vars: &Group, name: &str, path: &str) -> Result<RawLayer, WeightsEr
     let mut tensors = Vec::with_capacity(names.len());
     for n in names {
         let ds = vars.dataset(&n).map_err(|e| bad(format!("{name}/vars/{n}: {e}")))?;
-        let shape: Vec<usize> =
-            ds.shape().map_err(|e| bad(format!("{name}/vars/{n}: {e}")))?.iter().map(|&d| d as usize).collect();
-        let data = ds
-            .read_f32()
-            .or_else(|_| ds.read_f64().map(|v| v.into_iter().map(|x| x as f32).collect()))
-            .map_err(|e| bad(format!("{name}/vars/{n}: cannot read as floats: {e}")))?;
-        if data.len() != shape.iter().product::<usize>() {
-            return Err(bad(format!("{name}/vars/{n}: {} values for shape {shape:?} (truncated?)", data.len())));
-        }
-        tensors.push((shape, data));
+        tensors.push(super::keras::read_dataset(&ds).map_err(|e| bad(format!("{name}/vars/{n}: {e}")))?);
     }
     Ok((name.to_string(), tensors))
 }
