@@ -212,6 +212,13 @@ fn wrong_heads_missing_taps_and_bad_inputs_are_refused_by_name() {
     assert!(loss.loss_and_gradient(&[0.0; 3 * 4 * 4], &[0.0; 3 * 4 * 4], [1, 3, 4, 4]).is_ok());
 }
 
+/// `got` equals `want` to 1e-6 of `want`'s largest magnitude.
+fn assert_same_gradient(got: &[f32], want: &[f32]) {
+    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(worst <= 1e-6 * scale, "{worst} of {scale}");
+}
+
 #[test]
 fn a_batch_gives_each_image_its_own_loss_and_gradient() {
     // Two different photos in one batch: the batch's loss is the mean of each image's own, and each
@@ -246,14 +253,10 @@ fn a_batch_gives_each_image_its_own_loss_and_gradient() {
     }
     let (l, g) = loss.loss_and_gradient(&xs, &ts, [2, 3, h, w]).unwrap();
     assert!(rel(l, ls) < 1e-9, "{l} vs {ls}");
-    let worst = g.iter().zip(&gs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    let scale = gs.iter().fold(0f32, |m, v| m.max(v.abs()));
-    assert!(worst <= 1e-6 * scale, "{worst} of {scale}");
+    assert_same_gradient(&g, &gs);
     let (d, g) = lpips.distance_and_gradient(&xa, &xb, [2, 3, h, w]).unwrap();
     assert!(d.iter().zip(&ds).all(|(a, b)| rel(*a, *b) < 1e-9), "{d:?} vs {ds:?}");
-    let worst = g.iter().zip(&dgs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    let scale = dgs.iter().fold(0f32, |m, v| m.max(v.abs()));
-    assert!(worst <= 1e-6 * scale, "{worst} of {scale}");
+    assert_same_gradient(&g, &dgs);
 }
 
 fn vgg_cli(args: &[&str]) -> std::process::Output {
