@@ -54,6 +54,7 @@ fn main() {
         ("conv2_2 112x112 128->128", 112, 128, 128),
         ("conv3_1 56x56 128->256", 56, 128, 256),
         ("conv3_2 56x56 256->256", 56, 256, 256),
+        ("conv4_2 28x28 512->512", 28, 512, 512),
         ("conv5_2 14x14 512->512", 14, 512, 512),
     ] {
         let sh = ConvShape { n: 1, h, w: h, ci, co, k: 3 };
@@ -86,11 +87,19 @@ fn main() {
             let u = winograd::transform_filter(&wk, ci, co);
             report(&name, time(|| winograd::forward_chunked(&x, &u, &b, &sh, &mut out)), flops, "GFLOP/s");
         }
+        for kind in [HalfKind::Bf16, HalfKind::F16] {
+            let name = format!("conv {label} winograd {} filters", kind.name());
+            if on(&name) && winograd::suits(&sh) {
+                let u: Vec<PackedB> =
+                    winograd::transform_filter(&wk, ci, co).into_iter().map(|p| p.narrowed(Some(kind))).collect();
+                report(&name, time(|| winograd::forward(&x, &u, &b, &sh, &mut out)), flops, "GFLOP/s");
+            }
+        }
         let name = format!("conv {label} winograd incl. filter transform");
         if on(&name) && winograd::suits(&sh) {
             let t = time(|| {
                 let cache = conv::FilterCache::default();
-                conv::forward_cached(&x, &wk, &cache, &b, &sh, &mut out, conv::ConvAlgos::Fastest);
+                conv::forward_cached(&x, conv::Filter::F32(&wk), &cache, &b, &sh, &mut out, conv::ConvAlgos::Fastest);
             });
             report(&name, t, flops, "GFLOP/s");
         }
@@ -154,7 +163,9 @@ fn main() {
         let name = format!("{label} input gradient");
         if on(&name) {
             let cache = conv::FilterCache::default();
-            let t = time(|| conv::backward_input_cached(&wk, &cache, &dz, &sh, &mut dx, conv::ConvAlgos::Fastest));
+            let t = time(|| {
+                conv::backward_input_cached(conv::Filter::F32(&wk), &cache, &dz, &sh, &mut dx, conv::ConvAlgos::Fastest)
+            });
             report(&name, t, flops, "GFLOP/s");
         }
     }

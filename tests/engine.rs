@@ -19,6 +19,7 @@ use burn::tensor::{Device, Tensor};
 use common::*;
 use vgg::config::{Depth, Head};
 use vgg::engine::Engine;
+use vgg::kernels::conv::ConvAlgos;
 use vgg::train::OptimizerConfig;
 use vgg::train::SgdConfig;
 use vgg::train::engine_optim::{OptimizerState, clip_grad_norm};
@@ -254,10 +255,12 @@ fn changed_weights_reach_the_next_forward() {
     assert!(rel_err(&after, &f64s(&before)) > 1e-2, "the change should move the logits");
 }
 
-/// 16-bit weight storage (`--half`) is f32 arithmetic on the rounded weights — the same logits as
-/// an f32 engine given those rounded weights, through both fully connected paths (dot products
-/// for ≤ 4 rows, widened blocks and the GEMM above) — and its error against torchvision's float64
-/// logits is what the rounding costs (printed; bounded loosely, since it is an approximation).
+/// 16-bit weight storage (`--half`) is f32 arithmetic on the rounded weights — without Winograd,
+/// the same logits as an f32 engine given those rounded weights, through both fully connected
+/// paths (dot products for ≤ 4 rows, widened blocks and the GEMM above); with it, the transformed
+/// filters are kept in f16, a second rounding that stays under 3.5e-3 of the logits (bf16 filters
+/// would give 1.3e-2 here) — and its error against torchvision's float64 logits is within the
+/// fixture tolerance of PyTorch's own with the same rounded weights.
 #[test]
 fn half_storage_is_f32_arithmetic_on_rounded_weights() {
     use vgg::kernels::half::HalfKind;
@@ -277,12 +280,17 @@ fn half_storage_is_f32_arithmetic_on_rounded_weights() {
         let reference = Engine::from_state_dict(&config, rounded).unwrap();
         let half = Engine::load(&config, sd.clone(), Strict::Yes, Some(kind)).unwrap();
         assert_eq!(half.half_storage(), Some(kind));
+        let mut half_im2col = half.clone();
+        half_im2col.set_conv_algos(ConvAlgos::Im2col);
         for n in [1, 5] {
             let dims = [n, 3, 32, 32];
             let x = input("imagenet32x32", dims);
             let want: Vec<f64> = reference.forward(&x, dims).iter().map(|&v| v as f64).collect();
+            let exact = rel_err(&half_im2col.forward(&x, dims), &want);
+            assert!(exact < 1e-5, "{kind:?} batch {n} without Winograd: {exact:e}");
             let err = rel_err(&half.forward(&x, dims), &want);
-            assert!(err < 1e-5, "{kind:?} batch {n}: {err:e}");
+            println!("{kind:?} batch {n}: f16 Winograd filters move the logits by {err:.2e}");
+            assert!(err < 3.5e-3, "{kind:?} batch {n}: {err:e}");
         }
         // Training needs f32 weights: a step widens them back.
         let mut trained = half.clone();

@@ -103,8 +103,9 @@ impl Engine {
 
     /// Stores the conv and fully connected weights in 16 bits (biases and BatchNorm stay f32),
     /// computing in f32 as before: half the memory for weights, and half the bytes a batch-1 fc6
-    /// streams. Convolutions then widen and transform their filters on every call instead of
-    /// caching them. For inference: training steps need [`Engine::store_f32`] first.
+    /// streams. The convolutions' transformed filters are cached in the same 16 bits (rounded once
+    /// more after the transform), so that a pass reads half the filter bytes of an f32 one. For
+    /// inference: training steps need [`Engine::store_f32`] first.
     pub fn store_half(&mut self, kind: HalfKind) {
         let weights: Vec<usize> = self
             .ops

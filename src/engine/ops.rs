@@ -182,17 +182,14 @@ impl Op {
                 debug_assert_eq!(c, ci);
                 let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
                 let mut out = buffer(n * h * wd * co);
-                let (wk, bias) = (env.params[w].values(), &env.params[b].value);
-                // Half-precision storage keeps no transformed f32 filters between calls.
-                let once = conv::FilterCache::default();
-                let transformed = if env.params[w].half.is_some() { &once } else { &cache.forward };
+                let (filter, bias) = (env.params[w].filter(), &env.params[b].value);
                 if train {
                     // Winograd's rounding error (~3e-6 relative, 30x direct f32's) is amplified by
                     // train-mode BatchNorm over small batches past the fixture tolerances; the input
                     // gradients and evaluation stay within them and take the Winograd path.
-                    conv::forward_exact(x, &wk, transformed, bias, &sh, &mut out, env.conv_algos);
+                    conv::forward_exact(x, filter, &cache.forward, bias, &sh, &mut out, env.conv_algos);
                 } else {
-                    conv::forward_cached(x, &wk, transformed, bias, &sh, &mut out, env.conv_algos);
+                    conv::forward_cached(x, filter, &cache.forward, bias, &sh, &mut out, env.conv_algos);
                 }
                 (out, Shape::Map([n, h, wd, co]), Saved::None)
             }

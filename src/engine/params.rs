@@ -36,6 +36,14 @@ impl ParamBuf {
         }
     }
 
+    /// The values as a convolution reads them: f32, or the 16-bit storage itself.
+    pub fn filter(&self) -> conv::Filter<'_> {
+        match &self.half {
+            Some(h) => conv::Filter::Half(h),
+            None => conv::Filter::F32(&self.value),
+        }
+    }
+
     /// Values of a buffer of this parameter's engine layout in PyTorch's layout.
     pub fn to_torch(&self, v: &[f32]) -> Vec<f32> {
         match self.conv {

@@ -150,9 +150,14 @@ impl Engine {
             (&Op::Conv { w, ci, co, k, ref cache, .. }, Shape::Map([n, h, wd, _])) => {
                 let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
                 let mut dx = vec![0f32; x.len()];
-                let once = conv::FilterCache::default();
-                let transformed = if self.params[w].half.is_some() { &once } else { &cache.input_grad };
-                conv::backward_input_cached(&self.params[w].values(), transformed, &g, &sh, &mut dx, self.conv_algos);
+                conv::backward_input_cached(
+                    self.params[w].filter(),
+                    &cache.input_grad,
+                    &g,
+                    &sh,
+                    &mut dx,
+                    self.conv_algos,
+                );
                 dx
             }
             (Op::BnRelu { .. }, _) => {

@@ -4,11 +4,13 @@
 //! the im2col matrix is nine contiguous channel runs copied from the input. [`to_torch`] and
 //! [`from_torch`] convert to and from PyTorch's `[cout, cin, k, k]`.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::half::{HalfBuf, HalfKind};
 use super::packed::PackedB;
 pub use super::shape::ConvShape;
 use super::{add_bias, direct, implicit, sgemm, small, winograd};
@@ -44,6 +46,66 @@ fn with_patches<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 pub struct FilterCache {
     winograd: OnceLock<Vec<PackedB>>,
     packed: OnceLock<PackedB>,
+}
+
+/// A convolution's weights, `[(ky, kx, ci), co]`, as their owner holds them: f32, or 16-bit storage
+/// that is widened only where a kernel reads the weights themselves. The derived filters a
+/// [`FilterCache`] keeps for 16-bit weights are 16-bit too (the Winograd ones; the implicit GEMM's,
+/// used in inference only for 5 to 7 input channels, stay f32).
+#[derive(Debug, Clone, Copy)]
+pub enum Filter<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// bf16 or f16 values.
+    Half(&'a HalfBuf),
+}
+
+impl<'a> Filter<'a> {
+    /// The values as f32: borrowed, or widened.
+    pub fn values(self) -> Cow<'a, [f32]> {
+        match self {
+            Filter::F32(v) => Cow::Borrowed(v),
+            Filter::Half(h) => Cow::Owned(h.decode()),
+        }
+    }
+
+    /// The 16-bit format, `None` for f32.
+    fn half_kind(self) -> Option<HalfKind> {
+        match self {
+            Filter::F32(_) => None,
+            Filter::Half(h) => Some(h.kind),
+        }
+    }
+
+    /// The Winograd-transformed filter of these weights, `flip`ped first for the input gradient;
+    /// for 16-bit weights held in 16 bits too (see [`winograd_storage`]).
+    fn winograd(self, sh: &ConvShape, flip: bool) -> Vec<PackedB> {
+        let values = self.values();
+        let u = if flip {
+            winograd::transform_filter(&flipped(&values, sh.ci, sh.co, sh.k), sh.co, sh.ci)
+        } else {
+            winograd::transform_filter(&values, sh.ci, sh.co)
+        };
+        let store = self.half_kind().and_then(|_| winograd_storage(&u));
+        u.into_iter().map(|p| p.narrowed(store)).collect()
+    }
+}
+
+/// The 16-bit format for the Winograd filters `u` of 16-bit weights: f16 whenever their largest
+/// magnitude lies in [2^-8, 65504], whatever the weights' own format, else none (f32).
+///
+/// The transformed values of 16-bit weights need more bits than the weights (`G` has thirds and
+/// 24ths), so keeping them in 16 bits rounds a second time, and F(4x4, 3x3)'s output transform
+/// (coefficients up to 8) amplifies that rounding. Measured on VGG-16's logits (formula weights,
+/// float64 reference, 32x32 input): bf16 weights with bf16 filters 1.4e-2 against 5.0e-3 for the
+/// rounded weights alone, with f16 filters 5.2e-3; f16 weights with f16 filters 1.8e-3 against
+/// 6.5e-4 (PyTorch's own float32 error there: 5.0e-3 and 6.5e-4). f16's 11 significant bits make the
+/// second rounding small next to bf16's first; its range is why the bound: below 2^-14 values
+/// lose bits, and with the largest at 2^-8 or more those are under 2^-6 of it, whose rounding
+/// (at most 2^-25) is far under the largest values' (2^-19).
+fn winograd_storage(u: &[PackedB]) -> Option<HalfKind> {
+    let largest = u.iter().map(PackedB::max_abs).fold(0f32, f32::max);
+    ((2f32.powi(-8)..=65504.0).contains(&largest)).then_some(HalfKind::F16)
 }
 
 /// PyTorch `[cout, cin, k, k]` → `[(ky, kx, ci), cout]`.
@@ -166,14 +228,14 @@ impl ConvAlgos {
 /// `out = conv(x, w) + bias`; `x` is `[n, h, w, ci]`, `out` `[n, h, w, co]`. Goes through Winograd
 /// F(4x4, 3x3) where that pays (see [`winograd::suits`]), transforming the filter for this call.
 pub fn forward(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
-    forward_cached(x, wk, &FilterCache::default(), bias, sh, out, ConvAlgos::Fastest)
+    forward_cached(x, Filter::F32(wk), &FilterCache::default(), bias, sh, out, ConvAlgos::Fastest)
 }
 
 /// [`forward`] with the derived filters kept in `cache` (filled on first use): the caller replaces
 /// it when the weights change.
 pub fn forward_cached(
     x: &[f32],
-    wk: &[f32],
+    filter: Filter,
     cache: &FilterCache,
     bias: &[f32],
     sh: &ConvShape,
@@ -181,10 +243,10 @@ pub fn forward_cached(
     algos: ConvAlgos,
 ) {
     if !small::suits(sh) && algos.fast() && winograd::suits(sh) {
-        let u = cache.winograd.get_or_init(|| winograd::transform_filter(wk, sh.ci, sh.co));
+        let u = cache.winograd.get_or_init(|| filter.winograd(sh, false));
         winograd::forward(x, u, bias, sh, out);
     } else {
-        forward_exact(x, wk, cache, bias, sh, out, algos);
+        forward_exact(x, filter, cache, bias, sh, out, algos);
     }
 }
 
@@ -193,7 +255,7 @@ pub fn forward_cached(
 /// channels, the implicit GEMM for other 3x3 kernels, im2col + GEMM otherwise (1x1).
 pub fn forward_exact(
     x: &[f32],
-    wk: &[f32],
+    filter: Filter,
     cache: &FilterCache,
     bias: &[f32],
     sh: &ConvShape,
@@ -201,14 +263,14 @@ pub fn forward_exact(
     algos: ConvAlgos,
 ) {
     if small::suits(sh) {
-        small::forward(x, wk, bias, sh, out);
+        small::forward(x, &filter.values(), bias, sh, out);
     } else if direct::suits(sh) {
-        direct::forward(x, wk, bias, sh, out);
+        direct::forward(x, &filter.values(), bias, sh, out);
     } else if algos.fast() && implicit::suits(sh) {
-        let p = cache.packed.get_or_init(|| implicit::pack_filter(wk, sh));
+        let p = cache.packed.get_or_init(|| implicit::pack_filter(&filter.values(), sh));
         implicit::forward(x, p, bias, sh, out);
     } else {
-        forward_im2col(x, wk, bias, sh, out);
+        forward_im2col(x, &filter.values(), bias, sh, out);
     }
 }
 
@@ -271,7 +333,7 @@ pub fn backward_cached(
         weight_grad_im2col(x, dz, sh)
     };
     if let Some(dx) = dx {
-        backward_input_cached(wk, cache, dz, sh, dx, algos);
+        backward_input_cached(Filter::F32(wk), cache, dz, sh, dx, algos);
     }
     (dw, db)
 }
@@ -338,12 +400,12 @@ fn bias_grad(dz: &[f32], co: usize) -> Vec<f32> {
 
 /// The input gradient of [`forward`] alone: `dx = conv(dz, rotated kernel)`.
 pub fn backward_input(wk: &[f32], dz: &[f32], sh: &ConvShape, dx: &mut [f32]) {
-    backward_input_cached(wk, &FilterCache::default(), dz, sh, dx, ConvAlgos::Fastest)
+    backward_input_cached(Filter::F32(wk), &FilterCache::default(), dz, sh, dx, ConvAlgos::Fastest)
 }
 
 /// [`backward_input`] with the transformed rotated filter kept in `cache` (see [`forward_cached`]).
 pub fn backward_input_cached(
-    wk: &[f32],
+    filter: Filter,
     cache: &FilterCache,
     dz: &[f32],
     sh: &ConvShape,
@@ -353,17 +415,16 @@ pub fn backward_input_cached(
     let back = ConvShape { ci: sh.co, co: sh.ci, ..*sh };
     let zero = vec![0.0; sh.ci];
     if small::suits(sh) {
-        small::input_grad(wk, dz, sh, dx);
+        small::input_grad(&filter.values(), dz, sh, dx);
     } else if algos.fast() && winograd::suits(&back) {
-        let u = cache
-            .winograd
-            .get_or_init(|| winograd::transform_filter(&flipped(wk, sh.ci, sh.co, sh.k), back.ci, back.co));
+        let u = cache.winograd.get_or_init(|| filter.winograd(sh, true));
         winograd::forward(dz, u, &zero, &back, dx);
     } else if algos.fast() && implicit::suits(&back) {
-        let p = cache.packed.get_or_init(|| implicit::pack_filter(&flipped(wk, sh.ci, sh.co, sh.k), &back));
+        let p =
+            cache.packed.get_or_init(|| implicit::pack_filter(&flipped(&filter.values(), sh.ci, sh.co, sh.k), &back));
         implicit::forward(dz, p, &zero, &back, dx);
     } else {
-        forward_im2col(dz, &flipped(wk, sh.ci, sh.co, sh.k), &zero, &back, dx);
+        forward_im2col(dz, &flipped(&filter.values(), sh.ci, sh.co, sh.k), &zero, &back, dx);
     }
 }
 
@@ -445,5 +506,30 @@ mod tests {
             let sums: Vec<f32> = (0..sh.co).map(|o| g.iter().skip(o).step_by(sh.co).sum()).collect();
             assert!(close(&db, &sums));
         }
+    }
+
+    /// 16-bit weights keep their Winograd filters in f16 while the largest value lies in
+    /// [2^-8, 65504], in f32 outside it; f32 weights keep f32 filters. Checked through the cache.
+    #[test]
+    fn winograd_filters_of_16_bit_weights_are_f16_within_its_range() {
+        let sh = ConvShape { n: 1, h: 8, w: 8, ci: 8, co: 8, k: 3 };
+        let x = data(sh.n * sh.h * sh.w * sh.ci, 1);
+        let mut out = vec![0f32; sh.n * sh.h * sh.w * sh.co];
+        let mut stored = |scale: f32, kind: Option<HalfKind>| {
+            let wk: Vec<f32> = data(9 * sh.ci * sh.co, 2).iter().map(|v| v * scale).collect();
+            let half = kind.map(|k| HalfBuf::encode(k, &wk));
+            let filter = half.as_ref().map_or(Filter::F32(&wk), Filter::Half);
+            let cache = FilterCache::default();
+            forward_cached(&x, filter, &cache, &vec![0.0; sh.co], &sh, &mut out, ConvAlgos::Fastest);
+            let u = cache.winograd.get().expect("an 8x8 map with 8 channels takes Winograd");
+            assert!(u.iter().all(|p| p.half_kind() == u[0].half_kind()));
+            u[0].half_kind()
+        };
+        for kind in [HalfKind::Bf16, HalfKind::F16] {
+            assert_eq!(stored(1.0, Some(kind)), Some(HalfKind::F16), "{kind:?}");
+            assert_eq!(stored(1e-4, Some(kind)), None, "{kind:?}: too small for f16's precision");
+        }
+        assert_eq!(stored(1e6, Some(HalfKind::Bf16)), None, "beyond f16's range");
+        assert_eq!(stored(1.0, None), None);
     }
 }

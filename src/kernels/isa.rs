@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Plain Rust loops that compile for any target.
     Generic,
-    /// x86-64 with AVX2 and FMA (256-bit vectors).
+    /// x86-64 with AVX2, FMA and F16C (256-bit vectors; every AVX2 CPU has the other two).
     Avx2,
     /// x86-64 with AVX-512 F, BW, DQ and VL besides AVX2 and FMA (512-bit vectors, 32 registers):
     /// Intel since Skylake-SP, AMD since Zen 4. Kernels without a 512-bit version take their AVX2 one.
@@ -133,7 +133,9 @@ pub fn cpu_name() -> String {
 fn cpu_has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
