@@ -134,7 +134,7 @@ fn jpeg_errors() -> mozjpeg_sys::jpeg_error_mgr {
     extern "C-unwind" fn emit_message(cinfo: &mut jpeg_common_struct, level: std::os::raw::c_int) {
         // SAFETY: libjpeg calls this with its own struct, whose `err` is the manager below.
         let code = unsafe { cinfo.err.as_ref() }.map_or(0, |e| e.msg_code);
-        if level < 0 && code == mozjpeg_sys::JWRN_JPEG_EOF as i32 {
+        if level < 0 && code == mozjpeg_sys::JWRN_JPEG_EOF {
             std::panic::resume_unwind(Box::new("the file ends before its image data does (truncated?)".to_string()))
         }
     }

@@ -414,6 +414,30 @@ fn a_latency_budget_refuses_what_the_backlog_would_answer_late() {
     let metrics = String::from_utf8(get(&s, "/metrics").1).unwrap();
     assert!(metrics.contains(&format!("outcome=\"rejected\"}} {}", refused.len())), "{metrics}");
     assert!(metrics.contains("vgg_queue_depth{model=\"fashion-mnist\"} 0"), "{metrics}");
+    // While the model is busy, a request is refused before its body is read: a malformed one
+    // gets the 503, not the 400 its body earns (which it gets from an idle model).
+    let busy = std::sync::atomic::AtomicBool::new(true);
+    let malformed: Vec<Reply> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            assert_eq!(post(&s, INFER, &headers, &body).0, 200);
+            busy.store(false, std::sync::atomic::Ordering::Release);
+        });
+        let mut replies = Vec::new();
+        while busy.load(std::sync::atomic::Ordering::Acquire) {
+            replies.push(post(&s, INFER, &[], b"{not json"));
+        }
+        replies
+    });
+    let shed: Vec<&Reply> = malformed.iter().filter(|r| r.0 == 503).collect();
+    println!("malformed requests during a pass: {} refused unread of {}", shed.len(), malformed.len());
+    assert!(
+        malformed.iter().all(|r| r.0 == 400 || r.0 == 503),
+        "{:?}",
+        malformed.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert!(!shed.is_empty(), "none arrived during the pass");
+    assert!(shed.iter().all(|r| json_of(r)["error"].as_str().unwrap().contains("latency budget")));
+    assert_eq!(post(&s, INFER, &[], b"{not json").0, 400, "an idle model reads the body");
 }
 
 #[test]

@@ -112,16 +112,28 @@ impl Backlog {
     /// anything, so that a budget below one pass's cost slows nothing but refuses overlap.
     pub fn admit(&self, units: f64) -> Result<(), OverBudget> {
         let mut state = self.lock();
+        self.judge(&state, units)?;
+        state.waiting += units;
+        Ok(())
+    }
+
+    /// Whether [`Backlog::admit`] would refuse `units` now, admitting nothing. With `units` 0:
+    /// whether any request would be refused, whatever its size (the prediction grows with the
+    /// units), which the server asks before reading a request's body.
+    pub fn check(&self, units: f64) -> Result<(), OverBudget> {
+        self.judge(&self.lock(), units)
+    }
+
+    fn judge(&self, state: &State, units: f64) -> Result<(), OverBudget> {
         if let Some(budget) = self.budget {
             let busy = state.running.is_some() || state.waiting > 0.0;
             if busy {
-                let predicted = self.predict(&state, units);
+                let predicted = self.predict(state, units);
                 if predicted > budget {
                     return Err(OverBudget { predicted, budget });
                 }
             }
         }
-        state.waiting += units;
         Ok(())
     }
 
@@ -240,6 +252,33 @@ mod tests {
         assert!(backlog.admit(1.0).is_err(), "busy with a pass predicted to take 100 ms");
         backlog.pass_ended(1.0, ms(100));
         backlog.admit(1.0).unwrap();
+    }
+
+    #[test]
+    fn a_check_admits_nothing_and_refuses_only_when_any_request_would_be_late() {
+        let backlog = Backlog::new(8, Duration::ZERO, Some(ms(150)));
+        backlog.measured(1.0, ms(100));
+        backlog.check(0.0).unwrap();
+        backlog.admit(1.0).unwrap();
+        // One image waiting (100 ms): a request of any size might still make it; of one, not.
+        backlog.check(0.0).unwrap();
+        assert!(backlog.check(1.0).is_err());
+        backlog.admit(1.0).unwrap_err();
+        // A pass in progress within the budget: any request might still make it.
+        let late = Backlog::new(8, Duration::ZERO, Some(ms(150)));
+        late.measured(1.0, ms(100));
+        late.admit(1.0).unwrap();
+        late.pass_started(1.0);
+        assert!(late.check(0.0).is_ok(), "the pass in progress alone is within the budget");
+        // An idle model took three images at once: the work ahead alone is past the budget.
+        let ahead = Backlog::new(8, Duration::ZERO, Some(ms(150)));
+        ahead.measured(1.0, ms(100));
+        ahead.admit(3.0).unwrap();
+        let refused = ahead.check(0.0).unwrap_err();
+        assert!(near(refused.predicted, ms(300)), "{refused:?}");
+        // Checks left nothing behind: withdrawing what was admitted leaves an idle model.
+        ahead.withdraw(3.0);
+        assert!(near(ahead.predicted(1.0), ms(100)));
     }
 
     #[test]

@@ -197,6 +197,17 @@ impl Batcher {
         }
     }
 
+    /// Whether [`Batcher::submit`] would refuse any request now (the queue full, or the work ahead
+    /// already past the latency budget), admitting nothing: asked before a request's body is read,
+    /// so that under overload a refusal costs neither the read nor the parse. A request that
+    /// passes is judged again, by its size, when submitted.
+    pub fn check(&self) -> Result<(), SubmitError> {
+        if self.depth.load(Ordering::Acquire) >= self.options.max_queue_size {
+            return Err(SubmitError::Full(self.options.max_queue_size));
+        }
+        self.backlog.check(0.0).map_err(SubmitError::Late)
+    }
+
     /// Whether the model is loaded and warmed up.
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)

@@ -253,16 +253,43 @@ async fn inputs(m: &Served, tensors: Vec<Tensor>) -> Result<Groups, Response> {
 /// Queues `work` for `m`'s worker, or answers 503 at once (with `Retry-After` when the queue is
 /// full or the request would be late: the predicted wait, in whole seconds, at least 1).
 pub fn submit(m: &Served, work: Work) -> Result<(), Response> {
-    match m.batcher.submit(Job { work, enqueued: Instant::now() }) {
-        Ok(()) => Ok(()),
-        Err(e @ (SubmitError::Full(_) | SubmitError::Late(_))) => {
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e);
-            let seconds = m.batcher.predicted_wait().as_secs_f64().ceil().max(1.0) as u64;
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            Err(r)
+    m.batcher.submit(Job { work, enqueued: Instant::now() }).map_err(|e| refused(m, e))
+}
+
+/// 503 when `m` would refuse any request now, decided before the body is read or parsed (see
+/// [`super::batcher::Batcher::check`]); the body is then read and dropped as it arrives, so that a
+/// client still sending it gets the answer and not a broken connection.
+pub async fn shed(s: &Server, m: &Served, body: Body) -> Result<Body, Response> {
+    match m.batcher.check() {
+        Ok(()) => Ok(body),
+        Err(e) => {
+            discard(body, s.options.max_body_bytes).await;
+            Err(refused(m, e))
         }
-        Err(e) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
     }
+}
+
+/// Reads `body` to its end without keeping it, up to `limit` bytes (past them the connection is
+/// left to close).
+async fn discard(mut body: Body, limit: usize) {
+    use axum::body::HttpBody;
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+        seen += frame.data_ref().map_or(0, |d| d.len());
+        if seen > limit {
+            break;
+        }
+    }
+}
+
+/// The 503 for a refusal (with `Retry-After` when the queue is full or the request would be late).
+fn refused(m: &Served, e: SubmitError) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e);
+    if let SubmitError::Full(_) | SubmitError::Late(_) = e {
+        let seconds = m.batcher.predicted_wait().as_secs_f64().ceil().max(1.0) as u64;
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    r
 }
 
 /// Queues every group and waits for all of them: the logits in order, with the longest wait.
@@ -363,6 +390,7 @@ async fn infer_on(
     body: Body,
     times: &mut RequestTimes,
 ) -> Result<Response, Response> {
+    let body = shed(s, m, body).await?;
     let body = read_body(body, s.options.max_body_bytes).await?;
     let t = Instant::now();
     let (request, tensors) = oip::read_request(&body, header_length(&headers)?)
@@ -468,6 +496,8 @@ async fn predictions(State(s): Shared, Path(name): Path<String>, request: Reques
         Err(r) => return r,
     };
     let result = async {
+        let (parts, body) = request.into_parts();
+        let request = Request::from_parts(parts, shed(&s, m, body).await?);
         let (file, bytes) = uploaded_image(&s, request).await?;
         let groups = preprocess_images(m, vec![bytes]).await?;
         let (logits, _, _) = run(&s, m, groups).await?;

@@ -100,8 +100,11 @@ pub fn read(bytes: &[u8], path: &str) -> Result<Imported, WeightsError> {
     Ok(Imported { state_dict: sd, preprocess: Some(preprocess), notes })
 }
 
-/// The blobs of a layer message (field `num`), each as (shape, values).
-fn blobs(layer: &[(u32, Field<'_>)], num: u32) -> Result<Vec<(Vec<usize>, Vec<f32>)>, String> {
+/// A blob: its shape and values.
+type Blob = (Vec<usize>, Vec<f32>);
+
+/// The blobs of a layer message (field `num`).
+fn blobs(layer: &[(u32, Field<'_>)], num: u32) -> Result<Vec<Blob>, String> {
     bytes_of(layer, num).map(blob).collect()
 }
 

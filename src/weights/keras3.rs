@@ -119,7 +119,7 @@ fn layers_of(file: &File, path: &str) -> Result<Vec<(String, Group, String)>, We
         let name = vars
             .attrs()
             .ok()
-            .and_then(|a| a.get("name").and_then(|v| super::keras::strings(v)).and_then(|s| s.into_iter().next()))
+            .and_then(|a| a.get("name").and_then(super::keras::strings).and_then(|s| s.into_iter().next()))
             .unwrap_or_else(|| p.clone());
         out.push((name, vars, p));
     }
