@@ -98,7 +98,7 @@ impl<'a> Filter<'a> {
 /// 24ths), so keeping them in 16 bits rounds a second time, and F(4x4, 3x3)'s output transform
 /// (coefficients up to 8) amplifies that rounding. Measured on VGG-16's logits (formula weights,
 /// float64 reference, 32x32 input): bf16 weights with bf16 filters 1.4e-2 against 5.0e-3 for the
-/// rounded weights alone, with f16 filters 5.2e-3; f16 weights with f16 filters 1.8e-3 against
+/// rounded weights alone, with f16 filters 5.3e-3; f16 weights with f16 filters 1.8e-3 against
 /// 6.5e-4 (PyTorch's own float32 error there: 5.0e-3 and 6.5e-4). f16's 11 significant bits make the
 /// second rounding small next to bf16's first; its range is why the bound: below 2^-14 values
 /// lose bits, and with the largest at 2^-8 or more those are under 2^-6 of it, whose rounding

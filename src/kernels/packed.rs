@@ -96,11 +96,11 @@ impl PackedB {
     /// The same matrix with its values rounded to 16 bits (to nearest, ties to even), or itself
     /// when `kind` is `None`.
     pub fn narrowed(self, kind: Option<HalfKind>) -> Self {
+        let Some(kind) = kind else { return self };
         let Panels::F32(v) = &self.data else { panic!("narrowing panels that are already 16-bit") };
         let data = match kind {
-            None => return self,
-            Some(HalfKind::Bf16) => Panels::Bf16(v.par_iter().map(|&x| half::bf16::from_f32(x)).collect()),
-            Some(HalfKind::F16) => Panels::F16(v.par_iter().map(|&x| half::f16::from_f32(x)).collect()),
+            HalfKind::Bf16 => Panels::Bf16(v.par_iter().map(|&x| half::bf16::from_f32(x)).collect()),
+            HalfKind::F16 => Panels::F16(v.par_iter().map(|&x| half::f16::from_f32(x)).collect()),
         };
         Self { data, ..self }
     }
