@@ -198,9 +198,10 @@ impl Batcher {
     }
 
     /// Whether [`Batcher::submit`] would refuse any request now (the queue full, or the work ahead
-    /// already past the latency budget), admitting nothing: asked before a request's body is read,
-    /// so that under overload a refusal costs neither the read nor the parse. A request that
-    /// passes is judged again, by its size, when submitted.
+    /// already past the latency budget), admitting nothing: asked before a request's body is
+    /// parsed, so that under overload a refusal costs neither the buffering nor the parse (the
+    /// body is only read and dropped). A request that passes is judged again, by its size, when
+    /// submitted.
     pub fn check(&self) -> Result<(), SubmitError> {
         if self.depth.load(Ordering::Acquire) >= self.options.max_queue_size {
             return Err(SubmitError::Full(self.options.max_queue_size));
