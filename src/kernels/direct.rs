@@ -43,45 +43,25 @@ pub fn forward(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f
     let cop = co.div_ceil(L) * L;
     let wp = pad_rows(wk, 9 * ci, co, cop);
     let bp = pad_rows(bias, 1, co, cop);
-    let fast = super::avx2_fma();
     // One output row (w pixels) per task: thousands of rows per batch, each a few kilobytes.
     out.par_chunks_mut(w * co).enumerate().for_each(|(r, orow)| {
         let (s, y) = (r / h, r % h);
         let img = &x[s * h * w * ci..][..h * w * ci];
         for c0 in (0..cop).step_by(L * MAX_V) {
             let nv = ((cop - c0) / L).min(MAX_V);
-            #[cfg(target_arch = "x86_64")]
-            if fast {
-                // SAFETY: `fast` is only true when the CPU has AVX2 and FMA (see `avx2_fma`).
-                unsafe { forward_row_avx2(nv, img, &wp, &bp, sh, y, c0, orow) };
-                continue;
-            }
-            let _ = fast;
             forward_row(nv, img, &wp, &bp, sh, y, c0, orow);
         }
     });
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn forward_row_avx2(
-    nv: usize,
-    img: &[f32],
-    wp: &[f32],
-    bp: &[f32],
-    sh: &ConvShape,
-    y: usize,
-    c0: usize,
-    o: &mut [f32],
-) {
-    forward_row(nv, img, wp, bp, sh, y, c0, o)
+super::isa::dispatch! {
+    fn forward_row(nv: usize, img: &[f32], wp: &[f32], bp: &[f32], sh: &ConvShape, y: usize, c0: usize, o: &mut [f32]) = forward_row_nv;
 }
 
 /// Monomorphises the row kernel for the number of accumulators, so that they live in registers.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward_row(nv: usize, img: &[f32], wp: &[f32], bp: &[f32], sh: &ConvShape, y: usize, c0: usize, o: &mut [f32]) {
+fn forward_row_nv(nv: usize, img: &[f32], wp: &[f32], bp: &[f32], sh: &ConvShape, y: usize, c0: usize, o: &mut [f32]) {
     match nv {
         1 => forward_row_n::<1>(img, wp, bp, sh, y, c0, o),
         2 => forward_row_n::<2>(img, wp, bp, sh, y, c0, o),
@@ -147,7 +127,6 @@ pub fn weight_grad(x: &[f32], dz: &[f32], sh: &ConvShape) -> Vec<f32> {
     let cop = co.div_ceil(L) * L;
     let rows = sh.n * h;
     let per = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
-    let fast = super::avx2_fma();
     let parts: Vec<Vec<f64>> = (0..rows.div_ceil(per))
         .into_par_iter()
         .map(|t| {
@@ -161,13 +140,6 @@ pub fn weight_grad(x: &[f32], dz: &[f32], sh: &ConvShape) -> Vec<f32> {
                 let img = &x[s * h * w * ci..][..h * w * ci];
                 for c0 in (0..cop).step_by(L * MAX_V) {
                     let nv = ((cop - c0) / L).min(MAX_V);
-                    #[cfg(target_arch = "x86_64")]
-                    if fast {
-                        // SAFETY: as in `forward`.
-                        unsafe { grad_row_avx2(nv, img, &dzp, sh, y, c0, &mut acc) };
-                        continue;
-                    }
-                    let _ = fast;
                     grad_row(nv, img, &dzp, sh, y, c0, &mut acc);
                 }
             }
@@ -181,14 +153,12 @@ pub fn weight_grad(x: &[f32], dz: &[f32], sh: &ConvShape) -> Vec<f32> {
     total.chunks_exact(cop).flat_map(|r| r[..co].iter().map(|&v| v as f32)).collect()
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn grad_row_avx2(nv: usize, img: &[f32], dzp: &[f32], sh: &ConvShape, y: usize, c0: usize, acc: &mut [f64]) {
-    grad_row(nv, img, dzp, sh, y, c0, acc)
+super::isa::dispatch! {
+    fn grad_row(nv: usize, img: &[f32], dzp: &[f32], sh: &ConvShape, y: usize, c0: usize, acc: &mut [f64]) = grad_row_nv;
 }
 
 #[inline(always)]
-fn grad_row(nv: usize, img: &[f32], dzp: &[f32], sh: &ConvShape, y: usize, c0: usize, acc: &mut [f64]) {
+fn grad_row_nv(nv: usize, img: &[f32], dzp: &[f32], sh: &ConvShape, y: usize, c0: usize, acc: &mut [f64]) {
     match nv {
         1 => grad_row_n::<1>(img, dzp, sh, y, c0, acc),
         2 => grad_row_n::<2>(img, dzp, sh, y, c0, acc),

@@ -4,7 +4,7 @@
 //! With NHWC and the weights as `[(ky, kx, ci), co]`, the nine taps of six neighbouring output
 //! pixels of one row are six neighbouring input pixels, `ci` floats apart, shifted by the tap's
 //! offset in the padded map. So the product `patches · W` needs no patches: the micro-kernel keeps a
-//! 6x16 block of outputs in registers through all nine taps, broadcasting input channels from the
+//! 6x16 block of outputs (12x16 with AVX-512) in registers through all nine taps, broadcasting input channels from the
 //! padded map and reading the filter's packed panels. im2col writes and re-reads nine copies of the
 //! input (the patch matrix is 9x the map), which is where its time goes for maps of few channels;
 //! here the only extra traffic is the padded copy (about 1.3x the map, once). The products and their
@@ -15,11 +15,14 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::isa::Isa;
 use super::packed::{NR, PackedB};
 use super::shape::ConvShape;
 
-/// Output pixels per micro-kernel call.
+/// Output pixels per micro-kernel call on the AVX2 and portable paths (twelve 8-lane accumulators).
 const MR: usize = 6;
+/// Output pixels per micro-kernel call on the AVX-512 path (twelve 16-lane accumulators).
+const MR_512: usize = 12;
 /// Bytes of filter panels one task keeps hot while it runs over its rows.
 const PANEL_BYTES: usize = 256 << 10;
 
@@ -58,6 +61,13 @@ fn pad(x: &[f32], [n, h, w, c]: [usize; 4], xp: &mut [f32]) {
 
 /// `out = conv(x, w) + bias` with `b = pack_filter(w)`; `x` `[n, h, w, ci]`, `out` `[n, h, w, co]`.
 pub fn forward(x: &[f32], b: &PackedB, bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
+    forward_on(super::isa::active(), x, b, bias, sh, out)
+}
+
+/// [`forward`] on the kernel path `isa` (which the CPU must have), so that tests can run every path
+/// in one process.
+fn forward_on(isa: Isa, x: &[f32], b: &PackedB, bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
+    assert!(isa.is_supported(), "{isa} kernels on a CPU without them");
     let (n, h, w, ci, co) = (sh.n, sh.h, sh.w, sh.ci, sh.co);
     assert_eq!(sh.k, 3, "the implicit GEMM is written for 3x3 kernels");
     assert_eq!(x.len(), n * h * w * ci);
@@ -81,7 +91,7 @@ pub fn forward(x: &[f32], b: &PackedB, bias: &[f32], sh: &ConvShape, out: &mut [
     let rows = n * h;
     let per_task = rows.div_ceil(4 * rayon::current_num_threads().max(1)).max(1);
     let offs: [usize; 9] = std::array::from_fn(|t| ((t / 3) * wp + t % 3) * ci);
-    let fast = super::avx2_fma();
+    let mr = if isa >= Isa::Avx512 { MR_512 } else { MR };
     let xp_ref = &xp[..];
     out.par_chunks_mut(per_task * w * co).enumerate().for_each(|(task, block)| {
         let r0 = task * per_task;
@@ -97,16 +107,22 @@ pub fn forward(x: &[f32], b: &PackedB, bias: &[f32], sh: &ConvShape, out: &mut [
                     let t = Taps { ci, lda: ci, ldc: co, cols };
                     let bp = b.panel(p);
                     let bias = &bias_p[p * NR..][..NR];
-                    for x0 in (0..w).step_by(MR) {
+                    for x0 in (0..w).step_by(mr) {
                         let a = &xp_ref[base + x0 * ci..];
                         let c = &mut orow[x0 * co + p * NR..];
-                        match MR.min(w - x0) {
-                            6 => micro::<6>(a, &offs, bp, bias, c, t, fast),
-                            5 => micro::<5>(a, &offs, bp, bias, c, t, fast),
-                            4 => micro::<4>(a, &offs, bp, bias, c, t, fast),
-                            3 => micro::<3>(a, &offs, bp, bias, c, t, fast),
-                            2 => micro::<2>(a, &offs, bp, bias, c, t, fast),
-                            _ => micro::<1>(a, &offs, bp, bias, c, t, fast),
+                        match mr.min(w - x0) {
+                            12 => micro::<12>(a, &offs, bp, bias, c, t, isa),
+                            11 => micro::<11>(a, &offs, bp, bias, c, t, isa),
+                            10 => micro::<10>(a, &offs, bp, bias, c, t, isa),
+                            9 => micro::<9>(a, &offs, bp, bias, c, t, isa),
+                            8 => micro::<8>(a, &offs, bp, bias, c, t, isa),
+                            7 => micro::<7>(a, &offs, bp, bias, c, t, isa),
+                            6 => micro::<6>(a, &offs, bp, bias, c, t, isa),
+                            5 => micro::<5>(a, &offs, bp, bias, c, t, isa),
+                            4 => micro::<4>(a, &offs, bp, bias, c, t, isa),
+                            3 => micro::<3>(a, &offs, bp, bias, c, t, isa),
+                            2 => micro::<2>(a, &offs, bp, bias, c, t, isa),
+                            _ => micro::<1>(a, &offs, bp, bias, c, t, isa),
                         }
                     }
                 }
@@ -131,17 +147,21 @@ struct Taps {
 
 /// `c[R x cols] = bias + Σ_taps a[offs[t]..] · b[t]` for `R` neighbouring output pixels.
 #[inline(always)]
-fn micro<const R: usize>(a: &[f32], offs: &[usize; 9], b: &[f32], bias: &[f32], c: &mut [f32], t: Taps, fast: bool) {
+fn micro<const R: usize>(a: &[f32], offs: &[usize; 9], b: &[f32], bias: &[f32], c: &mut [f32], t: Taps, isa: Isa) {
     // Bounds for the unchecked reads below.
     assert!(offs[8] + (R - 1) * t.lda + t.ci <= a.len() && 9 * t.ci * NR <= b.len() && bias.len() == NR);
     assert!((R - 1) * t.ldc + t.cols <= c.len());
+    let (ap, bp, biasp, cp) = (a.as_ptr(), b.as_ptr(), bias.as_ptr(), c.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: `fast` means the CPU has AVX2 and FMA; the asserts above bound every access.
-        unsafe { avx2::micro::<R>(a.as_ptr(), offs, b.as_ptr(), bias.as_ptr(), c.as_mut_ptr(), t) };
-        return;
+    match isa {
+        // SAFETY: `forward_on` checked that the CPU has the path's instructions; the asserts above
+        // bound every access.
+        Isa::Avx512 => return unsafe { avx512::micro::<R>(ap, offs, bp, biasp, cp, t) },
+        // SAFETY: as above.
+        Isa::Avx2 => return unsafe { avx2::micro::<R>(ap, offs, bp, biasp, cp, t) },
+        Isa::Generic => {}
     }
-    let _ = fast;
+    let _ = (isa, ap, bp, biasp, cp);
     let mut acc = [[0f32; NR]; R];
     for row in acc.iter_mut() {
         row.copy_from_slice(bias);
@@ -211,14 +231,52 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{NR, Taps};
+    use std::arch::x86_64::*;
+
+    /// SAFETY: the caller guarantees AVX-512F and that every read of `a` (R pixels of `ci` floats
+    /// at each offset), `b` (`9 · ci · 16`), `bias` (16) and write of `c` (R rows of `cols`) is valid.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn micro<const R: usize>(
+        a: *const f32,
+        offs: &[usize; 9],
+        b: *const f32,
+        bias: *const f32,
+        c: *mut f32,
+        t: Taps,
+    ) {
+        unsafe {
+            let mut acc = [_mm512_loadu_ps(bias); R];
+            let mut bk = b;
+            for off in offs {
+                let at = a.add(*off);
+                for kk in 0..t.ci {
+                    let bv = _mm512_loadu_ps(bk);
+                    for (r, x) in acc.iter_mut().enumerate() {
+                        *x = _mm512_fmadd_ps(_mm512_set1_ps(*at.add(r * t.lda + kk)), bv, *x);
+                    }
+                    bk = bk.add(NR);
+                }
+            }
+            // The last panel may be partial: a masked store writes only its columns.
+            let mask: __mmask16 = if t.cols >= NR { 0xffff } else { (1u16 << t.cols) - 1 };
+            for (r, x) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(c.add(r * t.ldc), mask, *x);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::conv;
     use crate::kernels::test_data as data;
 
-    /// Against im2col + GEMM (itself tested against the definition): widths that leave every
-    /// remainder of the six-pixel tiles, partial panels, one-pixel maps, several tasks per image.
+    /// Against im2col + GEMM (itself tested against the definition), on every kernel path the CPU
+    /// has: widths that leave every remainder of the 6- and 12-pixel tiles, partial panels, one-pixel maps, several tasks per image.
     #[test]
     fn agrees_with_im2col() {
         for sh in [
@@ -227,16 +285,20 @@ mod tests {
             ConvShape { n: 4, h: 1, w: 1, ci: 9, co: 33, k: 3 },
             ConvShape { n: 1, h: 29, w: 3, ci: 5, co: 16, k: 3 },
             ConvShape { n: 2, h: 2, w: 11, ci: 300, co: 17, k: 3 },
+            ConvShape { n: 1, h: 3, w: 22, ci: 16, co: 32, k: 3 },
         ] {
             let x = data(sh.n * sh.h * sh.w * sh.ci, 1);
             let wk = data(9 * sh.ci * sh.co, 2);
             let bias = data(sh.co, 3);
-            let mut got = vec![f32::NAN; sh.n * sh.h * sh.w * sh.co];
-            let mut want = vec![0f32; got.len()];
-            forward(&x, &pack_filter(&wk, &sh), &bias, &sh, &mut got);
+            let mut want = vec![0f32; sh.n * sh.h * sh.w * sh.co];
             conv::forward_im2col(&x, &wk, &bias, &sh, &mut want);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{sh:?} [{i}]: {g} vs {w}");
+            let packed = pack_filter(&wk, &sh);
+            for isa in Isa::supported() {
+                let mut got = vec![f32::NAN; want.len()];
+                forward_on(isa, &x, &packed, &bias, &sh, &mut got);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{isa} {sh:?} [{i}]: {g} vs {w}");
+                }
             }
         }
     }

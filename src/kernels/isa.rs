@@ -112,6 +112,44 @@ pub fn active() -> Isa {
     selected().unwrap_or(Isa::Generic)
 }
 
+/// Defines a kernel entry point that runs a portable body compiled for the path [`active`] chose:
+/// `dispatch! { fn name(arg: Type, ...) -> Ret = body; }` where `body` is an `#[inline(always)]`
+/// function of the same arguments written with no intrinsics. The body is compiled three times, for
+/// AVX-512 (F, BW, DQ, VL), for AVX2 + FMA + F16C and for the baseline, so the compiler vectorises
+/// its loops over 16, 8 or 4 lanes; each path is taken only on a CPU that has it. This is the one
+/// place that turns the chosen path into target features; hand-written intrinsics (the GEMM
+/// micro-kernels) branch on [`active`] themselves.
+macro_rules! dispatch {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:path;) => {
+        $(#[$attr])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+                #[allow(clippy::too_many_arguments)]
+                fn on_avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma,f16c")]
+                #[allow(clippy::too_many_arguments)]
+                fn on_avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                match $crate::kernels::isa::active() {
+                    // SAFETY: `active` returns only a path this CPU has (`Isa::is_supported`).
+                    $crate::kernels::isa::Isa::Avx512 => return unsafe { on_avx512($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::kernels::isa::Isa::Avx2 => return unsafe { on_avx2($($arg),*) },
+                    $crate::kernels::isa::Isa::Generic => {}
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use dispatch;
+
 /// The CPU's model name with its family and model numbers, as benchmark figures name it
 /// ("Intel(R) Xeon(R) Processor (family 6 model 207)"); the architecture alone where
 /// `/proc/cpuinfo` is not there.

@@ -9,8 +9,9 @@
 //! changes, per-op dispatch, a convolution backward built from transposed convolutions). Each kernel
 //! works on plain slices and is tested against the burn path, which stays the reference.
 //!
-//! Each hand-written fast path is AVX2 + FMA beside a portable loop doing the same arithmetic
-//! without intrinsics; [`isa`] chooses between them once per process (`VGG_ISA` forces one).
+//! Each kernel is a portable loop compiled for AVX-512, for AVX2 + FMA and for the baseline
+//! ([`isa::dispatch`]), or, for the GEMM micro-kernels, hand-written intrinsics per path beside the
+//! portable loop; [`isa`] chooses the path once per process (`VGG_ISA` forces one).
 //!
 //! Work is split into one contiguous range of rows (pixels of the batch) per thread; partial sums
 //! (weight gradients, batch statistics) are reduced in range order, so results do not depend on

@@ -34,11 +34,10 @@ impl Affine {
 /// the mean is corrected for (`var = E[d²] − E[d]²`).
 pub fn batch_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let rows = (x.len() / c).max(1) as f64;
-    let fast = super::avx2_fma();
-    let sums = channel_sums::<2>(x, c, ROWS_PER_CHUNK, |chunk, _, acc| row_sums(chunk, c, None, acc, fast));
+    let sums = channel_sums::<2>(x, c, ROWS_PER_CHUNK, |chunk, _, acc| row_sums(chunk, c, None, acc));
     let mean: Vec<f64> = sums.iter().map(|s| s[0] / rows).collect();
     let meanf: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let centred = channel_sums::<2>(x, c, ROWS_PER_CHUNK, |chunk, _, acc| row_sums(chunk, c, Some(&meanf), acc, fast));
+    let centred = channel_sums::<2>(x, c, ROWS_PER_CHUNK, |chunk, _, acc| row_sums(chunk, c, Some(&meanf), acc));
     let mut var = Vec::with_capacity(c);
     let mut mean_out = Vec::with_capacity(c);
     for (s, m) in centred.iter().zip(&meanf) {
@@ -49,22 +48,10 @@ pub fn batch_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     (mean_out, var)
 }
 
-/// Per-channel sums of the rows of `chunk` (and of their squares) into `acc`, after subtracting
-/// `centre` when given.
-fn row_sums(chunk: &[f32], c: usize, centre: Option<&[f32]>, acc: &mut [[f64; 2]], fast: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: `fast` is only true when the CPU has AVX2 and FMA (see `avx2_fma`).
-        return unsafe { row_sums_avx2(chunk, c, centre, acc) };
-    }
-    let _ = fast;
-    row_sums_body(chunk, c, centre, acc)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn row_sums_avx2(chunk: &[f32], c: usize, centre: Option<&[f32]>, acc: &mut [[f64; 2]]) {
-    row_sums_body(chunk, c, centre, acc)
+super::isa::dispatch! {
+    /// Per-channel sums of the rows of `chunk` (and of their squares) into `acc`, after subtracting
+    /// `centre` when given.
+    fn row_sums(chunk: &[f32], c: usize, centre: Option<&[f32]>, acc: &mut [[f64; 2]]) = row_sums_body;
 }
 
 #[inline(always)]
@@ -105,22 +92,13 @@ fn row_sums_body(chunk: &[f32], c: usize, centre: Option<&[f32]>, acc: &mut [[f6
 /// `out = relu((x − mean)·scale + β)` per channel.
 pub fn affine_relu(x: &[f32], a: &Affine, out: &mut [f32]) {
     let c = a.scale.len();
-    let fast = super::avx2_fma();
-    out.par_chunks_mut(ROWS_PER_CHUNK * c).zip(x.par_chunks(ROWS_PER_CHUNK * c)).for_each(|(o, xi)| {
-        #[cfg(target_arch = "x86_64")]
-        if fast {
-            // SAFETY: as in `row_sums`.
-            return unsafe { affine_relu_avx2(xi, a, o) };
-        }
-        let _ = fast;
-        affine_relu_body(xi, a, o)
-    });
+    out.par_chunks_mut(ROWS_PER_CHUNK * c)
+        .zip(x.par_chunks(ROWS_PER_CHUNK * c))
+        .for_each(|(o, xi)| affine_relu_rows(xi, a, o));
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn affine_relu_avx2(x: &[f32], a: &Affine, out: &mut [f32]) {
-    affine_relu_body(x, a, out)
+super::isa::dispatch! {
+    fn affine_relu_rows(x: &[f32], a: &Affine, out: &mut [f32]) = affine_relu_body;
 }
 
 #[inline(always)]
@@ -187,7 +165,6 @@ pub fn bn_relu_backward(
     let rows = count as f64;
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let meanf: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let fast = super::avx2_fma();
     // Pass 1: apply the ReLU mask (recomputed from z exactly as the forward computed it) and sum
     // g and g·x̂ per channel.
     let (local, sums): (Vec<[f64; 2]>, Vec<[f64; 2]>) = {
@@ -196,13 +173,6 @@ pub fn bn_relu_backward(
             .zip(z.par_chunks(ROWS_PER_CHUNK * c))
             .map(|(gi, zi)| {
                 let mut acc = vec![[0f64; 2]; c];
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // SAFETY: as in `row_sums`.
-                    unsafe { mask_sums_avx2(gi, zi, a, &meanf, &invstd, &mut acc) };
-                    return acc;
-                }
-                let _ = fast;
                 mask_sums(gi, zi, a, &meanf, &invstd, &mut acc);
                 acc
             })
@@ -232,22 +202,16 @@ pub fn bn_relu_backward(
         k[2][ch] = (s * mgx * invstd[ch]) as f32;
         k[3][ch] = mean[ch] as f32;
     }
-    g.par_chunks_mut(ROWS_PER_CHUNK * c).zip(z.par_chunks(ROWS_PER_CHUNK * c)).for_each(|(gi, zi)| {
-        #[cfg(target_arch = "x86_64")]
-        if fast {
-            // SAFETY: as in `row_sums`.
-            return unsafe { input_grad_avx2(gi, zi, &k) };
-        }
-        let _ = fast;
-        input_grad(gi, zi, &k)
-    });
+    g.par_chunks_mut(ROWS_PER_CHUNK * c)
+        .zip(z.par_chunks(ROWS_PER_CHUNK * c))
+        .for_each(|(gi, zi)| input_grad(gi, zi, &k));
     (local.iter().map(|s| s[1] as f32).collect(), local.iter().map(|s| s[0] as f32).collect())
 }
 
 /// Pass 1 of [`bn_relu_backward`] over a chunk of rows: f32 sums over blocks of 64 rows
 /// (branch-free and vectorisable), carried in f64.
 #[inline(always)]
-fn mask_sums(gi: &mut [f32], zi: &[f32], a: &Affine, meanf: &[f32], invstd: &[f64], acc: &mut [[f64; 2]]) {
+fn mask_sums_body(gi: &mut [f32], zi: &[f32], a: &Affine, meanf: &[f32], invstd: &[f64], acc: &mut [[f64; 2]]) {
     let c = meanf.len();
     let (mut s0, mut s1) = (vec![0f32; c], vec![0f32; c]);
     let (am, sc, sh, mf) = (&a.mean[..c], &a.scale[..c], &a.shift[..c], &meanf[..c]);
@@ -275,16 +239,14 @@ fn mask_sums(gi: &mut [f32], zi: &[f32], a: &Affine, meanf: &[f32], invstd: &[f6
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn mask_sums_avx2(gi: &mut [f32], zi: &[f32], a: &Affine, meanf: &[f32], invstd: &[f64], acc: &mut [[f64; 2]]) {
-    mask_sums(gi, zi, a, meanf, invstd, acc)
+super::isa::dispatch! {
+    fn mask_sums(gi: &mut [f32], zi: &[f32], a: &Affine, meanf: &[f32], invstd: &[f64], acc: &mut [[f64; 2]]) = mask_sums_body;
 }
 
 /// Pass 2 of [`bn_relu_backward`] over a chunk of rows, with `k` = (γ/σ, γ/σ·mean(g),
 /// γ/σ²·mean(g·x̂), mean) per channel.
 #[inline(always)]
-fn input_grad(gi: &mut [f32], zi: &[f32], k: &[Vec<f32>; 4]) {
+fn input_grad_body(gi: &mut [f32], zi: &[f32], k: &[Vec<f32>; 4]) {
     let c = k[0].len();
     let (s, smg, w, m) = (&k[0][..c], &k[1][..c], &k[2][..c], &k[3][..c]);
     for (gr, zr) in gi.chunks_exact_mut(c).zip(zi.chunks_exact(c)) {
@@ -295,8 +257,6 @@ fn input_grad(gi: &mut [f32], zi: &[f32], k: &[Vec<f32>; 4]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn input_grad_avx2(gi: &mut [f32], zi: &[f32], k: &[Vec<f32>; 4]) {
-    input_grad(gi, zi, k)
+super::isa::dispatch! {
+    fn input_grad(gi: &mut [f32], zi: &[f32], k: &[Vec<f32>; 4]) = input_grad_body;
 }

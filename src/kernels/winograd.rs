@@ -10,8 +10,8 @@
 //!
 //! The transforms use the interpolation points 0, ±1, ±2, ±½ (the matrices of `wincnn`), whose
 //! rounding error stays around 1e-6 relative in f32, well inside the fixture tolerances. Channels are
-//! processed eight at a time in fixed-size arrays (one AVX register); the transforms are compiled
-//! twice, for AVX2+FMA and for the baseline, and picked at run time.
+//! processed 8 or 16 at a time in fixed-size arrays (one AVX or AVX-512 register); the transforms
+//! are compiled for each kernel path ([`super::isa::dispatch`]) and picked at run time.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -28,8 +28,8 @@ const M: usize = 4;
 const T: usize = 6;
 /// Elements of a transformed tile.
 const E: usize = T * T;
-/// Channels per transform step.
-const L: usize = 8;
+/// Fewest input channels Winograd takes (one 8-lane transform step).
+const MIN_CHANNELS: usize = 8;
 /// Bytes of transformed inputs and products kept per chunk of tiles: enough rows per GEMM to
 /// amortise streaming the 36 filter matrices, small enough to stay in the last-level cache.
 const CHUNK_BYTES: usize = 24 << 20;
@@ -63,7 +63,7 @@ thread_local! {
 /// a whole 4x4 tile: no gain).
 pub fn suits(sh: &ConvShape) -> bool {
     let tiles = sh.h.div_ceil(M) * sh.w.div_ceil(M);
-    sh.k == 3 && sh.ci >= L && tiles * E * 2 <= sh.h * sh.w * 9
+    sh.k == 3 && sh.ci >= MIN_CHANNELS && tiles * E * 2 <= sh.h * sh.w * 9
 }
 
 /// `U = G g Gᵀ` for every channel pair, from weights in the engine's `[(ky, kx, ci), co]` layout:
@@ -95,14 +95,22 @@ pub fn transform_filter(wk: &[f32], ci: usize, co: usize) -> Vec<PackedB> {
         .collect()
 }
 
-type Lanes = [f32; L];
+/// One transform step's channels: 8 (a 256-bit vector), or 16 on the AVX-512 path when the channel
+/// count is a multiple of 16 (a partial step's variable-length copies cost more than the wider
+/// vectors gain).
+type Lanes<const L: usize> = [f32; L];
+
+/// The lanes per transform step for `channels` on the chosen kernel path.
+fn wide_lanes(channels: usize) -> bool {
+    channels % 16 == 0 && super::avx512()
+}
 
 /// Reads `lanes` channels from the front of `src` into `dst` (a fixed-size copy, i.e. one vector
 /// move, in the common full case: a variable-length copy is a `memcpy` call per pixel).
 #[inline(always)]
-fn load(dst: &mut Lanes, src: &[f32], lanes: usize) {
+fn load<const L: usize>(dst: &mut Lanes<L>, src: &[f32], lanes: usize) {
     if lanes == L {
-        *dst = src[..L].try_into().expect("eight lanes");
+        *dst = src[..L].try_into().expect("L lanes");
     } else {
         dst[..lanes].copy_from_slice(&src[..lanes]);
     }
@@ -110,7 +118,7 @@ fn load(dst: &mut Lanes, src: &[f32], lanes: usize) {
 
 /// Writes the first `lanes` of `src` to the front of `dst` (see [`load`]).
 #[inline(always)]
-fn store(dst: &mut [f32], src: &Lanes, lanes: usize) {
+fn store<const L: usize>(dst: &mut [f32], src: &Lanes<L>, lanes: usize) {
     if lanes == L {
         dst[..L].copy_from_slice(src);
     } else {
@@ -120,7 +128,7 @@ fn store(dst: &mut [f32], src: &Lanes, lanes: usize) {
 
 /// `Bᵀ d` for six vectors of lanes.
 #[inline(always)]
-fn bt(d: &[Lanes; T]) -> [Lanes; T] {
+fn bt<const L: usize>(d: &[Lanes<L>; T]) -> [Lanes<L>; T] {
     let mut r = [[0f32; L]; T];
     for l in 0..L {
         let [d0, d1, d2, d3, d4, d5] = [d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]];
@@ -136,7 +144,7 @@ fn bt(d: &[Lanes; T]) -> [Lanes; T] {
 
 /// `Aᵀ m` for six vectors of lanes.
 #[inline(always)]
-fn at(m: &[Lanes; T]) -> [Lanes; M] {
+fn at<const L: usize>(m: &[Lanes<L>; T]) -> [Lanes<L>; M] {
     let mut r = [[0f32; L]; M];
     for l in 0..L {
         let [m0, m1, m2, m3, m4, m5] = [m[0][l], m[1][l], m[2][l], m[3][l], m[4][l], m[5][l]];
@@ -153,7 +161,7 @@ fn at(m: &[Lanes; T]) -> [Lanes; M] {
 /// tile) to the six of a transformed tile. It carries gradients from the outputs back onto the
 /// element-wise products, for the weight gradient.
 #[inline(always)]
-fn a_adj(d: &[Lanes; M]) -> [Lanes; T] {
+fn a_adj<const L: usize>(d: &[Lanes<L>; M]) -> [Lanes<L>; T] {
     let mut r = [[0f32; L]; T];
     for l in 0..L {
         let [d0, d1, d2, d3] = [d[0][l], d[1][l], d[2][l], d[3][l]];
@@ -177,7 +185,7 @@ fn tile_origin(t: usize, th: usize, tw: usize) -> (usize, usize, usize) {
 
 /// Transforms the input tiles `t0..t0 + v.len() / (36·ci)` of `x` into `v`, `[tile][36][ci]`.
 #[inline(always)]
-fn input_tiles(x: &[f32], sh: &ConvShape, t0: usize, v: &mut [f32]) {
+fn input_tiles<const L: usize>(x: &[f32], sh: &ConvShape, t0: usize, v: &mut [f32]) {
     let (h, w, ci) = (sh.h, sh.w, sh.ci);
     let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
     for (j, vt) in v.chunks_exact_mut(E * ci).enumerate() {
@@ -219,7 +227,7 @@ fn input_tiles(x: &[f32], sh: &ConvShape, t0: usize, v: &mut [f32]) {
 /// per tile, zero beyond the map) into `g`, `[tile][36][co]`: `A dz Aᵀ`, the gradient with respect
 /// to each tile's element-wise products.
 #[inline(always)]
-fn grad_tiles(dz: &[f32], sh: &ConvShape, t0: usize, g: &mut [f32]) {
+fn grad_tiles<const L: usize>(dz: &[f32], sh: &ConvShape, t0: usize, g: &mut [f32]) {
     let (h, w, co) = (sh.h, sh.w, sh.co);
     let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
     for (j, gt) in g.chunks_exact_mut(E * co).enumerate() {
@@ -253,7 +261,7 @@ fn grad_tiles(dz: &[f32], sh: &ConvShape, t0: usize, g: &mut [f32]) {
 /// for the whole chunk; `first` is this band's first tile within the chunk.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn output_band(
+fn output_band<const L: usize>(
     m: &[f32],
     chunk: usize,
     first: usize,
@@ -296,16 +304,19 @@ fn output_band(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn input_tiles_avx2(x: &[f32], sh: &ConvShape, t0: usize, v: &mut [f32]) {
-    input_tiles(x, sh, t0, v)
+#[inline(always)]
+fn input_tiles_lanes(x: &[f32], sh: &ConvShape, t0: usize, v: &mut [f32]) {
+    if wide_lanes(sh.ci) { input_tiles::<16>(x, sh, t0, v) } else { input_tiles::<8>(x, sh, t0, v) }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
+fn grad_tiles_lanes(dz: &[f32], sh: &ConvShape, t0: usize, g: &mut [f32]) {
+    if wide_lanes(sh.co) { grad_tiles::<16>(dz, sh, t0, g) } else { grad_tiles::<8>(dz, sh, t0, g) }
+}
+
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn output_band_avx2(
+fn output_band_lanes(
     m: &[f32],
     chunk: usize,
     first: usize,
@@ -315,54 +326,35 @@ fn output_band_avx2(
     bias: &[f32],
     out: &mut [f32],
 ) {
-    output_band(m, chunk, first, sh, y0, txs, bias, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn grad_tiles_avx2(dz: &[f32], sh: &ConvShape, t0: usize, g: &mut [f32]) {
-    grad_tiles(dz, sh, t0, g)
-}
-
-fn transform_grad(dz: &[f32], sh: &ConvShape, t0: usize, g: &mut [f32], fast: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: as in `transform_input`.
-        return unsafe { grad_tiles_avx2(dz, sh, t0, g) };
+    if wide_lanes(sh.co) {
+        output_band::<16>(m, chunk, first, sh, y0, txs, bias, out)
+    } else {
+        output_band::<8>(m, chunk, first, sh, y0, txs, bias, out)
     }
-    let _ = fast;
-    grad_tiles(dz, sh, t0, g)
 }
 
-fn transform_input(x: &[f32], sh: &ConvShape, t0: usize, v: &mut [f32], fast: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: `fast` is only true when the CPU has AVX2 and FMA (see `avx2_fma`).
-        return unsafe { input_tiles_avx2(x, sh, t0, v) };
-    }
-    let _ = fast;
-    input_tiles(x, sh, t0, v)
+super::isa::dispatch! {
+    /// Transforms the input tiles `t0..` of `x` into `v` (see [`input_tiles`]).
+    fn transform_input(x: &[f32], sh: &ConvShape, t0: usize, v: &mut [f32]) = input_tiles_lanes;
 }
 
-#[allow(clippy::too_many_arguments)]
-fn transform_output(
-    m: &[f32],
-    chunk: usize,
-    first: usize,
-    sh: &ConvShape,
-    y0: usize,
-    txs: Range<usize>,
-    bias: &[f32],
-    out: &mut [f32],
-    fast: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: as in `transform_input`.
-        return unsafe { output_band_avx2(m, chunk, first, sh, y0, txs, bias, out) };
-    }
-    let _ = fast;
-    output_band(m, chunk, first, sh, y0, txs, bias, out)
+super::isa::dispatch! {
+    /// Transforms the output-gradient tiles `t0..` of `dz` into `g` (see [`grad_tiles`]).
+    fn transform_grad(dz: &[f32], sh: &ConvShape, t0: usize, g: &mut [f32]) = grad_tiles_lanes;
+}
+
+super::isa::dispatch! {
+    /// Transforms products back into an output band (see [`output_band`]).
+    fn transform_output(
+        m: &[f32],
+        chunk: usize,
+        first: usize,
+        sh: &ConvShape,
+        y0: usize,
+        txs: Range<usize>,
+        bias: &[f32],
+        out: &mut [f32],
+    ) = output_band_lanes;
 }
 
 /// Largest `ci · co` for which [`forward`] fuses its phases per tile row ([`forward_fused`]): every
@@ -423,7 +415,6 @@ pub fn forward_chunked(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, o
     // Chunks of whole tile rows, so that each chunk's output is one contiguous band per tile row.
     let per_tile = E * (ci + co) * 4;
     let rows_per_chunk = (CHUNK_BYTES / (per_tile * tw)).clamp(1, tile_rows);
-    let fast = super::avx2_fma();
     let max_tiles = rows_per_chunk * tw;
     let mut bufs = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
     let (vbuf, mbuf) = &mut bufs;
@@ -439,10 +430,7 @@ pub fn forward_chunked(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, o
         let t0 = r0 * tw;
         let v = &mut vbuf[..tiles * E * ci];
         let m = &mut mbuf[..tiles * E * co];
-        v.par_chunks_mut(E * ci)
-            .with_min_len(4)
-            .enumerate()
-            .for_each(|(j, vt)| transform_input(x, sh, t0 + j, vt, fast));
+        v.par_chunks_mut(E * ci).with_min_len(4).enumerate().for_each(|(j, vt)| transform_input(x, sh, t0 + j, vt));
         let v = &*v;
         // One GEMM per tile element: [tiles, ci] (rows 36·ci apart) · [ci, co] → [tiles, co].
         m.par_chunks_mut(tiles * co).enumerate().for_each(|(e, me)| {
@@ -451,7 +439,7 @@ pub fn forward_chunked(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, o
         let m = &*m;
         tile_row_bands(out, sh, r0..r0 + rows)
             .into_par_iter()
-            .for_each(|(r, y0, band)| transform_output(m, tiles, (r - r0) * tw, sh, y0, 0..tw, bias, band, fast));
+            .for_each(|(r, y0, band)| transform_output(m, tiles, (r - r0) * tw, sh, y0, 0..tw, bias, band));
     }
     BUFFERS.with(|b| *b.borrow_mut() = bufs);
 }
@@ -465,7 +453,6 @@ pub fn forward_fused(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out
     let (h, w, ci, co) = (sh.h, sh.w, sh.ci, sh.co);
     check_forward(x, u, bias, sh, out);
     let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
-    let fast = super::avx2_fma();
     // Segments of a tile row small enough for their transformed tiles and products to stay in
     // the core's L2 cache, in multiples of the micro-kernel's six rows.
     let seg = (FUSE_SEGMENT_BYTES / (E * (ci + co) * 4)).max(6) / 6 * 6;
@@ -478,11 +465,11 @@ pub fn forward_fused(x: &[f32], u: &[PackedB], bias: &[f32], sh: &ConvShape, out
         for tx0 in (0..tw).step_by(seg) {
             let n = seg.min(tw - tx0);
             let (v, m) = (&mut vbuf[..n * E * ci], &mut mbuf[..n * E * co]);
-            transform_input(x, sh, r * tw + tx0, v, fast);
+            transform_input(x, sh, r * tw + tx0, v);
             for (e, me) in m.chunks_exact_mut(n * co).enumerate() {
                 packed::gemm(n, &v[e * ci..], E * ci, &u[e], 0..u[e].panels(), me, co, false);
             }
-            transform_output(m, n, 0, sh, y0, tx0..tx0 + n, bias, band, fast);
+            transform_output(m, n, 0, sh, y0, tx0..tx0 + n, bias, band);
         }
         BUFFERS.with(|b| *b.borrow_mut() = bufs);
     });
@@ -509,7 +496,6 @@ pub fn weight_grad(x: &[f32], dz: &[f32], sh: &ConvShape) -> Vec<f32> {
     // products (measured on the CIFAR VGG-16's layers: 24 MB chunks were 1.2-1.6x slower at 64
     // and 128 channels).
     let chunk = ((2 << 20) / (E * (ci + co) * 4)).max(GRAD_MIN_TILES).min(total.max(1));
-    let fast = super::avx2_fma();
     let plane = ci * co;
     let mut s = vec![0f32; E * plane];
     let mut bufs = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
@@ -524,14 +510,8 @@ pub fn weight_grad(x: &[f32], dz: &[f32], sh: &ConvShape) -> Vec<f32> {
         let tiles = chunk.min(total - t0);
         let v = &mut vbuf[..tiles * E * ci];
         let g = &mut gbuf[..tiles * E * co];
-        v.par_chunks_mut(E * ci)
-            .with_min_len(4)
-            .enumerate()
-            .for_each(|(j, vt)| transform_input(x, sh, t0 + j, vt, fast));
-        g.par_chunks_mut(E * co)
-            .with_min_len(4)
-            .enumerate()
-            .for_each(|(j, gt)| transform_grad(dz, sh, t0 + j, gt, fast));
+        v.par_chunks_mut(E * ci).with_min_len(4).enumerate().for_each(|(j, vt)| transform_input(x, sh, t0 + j, vt));
+        g.par_chunks_mut(E * co).with_min_len(4).enumerate().for_each(|(j, gt)| transform_grad(dz, sh, t0 + j, gt));
         let (v, g) = (&*v, &*g);
         s.par_chunks_mut(plane).enumerate().for_each(|(e, se)| {
             let (a, b) = (&v[e * ci..], &g[e * co..]);
