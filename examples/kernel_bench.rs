@@ -192,6 +192,11 @@ fn main() {
         if on(&name) {
             report(&name, time(|| direct::forward(&x, &wk, &b, &sh, &mut out)), flops, "GFLOP/s");
         }
+        let name = format!("first {label} forward implicit");
+        if on(&name) {
+            let p = implicit::pack_filter(&wk, &sh);
+            report(&name, time(|| implicit::forward(&x, &p, &b, &sh, &mut out)), flops, "GFLOP/s");
+        }
         let name = format!("first {label} weight gradient im2col");
         if on(&name) {
             let t = time(|| {

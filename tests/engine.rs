@@ -255,6 +255,28 @@ fn changed_weights_reach_the_next_forward() {
     assert!(rel_err(&after, &f64s(&before)) > 1e-2, "the change should move the logits");
 }
 
+/// Inference passes write into the previous pass's two activation buffers (src/engine/infer.rs):
+/// a pass after a larger or a smaller one gives exactly what a fresh engine gives, so nothing of
+/// the earlier pass's values leaks into the next.
+#[test]
+fn passes_of_other_shapes_do_not_see_each_others_buffers() {
+    let config = fixture_config();
+    let engine = Engine::new(&with_formula(&config)).unwrap();
+    let x8 = input("cifar_train", [8, 3, 32, 32]);
+    let x1 = &x8[..3 * 32 * 32];
+    let first8 = engine.forward(&x8, [8, 3, 32, 32]);
+    let after_large = engine.forward(x1, [1, 3, 32, 32]);
+    let fresh1 = engine.clone().forward(x1, [1, 3, 32, 32]);
+    assert_eq!(after_large, fresh1, "a batch of one after a batch of eight");
+    let again8 = engine.forward(&x8, [8, 3, 32, 32]);
+    assert_eq!(again8, first8, "a batch of eight after a batch of one");
+    // The logits come in an allocation of their own, not in one of the kept buffers (the first
+    // layer's output: 8 x 32 x 32 x 64 floats).
+    assert_eq!(first8.len(), 8 * 10);
+    assert!(first8.capacity() < 1024, "logits held in a {}-float buffer", first8.capacity());
+    assert!(first8.iter().all(|v| v.is_finite()));
+}
+
 /// 16-bit weight storage (`--half`) is f32 arithmetic on the rounded weights — without Winograd,
 /// the same logits as an f32 engine given those rounded weights, through both fully connected
 /// paths (dot products for ≤ 4 rows, widened blocks and the GEMM above); with it, the transformed

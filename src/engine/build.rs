@@ -176,6 +176,7 @@ impl Engine {
             momentum: 0.1,
             spare_acts: vec![],
             spare_grads: BufPool::default(),
+            scratch: Default::default(),
             conv_algos: ConvAlgos::default(),
             parallel: None,
         })

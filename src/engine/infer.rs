@@ -2,27 +2,77 @@
 //! evaluation.
 
 use super::ops::{Op, Shape};
-use super::{Engine, nhwc, to_nhwc};
+use std::sync::Mutex;
+
+use super::{Engine, nhwc, to_nhwc, to_nhwc_into};
 use crate::config::Head;
 use crate::kernels::norm;
+
+/// The two activation buffers an inference pass writes its layers into by turns, kept between
+/// passes. A pass that allocates them anew pays a page fault per 4 KiB of its two largest maps:
+/// VGG-16's conv1_1 and conv1_2 at batch 8 (102 MB each) took 67 and 128 ms of a 0.86 s pass
+/// where their kernels take 12 and 100 ms (AMD EPYC Zen 4, `vgg bench --layers`). Concurrent
+/// passes (the server's) each take what is there and allocate the rest; at most two are kept.
+#[derive(Debug, Default)]
+pub(super) struct Scratch(Mutex<Vec<Vec<f32>>>);
+
+impl Clone for Scratch {
+    /// A copy of an engine starts with no buffers of its own.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl Scratch {
+    fn take(&self) -> Vec<f32> {
+        self.0.lock().map(|mut kept| kept.pop()).ok().flatten().unwrap_or_default()
+    }
+
+    fn give(&self, buffer: Vec<f32>) {
+        if let Ok(mut kept) = self.0.lock()
+            && kept.len() < 2
+        {
+            kept.push(buffer);
+        }
+    }
+}
 
 impl Engine {
     /// Evaluation-mode logits `[n, classes]` of `x`, `[n, c, h, w]` (NCHW, as everywhere else).
     pub fn forward(&self, x: &[f32], dims: [usize; 4]) -> Vec<f32> {
-        self.run_ops(0..self.ops.len(), to_nhwc(x, dims), Shape::Map(nhwc(dims))).0
+        let input = to_nhwc_into(x, dims, self.scratch.take());
+        let spare = self.scratch.take();
+        let (logits, spare) = self.run_ops_with(0..self.ops.len(), input, Shape::Map(nhwc(dims)), spare, None);
+        // The logits are a few floats in one of the two large buffers: copied out, both kept.
+        let result = logits.clone();
+        self.scratch.give(logits);
+        self.scratch.give(spare);
+        result
+    }
+
+    /// [`Engine::run_ops`] starting from `spare` as the first output buffer, returning the output
+    /// and the other buffer.
+    fn run_ops_with(
+        &self,
+        range: std::ops::Range<usize>,
+        act: Vec<f32>,
+        shape: Shape,
+        spare: Vec<f32>,
+        times: Option<&mut Vec<(String, f64)>>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (act, _, spare) = self.run_ops_inner(range, act, shape, spare, times, &mut |_, _, _| {});
+        (act, spare)
     }
 
     /// Evaluation-mode forward of `x` that times each op: (output name, seconds), in order. The
     /// per-layer view of `vgg bench --layers`; runs exactly the code of [`Engine::forward`].
     pub fn profile(&self, x: &[f32], dims: [usize; 4]) -> Vec<(String, f64)> {
         let mut times = Vec::with_capacity(self.ops.len());
-        self.run_ops_timed(
-            0..self.ops.len(),
-            to_nhwc(x, dims),
-            Shape::Map(nhwc(dims)),
-            Some(&mut times),
-            &mut |_, _, _| {},
-        );
+        let input = to_nhwc_into(x, dims, self.scratch.take());
+        let spare = self.scratch.take();
+        let (out, spare) = self.run_ops_with(0..self.ops.len(), input, Shape::Map(nhwc(dims)), spare, Some(&mut times));
+        self.scratch.give(out);
+        self.scratch.give(spare);
         times
     }
 
@@ -58,14 +108,28 @@ impl Engine {
     fn run_ops_timed(
         &self,
         range: std::ops::Range<usize>,
-        mut act: Vec<f32>,
-        mut shape: Shape,
-        mut times: Option<&mut Vec<(String, f64)>>,
+        act: Vec<f32>,
+        shape: Shape,
+        times: Option<&mut Vec<(String, f64)>>,
         visit: &mut dyn FnMut(usize, &[f32], Shape),
     ) -> (Vec<f32>, Shape) {
+        let (act, shape, _) = self.run_ops_inner(range, act, shape, Vec::new(), times, visit);
+        (act, shape)
+    }
+
+    /// The loop of [`Engine::run_ops_timed`], with `spare` as the first op's output buffer; returns
+    /// the output, its shape and the other buffer.
+    fn run_ops_inner(
+        &self,
+        range: std::ops::Range<usize>,
+        mut act: Vec<f32>,
+        mut shape: Shape,
+        mut spare: Vec<f32>,
+        mut times: Option<&mut Vec<(String, f64)>>,
+        visit: &mut dyn FnMut(usize, &[f32], Shape),
+    ) -> (Vec<f32>, Shape, Vec<f32>) {
         // Each op writes into the buffer its input's input had (the largest maps are tens of
         // megabytes: fresh allocations cost page faults and zeroing every layer).
-        let mut spare = Vec::new();
         for i in range {
             let t = std::time::Instant::now();
             match &self.ops[i] {
@@ -82,7 +146,7 @@ impl Engine {
             }
             visit(i, &act, shape);
         }
-        (act, shape)
+        (act, shape, spare)
     }
 
     /// The paper's dense evaluation: the classifier applied as convolutions over the whole trunk map

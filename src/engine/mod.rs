@@ -75,6 +75,8 @@ pub struct Engine {
     spare_acts: Vec<Vec<f32>>,
     /// The previous training step's gradient buffers, for the next step's input gradients.
     spare_grads: BufPool,
+    /// The previous inference pass's two activation buffers, for the next pass.
+    scratch: infer::Scratch,
     /// Which convolution algorithms may run.
     conv_algos: ConvAlgos,
     /// The processes the training steps span, if more than this one.
@@ -208,12 +210,18 @@ fn nhwc([n, c, h, w]: [usize; 4]) -> [usize; 4] {
     [n, h, w, c]
 }
 
-fn to_nhwc(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+fn to_nhwc(x: &[f32], dims: [usize; 4]) -> Vec<f32> {
+    to_nhwc_into(x, dims, Vec::new())
+}
+
+/// [`to_nhwc`] written into `buffer`'s allocation.
+fn to_nhwc_into(x: &[f32], [n, c, h, w]: [usize; 4], buffer: Vec<f32>) -> Vec<f32> {
     assert_eq!(x.len(), n * c * h * w, "input of {n}x{c}x{h}x{w} expected");
+    let mut out = ops::reuse(buffer, x.len());
     if c == 1 {
-        return x.to_vec();
+        out.copy_from_slice(x);
+    } else {
+        pool::nhwc_to_nchw(x, [n, h, w, c], &mut out, true);
     }
-    let mut out = vec![0f32; x.len()];
-    pool::nhwc_to_nchw(x, [n, h, w, c], &mut out, true);
     out
 }

@@ -31,8 +31,8 @@ thread_local! {
     static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether this path takes the convolution: a 3x3 kernel (padding 1). Any channel count works;
-/// the first layer's 1–4 channels go to [`super::direct`] instead.
+/// Whether this path takes the convolution: a 3x3 kernel (padding 1), any channel count (the first
+/// layer's 1–3 channels included: faster than [`super::direct`]'s loops there too).
 pub fn suits(sh: &ConvShape) -> bool {
     sh.k == 3
 }
