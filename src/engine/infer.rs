@@ -9,10 +9,11 @@ use crate::config::Head;
 use crate::kernels::norm;
 
 /// The two activation buffers an inference pass writes its layers into by turns, kept between
-/// passes. A pass that allocates them anew pays a page fault per 4 KiB of its two largest maps:
-/// VGG-16's conv1_1 and conv1_2 at batch 8 (102 MB each) took 67 and 128 ms of a 0.86 s pass
-/// where their kernels take 12 and 100 ms (AMD EPYC Zen 4, `vgg bench --layers`). Concurrent
-/// passes (the server's) each take what is there and allocate the rest; at most two are kept.
+/// passes. A pass that allocates them anew pays page faults and zeroing on its two largest maps:
+/// VGG-16's conv1_1 and conv1_2 at batch 8 (102 MB each) took 67 and 128 ms of a 0.86 s pass;
+/// with the buffers kept, 13 and 68 ms of a 0.55 s pass (AMD EPYC Zen 4, `vgg bench --layers`).
+/// Concurrent passes (the server's) each take what is there and allocate the rest; at most two
+/// are kept.
 #[derive(Debug, Default)]
 pub(super) struct Scratch(Mutex<Vec<Vec<f32>>>);
 
@@ -28,11 +29,15 @@ impl Scratch {
         self.0.lock().map(|mut kept| kept.pop()).ok().flatten().unwrap_or_default()
     }
 
-    fn give(&self, buffer: Vec<f32>) {
-        if let Ok(mut kept) = self.0.lock()
-            && kept.len() < 2
-        {
-            kept.push(buffer);
+    /// Keeps the two largest of `buffers` (by allocation) for the next pass.
+    fn keep(&self, mut buffers: Vec<Vec<f32>>) {
+        buffers.sort_by_key(|b| std::cmp::Reverse(b.capacity()));
+        if let Ok(mut kept) = self.0.lock() {
+            for buffer in buffers.into_iter().filter(|b| b.capacity() > 0) {
+                if kept.len() < 2 {
+                    kept.push(buffer);
+                }
+            }
         }
     }
 }
@@ -42,16 +47,16 @@ impl Engine {
     pub fn forward(&self, x: &[f32], dims: [usize; 4]) -> Vec<f32> {
         let input = to_nhwc_into(x, dims, self.scratch.take());
         let spare = self.scratch.take();
-        let (logits, spare) = self.run_ops_with(0..self.ops.len(), input, Shape::Map(nhwc(dims)), spare, None);
-        // The logits are a few floats in one of the two large buffers: copied out, both kept.
+        let (logits, mut left) = self.run_ops_with(0..self.ops.len(), input, Shape::Map(nhwc(dims)), spare, None);
+        // The logits may be a few floats in one of the large buffers: copied out, the buffer kept.
         let result = logits.clone();
-        self.scratch.give(logits);
-        self.scratch.give(spare);
+        left.push(logits);
+        self.scratch.keep(left);
         result
     }
 
     /// [`Engine::run_ops`] starting from `spare` as the first output buffer, returning the output
-    /// and the other buffer.
+    /// and the buffers left over.
     fn run_ops_with(
         &self,
         range: std::ops::Range<usize>,
@@ -59,9 +64,9 @@ impl Engine {
         shape: Shape,
         spare: Vec<f32>,
         times: Option<&mut Vec<(String, f64)>>,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let (act, _, spare) = self.run_ops_inner(range, act, shape, spare, times, &mut |_, _, _| {});
-        (act, spare)
+    ) -> (Vec<f32>, Vec<Vec<f32>>) {
+        let (act, _, left) = self.run_ops_inner(range, act, shape, spare, times, &mut |_, _, _| {});
+        (act, left)
     }
 
     /// Evaluation-mode forward of `x` that times each op: (output name, seconds), in order. The
@@ -70,9 +75,10 @@ impl Engine {
         let mut times = Vec::with_capacity(self.ops.len());
         let input = to_nhwc_into(x, dims, self.scratch.take());
         let spare = self.scratch.take();
-        let (out, spare) = self.run_ops_with(0..self.ops.len(), input, Shape::Map(nhwc(dims)), spare, Some(&mut times));
-        self.scratch.give(out);
-        self.scratch.give(spare);
+        let (out, mut left) =
+            self.run_ops_with(0..self.ops.len(), input, Shape::Map(nhwc(dims)), spare, Some(&mut times));
+        left.push(out);
+        self.scratch.keep(left);
         times
     }
 
@@ -118,7 +124,7 @@ impl Engine {
     }
 
     /// The loop of [`Engine::run_ops_timed`], with `spare` as the first op's output buffer; returns
-    /// the output, its shape and the other buffer.
+    /// the output, its shape and the buffers left over.
     fn run_ops_inner(
         &self,
         range: std::ops::Range<usize>,
@@ -127,9 +133,10 @@ impl Engine {
         mut spare: Vec<f32>,
         mut times: Option<&mut Vec<(String, f64)>>,
         visit: &mut dyn FnMut(usize, &[f32], Shape),
-    ) -> (Vec<f32>, Shape, Vec<f32>) {
+    ) -> (Vec<f32>, Shape, Vec<Vec<f32>>) {
         // Each op writes into the buffer its input's input had (the largest maps are tens of
         // megabytes: fresh allocations cost page faults and zeroing every layer).
+        let mut reserve = Vec::new();
         for i in range {
             let t = std::time::Instant::now();
             match &self.ops[i] {
@@ -137,7 +144,15 @@ impl Engine {
                 Op::Dropout => {}
                 op => {
                     let (out, s, _) = op.forward_into(&self.env(), &act, shape, false, &[], &mut spare);
-                    spare = std::mem::replace(&mut act, out);
+                    let input = std::mem::replace(&mut act, out);
+                    if spare.capacity() == 0 {
+                        spare = input;
+                    } else if input.capacity() > reserve.capacity() {
+                        // The op allocated its own output (the fully connected layers do) and left
+                        // `spare` as it was: the input's buffer is set aside rather than dropped,
+                        // so that both buffers of the largest maps outlive the head.
+                        reserve = input;
+                    }
                     shape = s;
                 }
             }
@@ -146,7 +161,7 @@ impl Engine {
             }
             visit(i, &act, shape);
         }
-        (act, shape, spare)
+        (act, shape, vec![spare, reserve])
     }
 
     /// The paper's dense evaluation: the classifier applied as convolutions over the whole trunk map
