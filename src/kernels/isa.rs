@@ -2,9 +2,10 @@
 //! the one named by the environment variable `VGG_ISA`, so that every path can be tested on any
 //! machine that has it (`VGG_ISA=generic cargo test` runs the portable loops on an AVX2 CPU).
 //!
-//! Each kernel with a hand-written fast path asks [`active`] (through [`super::avx2_fma`]) and
-//! falls back to its portable loop otherwise. The GEMM of the `gemm` crate keeps its own runtime
-//! dispatch whatever is chosen here.
+//! Portable kernels become per-path copies through [`dispatch!`]; the hand-written micro-kernels
+//! (packed and implicit GEMM, the half-precision widening) match on [`active`] themselves. The GEMM
+//! of the `gemm` crate (built with its AVX-512 kernels) keeps its own runtime dispatch whatever is
+//! chosen here.
 
 use std::str::FromStr;
 use std::sync::OnceLock;
