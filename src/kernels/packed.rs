@@ -441,12 +441,20 @@ mod tests {
 
     /// Against a float64 triple loop, on every kernel path the CPU has and with B in f32, bf16 and
     /// f16: every row count of the micro-kernels, partial panels, depths across several KC blocks,
-    /// row strides wider than k, accumulation, and a panel sub-range.
+    /// row strides wider than k (one a multiple of 4 KiB, whose blocks are copied), accumulation,
+    /// and a panel sub-range.
     #[test]
     fn matches_the_definition() {
-        for (m, n, k, lda) in
-            [(1, 1, 1, 1), (7, 33, 5, 9), (13, 16, 300, 300), (200, 40, 530, 600), (6, 17, 257, 260), (23, 31, 7, 7)]
-        {
+        for (m, n, k, lda) in [
+            (1, 1, 1, 1),
+            (7, 33, 5, 9),
+            (13, 16, 300, 300),
+            (200, 40, 530, 600),
+            (6, 17, 257, 260),
+            (23, 31, 7, 7),
+            // Rows 4 KiB apart: the blocks of A are copied first (two MC blocks, two KC blocks).
+            (110, 20, 300, 1024),
+        ] {
             let a = data(m * lda, 1);
             let braw = data(k * n, 2);
             for kind in [None, Some(HalfKind::Bf16), Some(HalfKind::F16)] {
