@@ -8,15 +8,19 @@
 # usage: bench/serve_load.sh [SECONDS]
 # PIN=1: the server and `vgg bench` on core 0 with one compute thread, the load generator on core 1,
 #   so that the client's threads do not take compute from the server (as on a separate client host).
+# PIN=split: the server's forward passes on core 0 (`--compute-cpus 0`, one compute thread), its HTTP
+#   side on core 1 next to the load generator, and `vgg bench` on core 0 with one thread.
 # VGG16_DELAY_US: VGG-16's --max-queue-delay-us (default: the server's own default).
+# CASES: which models (default "builtin vgg16").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
-if [ "${PIN:-0}" = 1 ]; then
-    SERVER=(taskset -c 0 env RAYON_NUM_THREADS=1) CLIENT=(taskset -c 1) THREADS=(--threads 1)
-else
-    SERVER=(env) CLIENT=(env) THREADS=()
-fi
+case "${PIN:-0}" in
+    1) SERVER=(taskset -c 0 env RAYON_NUM_THREADS=1) BENCH=("${SERVER[@]}") CLIENT=(taskset -c 1) THREADS=(--threads 1) ;;
+    split) SERVER=(taskset -c 0,1) BENCH=(taskset -c 0 env RAYON_NUM_THREADS=1) CLIENT=(taskset -c 1)
+        THREADS=(--compute-cpus 0) ;;
+    *) SERVER=(env) BENCH=(env) CLIENT=(env) THREADS=() ;;
+esac
 cargo build --release -q --example serve_load
 LOAD=./target/release/examples/serve_load
 VGG=./target/release/vgg
@@ -29,10 +33,10 @@ start_server() {  # log file, serve args...: sets pid and url
     url=$(sed -n 's|.*listening on ||p' "$log" | head -1)
     for _ in $(seq 600); do curl -sf "$url/v2/health/ready" > /dev/null && break; sleep 0.1; done
 }
-run_case() {  # name, bench args, serve args, side, channels, batch
-    local name=$1 bargs=$2 sargs=$3 side=$4 ch=$5 n=$6
+run_case() {  # name, bench args, serve args, side, channels, batch, bench iterations
+    local name=$1 bargs=$2 sargs=$3 side=$4 ch=$5 n=$6 iters=$7
     local cap
-    cap=$("${SERVER[@]}" $VGG bench $bargs --batch "$n" --iters 6 --warmup 2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["img_per_s"])')
+    cap=$("${BENCH[@]}" $VGG bench $bargs --batch "$n" --iters "$iters" --warmup 2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["img_per_s"])')
     echo "$name: vgg bench --batch $n: $cap img/s ($(lscpu | sed -n 's/Model name: *//p'))"
     local log; log=$(mktemp)
     local pid url
@@ -57,5 +61,9 @@ run_case() {  # name, bench args, serve args, side, channels, batch
     open_loads
     rm -f "$log"
 }
-run_case "built-in Fashion-MNIST model" "--arch vgg13_bn --width 0.375 --head cifar --num-classes 10 --in-channels 1 --size 32" "" 32 1 8
-run_case "VGG-16 224x224" "--arch vgg16 --size 224" "--model vgg16=random --arch vgg16 ${VGG16_DELAY_US:+--max-queue-delay-us $VGG16_DELAY_US}" 224 3 8
+case " ${CASES:-builtin vgg16} " in *" builtin "*)
+run_case "built-in Fashion-MNIST model" "--arch vgg13_bn --width 0.375 --head cifar --num-classes 10 --in-channels 1 --size 32" "" 32 1 8 100 ;;
+esac
+case " ${CASES:-builtin vgg16} " in *" vgg16 "*)
+run_case "VGG-16 224x224" "--arch vgg16 --size 224" "--model vgg16=random --arch vgg16 ${VGG16_DELAY_US:+--max-queue-delay-us $VGG16_DELAY_US}" 224 3 8 6 ;;
+esac

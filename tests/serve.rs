@@ -491,6 +491,64 @@ fn sigterm_finishes_the_requests_in_flight_then_exits() {
     assert!(agent().get(format!("{}/v2/health/live", s.base)).call().is_err(), "no longer accepting");
 }
 
+/// The CPUs each thread of process `pid` may run on, by thread name (`/proc/PID/task`), with the
+/// main thread as `main`.
+fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let tid = dir.file_name().unwrap().to_string_lossy().to_string();
+        let name = if tid == pid.to_string() {
+            "main".to_string()
+        } else {
+            std::fs::read_to_string(dir.join("comm")).unwrap().trim().to_string()
+        };
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_string();
+        out.push((name, cpus));
+    }
+    out
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn compute_cpus_keep_the_forward_passes_and_the_http_side_apart() {
+    // Exit code 2 for a list that does not read (a usage error), 1 for CPUs it cannot have.
+    let refused = |list: &str, code: i32| {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_vgg")).args(["serve", "--port", "0", "--compute-cpus", list]).output();
+        let out = out.unwrap();
+        assert_eq!(out.status.code(), Some(code), "--compute-cpus {list}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(refused("1023", 1).contains("CPUs 1023 are not available"));
+    assert!(refused("2-1", 2).contains("unknown CPU list '2-1'"));
+    let allowed = vgg::serve::affinity::current().unwrap();
+    assert!(refused(&allowed.to_string(), 1).contains("leaves no CPU for the HTTP side"));
+    if allowed.len() < 2 {
+        println!("one CPU: only the refusals are checked");
+        return;
+    }
+    let compute = vgg::serve::affinity::CpuSet::new(vec![allowed.cpus()[0]]);
+    let http = allowed.without(&compute);
+    let s = start(&["--compute-cpus", &compute.to_string()]);
+    let threads = thread_cpus(s.child.id());
+    let of = |prefix: &str| {
+        threads.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, c)| c.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(of("vgg-serve-"), vec![compute.to_string()], "{threads:?}");
+    assert!(
+        !of("tokio-rt-worker").is_empty() && of("tokio-rt-worker").iter().all(|c| *c == http.to_string()),
+        "{threads:?}"
+    );
+    assert_eq!(of("main"), vec![http.to_string()], "{threads:?}");
+    let x = vec![0.5f32; 1024];
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 1, 32, 32], "datatype": "FP32", "data": x}]});
+    let r = post(&s, INFER, &[], body.to_string().as_bytes());
+    assert_eq!(r.0, 200);
+    assert!(close(&floats(&json_of(&r)["outputs"][0]["data"]), &local_logits(&x, [1, 1, 32, 32])));
+}
+
 /// A WebDriver call to chromedriver: the `value` of its answer.
 fn webdriver(agent: &ureq::Agent, method: &str, url: &str, body: Option<Value>) -> Value {
     let r = match (method, body) {

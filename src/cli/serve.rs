@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use vgg::engine::HalfKind;
 use vgg::net::BuildOptions;
+use vgg::serve::affinity::{self, CpuSet};
 use vgg::serve::{BatchOptions, Model, ServeOptions, Server};
 use vgg::weights::Strict;
 
@@ -47,9 +48,14 @@ pub struct ServeArgs {
     /// How long a request may wait for its answer, in milliseconds (504 beyond).
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
-    /// Threads for the forward passes (default: one per core).
+    /// Threads for the forward passes (default: one per core, or per CPU of --compute-cpus).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run the forward passes on these CPUs only (`0-3,6`, as `taskset -c` writes them) and the
+    /// HTTP side on the process's other CPUs, so that parsing and refusing requests under
+    /// overload never preempts compute.
+    #[arg(long, value_name = "LIST")]
+    compute_cpus: Option<CpuSet>,
     /// Require `Authorization: Bearer KEY` on every route but the health probes.
     #[arg(long, env = "VGG_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -88,7 +94,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if a.max_batch_size == 0 || max_queue_size == 0 {
         bail!("--max-batch-size and --max-queue-size must be at least 1");
     }
-    if let Some(n) = a.threads {
+    // Threads inherit their starter's CPUs: the compute pool and the model workers start while
+    // this thread is on the compute CPUs, the HTTP runtime after it moved to the others.
+    let http_cpus = match &a.compute_cpus {
+        Some(compute) => Some(split_cpus(compute)?),
+        None => None,
+    };
+    let threads = a.threads.or(a.compute_cpus.as_ref().map(CpuSet::len));
+    if let Some(n) = threads {
         rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("setting --threads")?;
     }
     let specs = if a.models.is_empty() { vec!["fashion-mnist=fashion-mnist".to_string()] } else { a.models.clone() };
@@ -114,10 +127,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
         log_json,
     };
     let server = Server::new(models, options).context("starting the model workers")?;
+    if let (Some(compute), Some(http)) = (&a.compute_cpus, &http_cpus) {
+        affinity::pin_current_thread(http).context("moving the HTTP side to its CPUs")?;
+        eprintln!("vgg serve: compute on CPUs {compute}, HTTP on CPUs {http}");
+    }
     // The HTTP side only parses, queues and answers: two threads are plenty, and leave the cores
-    // to the forward passes.
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting tokio")?;
+    // to the forward passes. On CPUs of its own, one per CPU (two on one CPU only switch).
+    let http_threads = http_cpus.as_ref().map_or(2, CpuSet::len);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(http_threads)
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
             .await
@@ -129,6 +150,22 @@ pub fn run(a: ServeArgs) -> Result<()> {
         eprintln!("vgg serve: stopped");
         Ok(())
     })
+}
+
+/// Pins this thread to the `compute` CPUs and answers the CPUs left for the HTTP side: those of
+/// the process that `compute` does not hold.
+fn split_cpus(compute: &CpuSet) -> Result<CpuSet> {
+    let allowed = affinity::current().context("reading this process's CPUs")?;
+    let outside = compute.without(&allowed);
+    if !outside.is_empty() {
+        bail!("--compute-cpus {compute}: CPUs {outside} are not available to this process (it may use {allowed})");
+    }
+    let http = allowed.without(compute);
+    if http.is_empty() {
+        bail!("--compute-cpus {compute} leaves no CPU for the HTTP side (this process may use {allowed})");
+    }
+    affinity::pin_current_thread(compute).context("moving to the compute CPUs")?;
+    Ok(http)
 }
 
 /// SIGINT or SIGTERM: stop accepting, finish what is in flight.

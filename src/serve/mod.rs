@@ -11,10 +11,12 @@
 //! One job per file: [`oip`] reads and writes the protocol's bodies, [`batcher`] queues and runs
 //! forward passes, [`admission`] predicts when a request would be answered, [`routes`] answers
 //! each endpoint, [`access`] guards and logs every request,
-//! [`stats`] and [`metrics`] count, [`page`] is the web page.
+//! [`stats`] and [`metrics`] count, [`page`] is the web page, [`affinity`] keeps compute and HTTP
+//! on separate cores.
 
 pub mod access;
 pub mod admission;
+pub mod affinity;
 pub mod batcher;
 pub mod metrics;
 pub mod oip;
