@@ -46,6 +46,8 @@ run_case() {  # name, bench args, serve args, side, channels, batch, bench itera
     local alone; alone=$("${CLIENT[@]}" $LOAD "$url" "$model" "$side" "$ch" "closed:1" "$SECS")
     echo "  no load (closed:1) $alone"
     for c in "$n" "$((2 * n))"; do echo "  closed:$c $("${CLIENT[@]}" $LOAD "$url" "$model" "$side" "$ch" "closed:$c" "$SECS") RSS $(rss $pid)"; done
+    # The capacity again, after the closed-loop rows (the server idle): how much it drifted.
+    echo "  vgg bench --batch $n again: $("${BENCH[@]}" $VGG bench $bargs --batch "$n" --iters "$iters" --warmup 2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["img_per_s"])') img/s"
     open_loads() {
         for x in 1 2 4; do
             local rate; rate=$(python3 -c "print($cap * $x)")

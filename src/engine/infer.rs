@@ -45,41 +45,29 @@ impl Scratch {
 impl Engine {
     /// Evaluation-mode logits `[n, classes]` of `x`, `[n, c, h, w]` (NCHW, as everywhere else).
     pub fn forward(&self, x: &[f32], dims: [usize; 4]) -> Vec<f32> {
-        let input = to_nhwc_into(x, dims, self.scratch.take());
-        let spare = self.scratch.take();
-        let (logits, mut left) = self.run_ops_with(0..self.ops.len(), input, Shape::Map(nhwc(dims)), spare, None);
-        // The logits may be a few floats in one of the large buffers: copied out, the buffer kept.
-        let result = logits.clone();
-        left.push(logits);
-        self.scratch.keep(left);
-        result
-    }
-
-    /// [`Engine::run_ops`] starting from `spare` as the first output buffer, returning the output
-    /// and the buffers left over.
-    fn run_ops_with(
-        &self,
-        range: std::ops::Range<usize>,
-        act: Vec<f32>,
-        shape: Shape,
-        spare: Vec<f32>,
-        times: Option<&mut Vec<(String, f64)>>,
-    ) -> (Vec<f32>, Vec<Vec<f32>>) {
-        let (act, _, left) = self.run_ops_inner(range, act, shape, spare, times, &mut |_, _, _| {});
-        (act, left)
+        self.pass(x, dims, None)
     }
 
     /// Evaluation-mode forward of `x` that times each op: (output name, seconds), in order. The
     /// per-layer view of `vgg bench --layers`; runs exactly the code of [`Engine::forward`].
     pub fn profile(&self, x: &[f32], dims: [usize; 4]) -> Vec<(String, f64)> {
         let mut times = Vec::with_capacity(self.ops.len());
+        self.pass(x, dims, Some(&mut times));
+        times
+    }
+
+    /// The pass of [`Engine::forward`] and [`Engine::profile`]: the input and the first op's output
+    /// go into kept buffers, and every large buffer goes back to the scratch afterwards.
+    fn pass(&self, x: &[f32], dims: [usize; 4], times: Option<&mut Vec<(String, f64)>>) -> Vec<f32> {
         let input = to_nhwc_into(x, dims, self.scratch.take());
         let spare = self.scratch.take();
-        let (out, mut left) =
-            self.run_ops_with(0..self.ops.len(), input, Shape::Map(nhwc(dims)), spare, Some(&mut times));
-        left.push(out);
+        let (logits, _, mut left) =
+            self.run_ops_inner(0..self.ops.len(), input, Shape::Map(nhwc(dims)), spare, times, &mut |_, _, _| {});
+        // The logits may be a few floats in one of the large buffers: copied out, the buffer kept.
+        let result = logits.clone();
+        left.push(logits);
         self.scratch.keep(left);
-        times
+        result
     }
 
     /// Evaluation-mode forward of `x` (`[n, c, h, w]`) up to the last of `taps` (activation indices
