@@ -102,7 +102,7 @@ type Lanes<const L: usize> = [f32; L];
 
 /// The lanes per transform step for `channels` on the chosen kernel path.
 fn wide_lanes(channels: usize) -> bool {
-    channels % 16 == 0 && super::avx512()
+    channels.is_multiple_of(16) && super::avx512()
 }
 
 /// Reads `lanes` channels from the front of `src` into `dst` (a fixed-size copy, i.e. one vector
