@@ -123,6 +123,11 @@ pub fn dot(kind: HalfKind, w: &[u16], x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Up to this many rows, [`linear_forward`] takes dot products over each row of `W`; more widen
+/// blocks of `W` for the GEMM (the f32 layer's wider dot products, [`super::dense::DOT_ROWS`],
+/// are not written for 16-bit rows).
+const DOT_ROWS: usize = 4;
+
 /// `y = x·Wᵀ + b` with `W` `[out, in]` in 16 bits; `x` `[n, in]`, `y` `[n, out]`. A few rows take
 /// dot products over each row of `W` (read once); more rows widen blocks of `W` and use the GEMM.
 pub fn linear_forward(x: &[f32], w: &HalfBuf, b: &[f32], n: usize, y: &mut [f32]) {
@@ -133,7 +138,7 @@ pub fn linear_forward(x: &[f32], w: &HalfBuf, b: &[f32], n: usize, y: &mut [f32]
         let rows = o1 - o0;
         // [rows, n] results of this block.
         let mut res = vec![0f32; rows * n];
-        if n <= super::dense::DOT_ROWS {
+        if n <= DOT_ROWS {
             for o in o0..o1 {
                 let row = &w.bits[o * inp..(o + 1) * inp];
                 for r in 0..n {
