@@ -75,31 +75,40 @@ fn main() {
         let name = format!("conv {label} winograd");
         if on(&name) && winograd::suits(&sh) {
             let u = winograd::transform_filter(&wk, ci, co);
-            report(&name, time(|| winograd::forward(&x, &u, &b, &sh, &mut out)), flops, "GFLOP/s");
+            report(&name, time(|| winograd::forward(&x, &u, &b, false, &sh, &mut out)), flops, "GFLOP/s");
         }
         let name = format!("conv {label} winograd fused");
         if on(&name) && winograd::suits(&sh) {
             let u = winograd::transform_filter(&wk, ci, co);
-            report(&name, time(|| winograd::forward_fused(&x, &u, &b, &sh, &mut out)), flops, "GFLOP/s");
+            report(&name, time(|| winograd::forward_fused(&x, &u, &b, false, &sh, &mut out)), flops, "GFLOP/s");
         }
         let name = format!("conv {label} winograd chunked");
         if on(&name) && winograd::suits(&sh) {
             let u = winograd::transform_filter(&wk, ci, co);
-            report(&name, time(|| winograd::forward_chunked(&x, &u, &b, &sh, &mut out)), flops, "GFLOP/s");
+            report(&name, time(|| winograd::forward_chunked(&x, &u, &b, false, &sh, &mut out)), flops, "GFLOP/s");
         }
         for kind in [HalfKind::Bf16, HalfKind::F16] {
             let name = format!("conv {label} winograd {} filters", kind.name());
             if on(&name) && winograd::suits(&sh) {
                 let u: Vec<PackedB> =
                     winograd::transform_filter(&wk, ci, co).into_iter().map(|p| p.narrowed(Some(kind))).collect();
-                report(&name, time(|| winograd::forward(&x, &u, &b, &sh, &mut out)), flops, "GFLOP/s");
+                report(&name, time(|| winograd::forward(&x, &u, &b, false, &sh, &mut out)), flops, "GFLOP/s");
             }
         }
         let name = format!("conv {label} winograd incl. filter transform");
         if on(&name) && winograd::suits(&sh) {
             let t = time(|| {
                 let cache = conv::FilterCache::default();
-                conv::forward_cached(&x, conv::Filter::F32(&wk), &cache, &b, &sh, &mut out, conv::ConvAlgos::Fastest);
+                conv::forward_cached(
+                    &x,
+                    conv::Filter::F32(&wk),
+                    &cache,
+                    &b,
+                    false,
+                    &sh,
+                    &mut out,
+                    conv::ConvAlgos::Fastest,
+                );
             });
             report(&name, t, flops, "GFLOP/s");
         }
@@ -144,7 +153,7 @@ fn main() {
         let name = format!("{label} forward winograd");
         if on(&name) && winograd::suits(&sh) {
             let u = winograd::transform_filter(&wk, ci, co);
-            report(&name, time(|| winograd::forward(&x, &u, &b, &sh, &mut out)), flops, "GFLOP/s");
+            report(&name, time(|| winograd::forward(&x, &u, &b, false, &sh, &mut out)), flops, "GFLOP/s");
         }
         let name = format!("{label} weight gradient");
         if on(&name) {

@@ -42,6 +42,9 @@ impl Scratch {
     }
 }
 
+/// What [`Engine::run_ops_timed`] shows each op's output to: its index, output and shape.
+type Visit<'a> = dyn FnMut(usize, &[f32], Shape) + 'a;
+
 impl Engine {
     /// Evaluation-mode logits `[n, classes]` of `x`, `[n, c, h, w]` (NCHW, as everywhere else).
     pub fn forward(&self, x: &[f32], dims: [usize; 4]) -> Vec<f32> {
@@ -61,8 +64,8 @@ impl Engine {
     fn pass(&self, x: &[f32], dims: [usize; 4], times: Option<&mut Vec<(String, f64)>>) -> Vec<f32> {
         let input = to_nhwc_into(x, dims, self.scratch.take());
         let spare = self.scratch.take();
-        let (logits, _, mut left) =
-            self.run_ops_inner(0..self.ops.len(), input, Shape::Map(nhwc(dims)), spare, times, &mut |_, _, _| {});
+        let ops = 0..self.ops.len();
+        let (logits, _, mut left) = self.run_ops_inner(ops, input, Shape::Map(nhwc(dims)), spare, times, None);
         // The logits may be a few floats in one of the large buffers: copied out, the buffer kept.
         let result = logits.clone();
         left.push(logits);
@@ -107,12 +110,14 @@ impl Engine {
         times: Option<&mut Vec<(String, f64)>>,
         visit: &mut dyn FnMut(usize, &[f32], Shape),
     ) -> (Vec<f32>, Shape) {
-        let (act, shape, _) = self.run_ops_inner(range, act, shape, Vec::new(), times, visit);
+        let (act, shape, _) = self.run_ops_inner(range, act, shape, Vec::new(), times, Some(visit));
         (act, shape)
     }
 
     /// The loop of [`Engine::run_ops_timed`], with `spare` as the first op's output buffer; returns
-    /// the output, its shape and the buffers left over.
+    /// the output, its shape and the buffers left over. Without a `visit`, which would see a
+    /// convolution's output before its ReLU, each convolution followed by a ReLU runs with the
+    /// ReLU fused into it, and the ReLU's time is 0.
     fn run_ops_inner(
         &self,
         range: std::ops::Range<usize>,
@@ -120,18 +125,27 @@ impl Engine {
         mut shape: Shape,
         mut spare: Vec<f32>,
         mut times: Option<&mut Vec<(String, f64)>>,
-        visit: &mut dyn FnMut(usize, &[f32], Shape),
+        mut visit: Option<&mut Visit>,
     ) -> (Vec<f32>, Shape, Vec<Vec<f32>>) {
         // Each op writes into the buffer its input's input had (the largest maps are tens of
         // megabytes: fresh allocations cost page faults and zeroing every layer).
         let mut reserve = Vec::new();
-        for i in range {
+        let mut relu_done = false;
+        for i in range.clone() {
             let t = std::time::Instant::now();
+            let fuse = visit.is_none() && range.contains(&(i + 1)) && matches!(self.ops.get(i + 1), Some(Op::Relu));
+            let fused =
+                if fuse { self.ops[i].forward_conv_relu_into(&self.env(), &act, shape, &mut spare) } else { None };
             match &self.ops[i] {
+                Op::Relu if std::mem::take(&mut relu_done) => {}
                 Op::Relu => norm::relu_inplace(&mut act),
                 Op::Dropout => {}
                 op => {
-                    let (out, s, _) = op.forward_into(&self.env(), &act, shape, false, &[], &mut spare);
+                    relu_done = fused.is_some();
+                    let (out, s) = fused.unwrap_or_else(|| {
+                        let (out, s, _) = op.forward_into(&self.env(), &act, shape, false, &[], &mut spare);
+                        (out, s)
+                    });
                     let input = std::mem::replace(&mut act, out);
                     if spare.capacity() == 0 {
                         spare = input;
@@ -147,7 +161,9 @@ impl Engine {
             if let Some(times) = times.as_deref_mut() {
                 times.push((self.names[i].clone(), t.elapsed().as_secs_f64()));
             }
-            visit(i, &act, shape);
+            if let Some(visit) = visit.as_deref_mut() {
+                visit(i, &act, shape);
+            }
         }
         (act, shape, vec![spare, reserve])
     }

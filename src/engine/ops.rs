@@ -166,6 +166,27 @@ impl Op {
         self.forward_into(env, x, shape, train, dropout_seeds, &mut Vec::new())
     }
 
+    /// Evaluation forward of a convolution and the ReLU after it, the ReLU fused into the
+    /// convolution's output pass (see [`conv::forward_cached`]), into `spare`'s allocation where it
+    /// has one; `None`, touching nothing, when this op is not a convolution.
+    pub(super) fn forward_conv_relu_into(
+        &self,
+        env: &OpEnv,
+        x: &[f32],
+        shape: Shape,
+        spare: &mut Vec<f32>,
+    ) -> Option<(Vec<f32>, Shape)> {
+        let (&Op::Conv { w, b, ci, co, k, ref cache }, Shape::Map([n, h, wd, c])) = (self, shape) else {
+            return None;
+        };
+        debug_assert_eq!(c, ci);
+        let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
+        let mut out = reuse(std::mem::take(spare), n * h * wd * co);
+        let (filter, bias) = (env.params[w].filter(), &env.params[b].value);
+        conv::forward_cached(x, filter, &cache.forward, bias, true, &sh, &mut out, env.conv_algos);
+        Some((out, Shape::Map([n, h, wd, co])))
+    }
+
     /// [`Op::forward`] writing its output into `spare`'s allocation where it has one.
     pub(super) fn forward_into(
         &self,
@@ -189,7 +210,7 @@ impl Op {
                     // gradients and evaluation stay within them and take the Winograd path.
                     conv::forward_exact(x, filter, &cache.forward, bias, &sh, &mut out, env.conv_algos);
                 } else {
-                    conv::forward_cached(x, filter, &cache.forward, bias, &sh, &mut out, env.conv_algos);
+                    conv::forward_cached(x, filter, &cache.forward, bias, false, &sh, &mut out, env.conv_algos);
                 }
                 (out, Shape::Map([n, h, wd, co]), Saved::None)
             }

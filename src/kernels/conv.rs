@@ -228,25 +228,31 @@ impl ConvAlgos {
 /// `out = conv(x, w) + bias`; `x` is `[n, h, w, ci]`, `out` `[n, h, w, co]`. Goes through Winograd
 /// F(4x4, 3x3) where that pays (see [`winograd::suits`]), transforming the filter for this call.
 pub fn forward(x: &[f32], wk: &[f32], bias: &[f32], sh: &ConvShape, out: &mut [f32]) {
-    forward_cached(x, Filter::F32(wk), &FilterCache::default(), bias, sh, out, ConvAlgos::Fastest)
+    forward_cached(x, Filter::F32(wk), &FilterCache::default(), bias, false, sh, out, ConvAlgos::Fastest)
 }
 
-/// [`forward`] with the derived filters kept in `cache` (filled on first use): the caller replaces
-/// it when the weights change.
+/// [`forward`] with the derived filters kept in `cache` (filled on first use; the caller replaces
+/// it when the weights change), followed by a ReLU when `relu`: Winograd applies it as it writes
+/// the outputs, the other paths in a pass of their own.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_cached(
     x: &[f32],
     filter: Filter,
     cache: &FilterCache,
     bias: &[f32],
+    relu: bool,
     sh: &ConvShape,
     out: &mut [f32],
     algos: ConvAlgos,
 ) {
     if !small::suits(sh) && algos.fast() && winograd::suits(sh) {
         let u = cache.winograd.get_or_init(|| filter.winograd(sh, false));
-        winograd::forward(x, u, bias, sh, out);
+        winograd::forward(x, u, bias, relu, sh, out);
     } else {
         forward_exact(x, filter, cache, bias, sh, out, algos);
+        if relu {
+            super::norm::relu_inplace(out);
+        }
     }
 }
 
@@ -421,7 +427,7 @@ pub fn backward_input_cached(
         small::input_grad(&filter.values(), dz, sh, dx);
     } else if algos.fast() && winograd::suits(&back) {
         let u = cache.winograd.get_or_init(|| filter.winograd(sh, true));
-        winograd::forward(dz, u, &zero, &back, dx);
+        winograd::forward(dz, u, &zero, false, &back, dx);
     } else if algos.fast() && implicit::suits(&back) {
         let p =
             cache.packed.get_or_init(|| implicit::pack_filter(&flipped(&filter.values(), sh.ci, sh.co, sh.k), &back));
@@ -523,7 +529,7 @@ mod tests {
             let half = kind.map(|k| HalfBuf::encode(k, &wk));
             let filter = half.as_ref().map_or(Filter::F32(&wk), Filter::Half);
             let cache = FilterCache::default();
-            forward_cached(&x, filter, &cache, &vec![0.0; sh.co], &sh, &mut out, ConvAlgos::Fastest);
+            forward_cached(&x, filter, &cache, &vec![0.0; sh.co], false, &sh, &mut out, ConvAlgos::Fastest);
             let u = cache.winograd.get().expect("an 8x8 map with 8 channels takes Winograd");
             assert!(u.iter().all(|p| p.half_kind() == u[0].half_kind()));
             u[0].half_kind()

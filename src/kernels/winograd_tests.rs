@@ -6,7 +6,7 @@ use crate::kernels::test_data as data;
 
 /// Against the im2col path (itself tested against the definition), on shapes with partial
 /// tiles at the right and bottom, several images, channel counts that are not multiples of 8,
-/// and enough tile rows to need several chunks.
+/// and enough tile rows to need several chunks; with and without the fused ReLU.
 #[test]
 fn matches_im2col() {
     for sh in [
@@ -23,13 +23,21 @@ fn matches_im2col() {
         let u = transform_filter(&wk, sh.ci, sh.co);
         let scale = (sh.kdim() as f32).sqrt();
         let mut got = vec![f32::NAN; want.len()];
-        forward_chunked(&x, &u, &b, &sh, &mut got);
+        forward_chunked(&x, &u, &b, false, &sh, &mut got);
         let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
         assert!(worst <= 2e-5 * scale, "{sh:?}: worst difference {worst}");
         // The fused phases compute the same tiles: the same floats.
         let mut fused = vec![f32::NAN; want.len()];
-        forward_fused(&x, &u, &b, &sh, &mut fused);
+        forward_fused(&x, &u, &b, false, &sh, &mut fused);
         assert_eq!(fused, got, "{sh:?}: fused");
+        // The ReLU fused into the output transform: the same floats, clamped at zero (about half
+        // of these outputs are negative).
+        let clamped: Vec<f32> = got.iter().map(|v| v.max(0.0)).collect();
+        for relu_in in [forward_chunked, forward_fused] {
+            let mut with_relu = vec![f32::NAN; want.len()];
+            relu_in(&x, &u, &b, true, &sh, &mut with_relu);
+            assert_eq!(with_relu, clamped, "{sh:?}: with the ReLU");
+        }
     }
 }
 
