@@ -206,7 +206,7 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
 }
 
 /// Which algorithms the convolutions may take: the fastest that suits each layer (Winograd
-/// F(4x4, 3x3), the implicit GEMM, direct loops, one dense product for tiny maps), or im2col + GEMM
+/// F(4x4, 3x3), the implicit GEMM, direct loops, products per pixel pair for tiny maps), or im2col + GEMM
 /// wherever a layer is not one of the special shapes (the reference, for A/B measurements:
 /// `vgg bench --engine im2col`). Chosen per network ([`crate::engine::Engine::set_conv_algos`]),
 /// not per process.
@@ -257,7 +257,7 @@ pub fn forward_cached(
 }
 
 /// [`forward`] without Winograd's rounding (training's forward, where train-mode BatchNorm amplifies
-/// it): one dense product for maps of at most 2x2, the implicit GEMM for 3x3 kernels (direct loops
+/// it): products per pixel pair for maps of at most 2x2, the implicit GEMM for 3x3 kernels (direct loops
 /// for the first layer's few input channels on the im2col engine), im2col + GEMM otherwise (1x1).
 pub fn forward_exact(
     x: &[f32],

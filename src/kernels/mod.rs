@@ -1,7 +1,7 @@
 //! CPU kernels for training and inference on NHWC activations: convolution as im2col + GEMM (forward
 //! and both gradients, the reference the others are tested against), Winograd F(4x4, 3x3) (forward
 //! and both gradients), an implicit GEMM over a padded copy of the input (the exact forward of
-//! training), one dense product for maps of at most 2x2, or, for the first layer's few input
+//! training), products per pixel pair for maps of at most 2x2, or, for the first layer's few input
 //! channels, direct loops (forward and weight gradient); BatchNorm fused with ReLU, max and adaptive
 //! average pooling, fully connected layers and the loss. `conv` picks among them per layer.
 //!
