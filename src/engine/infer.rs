@@ -134,8 +134,11 @@ impl Engine {
         for i in range.clone() {
             let t = std::time::Instant::now();
             let fuse = visit.is_none() && range.contains(&(i + 1)) && matches!(self.ops.get(i + 1), Some(Op::Relu));
-            let fused =
-                if fuse { self.ops[i].forward_conv_relu_into(&self.env(), &act, shape, &mut spare) } else { None };
+            let fused = if fuse {
+                self.ops[i].forward_conv_into(&self.env(), &act, shape, false, true, &mut spare)
+            } else {
+                None
+            };
             match &self.ops[i] {
                 Op::Relu if std::mem::take(&mut relu_done) => {}
                 Op::Relu => norm::relu_inplace(&mut act),

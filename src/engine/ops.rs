@@ -166,24 +166,34 @@ impl Op {
         self.forward_into(env, x, shape, train, dropout_seeds, &mut Vec::new())
     }
 
-    /// Evaluation forward of a convolution and the ReLU after it, the ReLU fused into the
-    /// convolution's output pass (see [`conv::forward_cached`]), into `spare`'s allocation where it
-    /// has one; `None`, touching nothing, when this op is not a convolution.
-    pub(super) fn forward_conv_relu_into(
+    /// Forward of a convolution, into `spare`'s allocation where it has one, followed by its ReLU
+    /// when `relu` (evaluation only: fused into the convolution's output pass, see
+    /// [`conv::forward_cached`]); `None`, touching nothing, when this op is not a convolution.
+    pub(super) fn forward_conv_into(
         &self,
         env: &OpEnv,
         x: &[f32],
         shape: Shape,
+        train: bool,
+        relu: bool,
         spare: &mut Vec<f32>,
     ) -> Option<(Vec<f32>, Shape)> {
         let (&Op::Conv { w, b, ci, co, k, ref cache }, Shape::Map([n, h, wd, c])) = (self, shape) else {
             return None;
         };
         debug_assert_eq!(c, ci);
+        debug_assert!(!(train && relu), "the training forward keeps the ReLU an op of its own");
         let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
         let mut out = reuse(std::mem::take(spare), n * h * wd * co);
         let (filter, bias) = (env.params[w].filter(), &env.params[b].value);
-        conv::forward_cached(x, filter, &cache.forward, bias, true, &sh, &mut out, env.conv_algos);
+        if train {
+            // Winograd's rounding error (~3e-6 relative, 30x direct f32's) is amplified by
+            // train-mode BatchNorm over small batches past the fixture tolerances; the input
+            // gradients and evaluation stay within them and take the Winograd path.
+            conv::forward_exact(x, filter, &cache.forward, bias, &sh, &mut out, env.conv_algos);
+        } else {
+            conv::forward_cached(x, filter, &cache.forward, bias, relu, &sh, &mut out, env.conv_algos);
+        }
         Some((out, Shape::Map([n, h, wd, co])))
     }
 
@@ -199,20 +209,9 @@ impl Op {
     ) -> (Vec<f32>, Shape, Saved) {
         let mut buffer = |len: usize| reuse(std::mem::take(spare), len);
         match (self, shape) {
-            (&Op::Conv { w, b, ci, co, k, ref cache }, Shape::Map([n, h, wd, c])) => {
-                debug_assert_eq!(c, ci);
-                let sh = conv::ConvShape { n, h, w: wd, ci, co, k };
-                let mut out = buffer(n * h * wd * co);
-                let (filter, bias) = (env.params[w].filter(), &env.params[b].value);
-                if train {
-                    // Winograd's rounding error (~3e-6 relative, 30x direct f32's) is amplified by
-                    // train-mode BatchNorm over small batches past the fixture tolerances; the input
-                    // gradients and evaluation stay within them and take the Winograd path.
-                    conv::forward_exact(x, filter, &cache.forward, bias, &sh, &mut out, env.conv_algos);
-                } else {
-                    conv::forward_cached(x, filter, &cache.forward, bias, false, &sh, &mut out, env.conv_algos);
-                }
-                (out, Shape::Map([n, h, wd, co]), Saved::None)
+            (Op::Conv { .. }, Shape::Map(_)) => {
+                let (out, shape) = self.forward_conv_into(env, x, shape, train, false, spare).expect("a convolution");
+                (out, shape, Saved::None)
             }
             (Op::BnRelu { g, b, running }, Shape::Map([_, _, _, c])) => {
                 let (gamma, beta) = (&env.params[*g].value, &env.params[*b].value);
