@@ -40,6 +40,11 @@ const CHUNK_BYTES: usize = 24 << 20;
 /// 512 channels, 7-10 against 12-18 ms at 192 (`examples/kernel_bench`, 2026-11-29; it was 60
 /// against 55 ms before them, with a threshold of 128).
 const GRAD_MIN_TILES: usize = 32;
+/// Fewest tiles per chunk of [`weight_grad`]: 32, the threshold above, left the
+/// 8x8 and 16x16 maps of a 32x32 input at batch 64 with two to eight chunks of 32 tiles, each
+/// reading and writing all 36 planes of `S` (256 channels: 8.6 against 11.3 ms with 128, 128
+/// channels: 10.6 against 13.5; Intel Xeon family 6 model 167, 2 threads).
+const GRAD_CHUNK_MIN_TILES: usize = 128;
 
 /// `G`, 6x3: the filter transform.
 const G: [[f64; 3]; T] = [
@@ -504,7 +509,7 @@ pub fn weight_grad(x: &[f32], dz: &[f32], sh: &ConvShape) -> Vec<f32> {
     // 128 tiles: every chunk reads and writes all of S once, which must be amortised over enough
     // products (measured on the CIFAR VGG-16's layers: 24 MB chunks were 1.2-1.6x slower at 64
     // and 128 channels).
-    let chunk = ((2 << 20) / (E * (ci + co) * 4)).max(GRAD_MIN_TILES).min(total.max(1));
+    let chunk = ((2 << 20) / (E * (ci + co) * 4)).max(GRAD_CHUNK_MIN_TILES).min(total.max(1));
     let plane = ci * co;
     let mut s = vec![0f32; E * plane];
     let mut bufs = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
