@@ -5,6 +5,8 @@
 //! State is checkpointed as a `state_dict` in PyTorch's tensor layout: `momentum_buffer.<key>`,
 //! `exp_avg.<key>`, `exp_avg_sq.<key>`, and `adam_step`.
 
+use rayon::prelude::*;
+
 use super::config::OptimizerConfig;
 use crate::engine::Engine;
 use crate::weights::{StateDict, TensorEntry};
@@ -64,25 +66,40 @@ impl OptimizerState {
             }
             match *config {
                 OptimizerConfig::Sgd(c) => {
-                    let (m, wd) = (c.momentum as f32, c.weight_decay as f32);
-                    let g: Vec<f32> = p.grad.iter().zip(&p.value).map(|(g, w)| g + wd * w).collect();
-                    let upd = if c.momentum != 0.0 {
-                        let buf = match self.first[i].take() {
-                            Some(mut b) => {
-                                b.iter_mut().zip(&g).for_each(|(b, g)| *b = m * *b + g);
-                                b
-                            }
-                            None => g.clone(),
-                        };
-                        let upd =
-                            if c.nesterov { g.iter().zip(&buf).map(|(g, b)| g + m * b).collect() } else { buf.clone() };
-                        self.first[i] = Some(buf);
-                        upd
-                    } else {
-                        g
+                    // torch.optim.SGD's update element by element, in one parallel pass with no
+                    // temporary vectors (it built up to three per parameter on one thread: the
+                    // CIFAR VGG-16-BN update at batch 64 took 48 ms, now 20-24; Intel Xeon family 6
+                    // model 167). The same operations in the same order per element.
+                    let (m, wd, lr) = (c.momentum as f32, c.weight_decay as f32, lr as f32);
+                    let (nesterov, momentum) = (c.nesterov, c.momentum != 0.0);
+                    let first_step = momentum && self.first[i].is_none();
+                    const CHUNK: usize = 1 << 14;
+                    let update = |w: &mut [f32], grad: &[f32], buf: &mut [f32]| {
+                        for (j, (w, grad)) in w.iter_mut().zip(grad).enumerate() {
+                            let g = grad + wd * *w;
+                            let u = if momentum {
+                                let b = &mut buf[j];
+                                *b = if first_step { g } else { m * *b + g };
+                                if nesterov { g + m * *b } else { *b }
+                            } else {
+                                g
+                            };
+                            *w -= lr * u;
+                        }
                     };
-                    let lr = lr as f32;
-                    p.value.iter_mut().zip(&upd).for_each(|(w, u)| *w -= lr * u);
+                    if momentum {
+                        let buf = self.first[i].get_or_insert_with(|| vec![0.0; p.value.len()]);
+                        p.value
+                            .par_chunks_mut(CHUNK)
+                            .zip(p.grad.par_chunks(CHUNK))
+                            .zip(buf.par_chunks_mut(CHUNK))
+                            .for_each(|((w, g), b)| update(w, g, b));
+                    } else {
+                        p.value
+                            .par_chunks_mut(CHUNK)
+                            .zip(p.grad.par_chunks(CHUNK))
+                            .for_each(|(w, g)| update(w, g, &mut []));
+                    }
                 }
                 OptimizerConfig::AdamW { beta1, beta2, eps, weight_decay } => {
                     let t = self.step as i32;
