@@ -177,6 +177,25 @@ fn main() {
             });
             report(&name, t, flops, "GFLOP/s");
         }
+        // What a training step pays: its weights changed, so the filter is transformed (Winograd)
+        // or flipped and packed (implicit GEMM) again for every step.
+        let name = format!("{label} input gradient per step (filter transformed)");
+        if on(&name) {
+            let t = time(|| {
+                let cache = conv::FilterCache::default();
+                conv::backward_input_cached(conv::Filter::F32(&wk), &cache, &dz, &sh, &mut dx, conv::ConvAlgos::Fastest)
+            });
+            report(&name, t, flops, "GFLOP/s");
+        }
+        let name = format!("{label} input gradient per step implicit (filter packed)");
+        if on(&name) {
+            let back = ConvShape { ci: sh.co, co: sh.ci, ..sh };
+            let t = time(|| {
+                let p = implicit::pack_filter(&conv::flipped(&wk, sh.ci, sh.co, 3), &back);
+                implicit::forward(&dz, &p, &vec![0.0; sh.ci], &back, &mut dx)
+            });
+            report(&name, t, flops, "GFLOP/s");
+        }
     }
 
     // First layers (1 or 3 input channels): direct loops against im2col + GEMM, forward and weight

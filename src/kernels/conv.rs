@@ -140,7 +140,7 @@ pub fn to_torch(w: &[f32], co: usize, ci: usize, k: usize) -> Vec<f32> {
 
 /// The weights of the input-gradient convolution: kernel rotated by 180° and channels swapped,
 /// `[(ky, kx, co), ci]`, so that dX = conv(dZ) with them.
-pub(crate) fn flipped(wk: &[f32], ci: usize, co: usize, k: usize) -> Vec<f32> {
+pub fn flipped(wk: &[f32], ci: usize, co: usize, k: usize) -> Vec<f32> {
     // A transpose of each (ky, kx) plane, in 32x32 blocks: element by element, the writes strode
     // through the whole plane (~20 ms per step for the 512-channel layers).
     const B: usize = 32;
