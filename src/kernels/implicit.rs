@@ -203,6 +203,17 @@ struct Call<'a> {
     from_bias: Option<&'a [f32]>,
 }
 
+impl Call<'_> {
+    /// Where row `r`'s sums start: the bias in the first block of depth, else what `c` holds.
+    #[inline(always)]
+    fn start(&self, c: *mut f32, r: usize) -> *const f32 {
+        match self.from_bias {
+            Some(bias) => bias.as_ptr(),
+            None => c.wrapping_add(r * self.ldc),
+        }
+    }
+}
+
 /// [`micro`] for `rows` (1 to 12) neighbouring output pixels.
 #[inline(always)]
 fn micro_rows(rows: usize, a: &[f32], b: &[&[f32]; 2], c: &mut [f32], call: Call, isa: Isa) {
@@ -280,10 +291,7 @@ mod avx2 {
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
             for (r, x) in acc.iter_mut().enumerate() {
-                let src = match call.from_bias {
-                    Some(bias) => bias.as_ptr(),
-                    None => c.add(r * call.ldc),
-                };
+                let src = call.start(c, r);
                 *x = [_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8))];
             }
             let (mut ak, mut bk) = (a, b);
@@ -328,10 +336,7 @@ mod avx512 {
             }
             let mut acc = [[_mm512_setzero_ps(); 2]; R];
             for (r, x) in acc.iter_mut().enumerate() {
-                let src = match call.from_bias {
-                    Some(bias) => bias.as_ptr(),
-                    None => c.add(r * call.ldc),
-                };
+                let src = call.start(c, r);
                 *x = [_mm512_maskz_loadu_ps(m0, src), _mm512_maskz_loadu_ps(m1, src.add(NR))];
             }
             let (mut ak, mut b0, mut b1) = (a, b[0], b[1]);
@@ -360,10 +365,7 @@ mod avx512 {
         unsafe {
             let mut acc = [_mm512_setzero_ps(); R];
             for (r, x) in acc.iter_mut().enumerate() {
-                let src = match call.from_bias {
-                    Some(bias) => bias.as_ptr(),
-                    None => c.add(r * call.ldc),
-                };
+                let src = call.start(c, r);
                 *x = _mm512_maskz_loadu_ps(mask, src);
             }
             let (mut ak, mut bk) = (a, b);
