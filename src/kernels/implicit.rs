@@ -83,8 +83,9 @@ pub fn forward(x: &[f32], b: &PackedB, bias: &[f32], sh: &ConvShape, out: &mut [
 struct Geometry<'a> {
     /// The padded input.
     xp: &'a [f32],
-    /// Offset in `xp` of each tap's first channel, relative to the output pixel's own position.
-    offs: [usize; 9],
+    /// Offset in `xp` of each kernel row's first tap, relative to the output pixel's own position
+    /// (a kernel row's three taps are `3 · ci` contiguous floats from there).
+    row_offs: [usize; 3],
     h: usize,
     w: usize,
     ci: usize,
@@ -109,7 +110,7 @@ impl Geometry<'_> {
             while k < end {
                 let (ky, c) = (k / (3 * self.ci), k % (3 * self.ci));
                 let run = (3 * self.ci - c).min(end - k);
-                row[k - k0..][..run].copy_from_slice(&self.xp[origin + self.offs[3 * ky] + c..][..run]);
+                row[k - k0..][..run].copy_from_slice(&self.xp[origin + self.row_offs[ky] + c..][..run]);
                 k += run;
             }
         }
@@ -141,8 +142,7 @@ fn forward_on(isa: Isa, x: &[f32], b: &PackedB, bias: &[f32], sh: &ConvShape, ou
     // pixels than its packed block keeps in L2.
     let pixels = n * h * w;
     let per_task = pixels.div_ceil(4 * rayon::current_num_threads().max(1)).next_multiple_of(mr).min(TASK_PIXELS);
-    let geo =
-        Geometry { xp: &xp[..n * hp * wp * ci], offs: std::array::from_fn(|t| ((t / 3) * wp + t % 3) * ci), h, w, ci };
+    let geo = Geometry { xp: &xp[..n * hp * wp * ci], row_offs: std::array::from_fn(|ky| ky * wp * ci), h, w, ci };
     let depth = 9 * ci;
     out.par_chunks_mut(per_task * co).enumerate().for_each(|(task, block)| {
         let m0 = task * per_task;
